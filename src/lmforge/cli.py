@@ -1,0 +1,127 @@
+"""The `lmforge` command: parse, call one function, print. UserError -> one paragraph, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from lmforge import __version__
+from lmforge.errors import EXIT_USER_ERROR, UserError
+
+OVERRIDES_HELP = "key=value or --key value overrides of the YAML (e.g. learning_rate=1e-4)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Fine-tune, chat with and serve language models from one YAML file.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="fine-tune a model as CONFIG.yaml says")
+    train.add_argument("config", help="training YAML (LLaMA-Factory keys are read as they are)")
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
+    chat.add_argument("config", help="inference YAML: model, adapter, template, generation keys")
+    chat.add_argument("--prompt", help="print one answer to this prompt and exit")
+    chat.add_argument("--system", help="system prompt")
+
+    models = sub.add_parser("models", help="the local model catalogue")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    models_sub.add_parser("list", help="catalogue models and which are already local")
+    pull = models_sub.add_parser("pull", help="download or convert a catalogue model")
+    pull.add_argument("name", help="catalogue name, e.g. gemma-3-270m")
+
+    sub.add_parser("env", help="versions and device, to paste into a bug report")
+    sub.add_parser("version", help="print the lmforge version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    debug = args.debug or os.environ.get("LMFORGE_DEBUG") == "1"
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if extra and args.command not in ("train", "chat"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _setup_logging()
+    try:
+        return COMMANDS[args.command](args, extra)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc.format()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("lmforge")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from lmforge.config import load_config
+    from lmforge.train.run import run_training
+
+    run_training(load_config(args.config, extra))
+    return 0
+
+
+def cmd_chat(args, extra: list[str]) -> int:
+    from lmforge.config import load_config
+    from lmforge.infer.chat_cli import answer_once, chat_loop
+    from lmforge.infer.engine import HFEngine
+
+    config = load_config(args.config, extra)
+    engine = HFEngine.from_config(config)
+    if args.prompt is not None:
+        answer_once(engine, args.prompt, args.system)
+    else:
+        chat_loop(engine, args.system)
+    return 0
+
+
+def cmd_models(args, extra: list[str]) -> int:
+    from lmforge.commands.models import models_list, models_pull
+
+    if args.models_command == "list":
+        print(models_list())
+    else:
+        print(models_pull(args.name))
+    return 0
+
+
+def cmd_env(args, extra: list[str]) -> int:
+    from lmforge.commands.env import environment_report
+
+    print(environment_report())
+    return 0
+
+
+def cmd_version(args, extra: list[str]) -> int:
+    print(__version__)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "chat": cmd_chat,
+    "models": cmd_models,
+    "env": cmd_env,
+    "version": cmd_version,
+}

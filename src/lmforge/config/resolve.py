@@ -1,0 +1,134 @@
+"""Derived values and cross-checks, in one explicit pass after loading.
+
+Only configuration logic lives here; facts about the machine (bf16 support) are passed in, so
+this module imports nothing else of lmforge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.config.schema import STAGES, Config
+from lmforge.errors import UserError
+
+_RESUME_AUTO = {"auto", "true", "latest"}
+_RESUME_OFF = {"false", "none", "no", ""}
+
+
+def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) -> Config:
+    model, method, data, train = config.model, config.method, config.data, config.train
+    _require(config, "model_name_or_path", model.model_name_or_path, "gemma-3-270m")
+    if method.stage not in STAGES:
+        raise UserError(
+            f"stage `{method.stage}` is not available in this version of lmforge",
+            fix=f"use stage: {' or '.join(STAGES)}",
+        )
+    _require(config, "dataset", data.dataset, "identity")
+    _require(config, "output_dir", train.output_dir, "saves/my-run")
+    if method.lora_alpha is None:
+        method.lora_alpha = 2 * method.lora_rank
+    for key in (
+        "lora_rank",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "cutoff_len",
+        "logging_steps",
+        "save_steps",
+    ):
+        value = _get(config, key)
+        if value < 1:
+            raise UserError(f"`{key}: {value}` must be at least 1", where=config.source)
+    if train.bf16 and train.fp16:
+        raise UserError("bf16 and fp16 are both true", where=config.source, fix="keep one of them")
+    if train.bf16 and not bf16_supported:
+        train.bf16 = False
+        config.notes.append(
+            "bf16: this device has no native bfloat16, so training runs in fp32 "
+            "(slower emulated bf16 would not save time here)"
+        )
+    if train.fp16 and not cuda:
+        train.fp16 = False
+        config.notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
+    _check_scheduler(config)
+    train.resume_from_checkpoint = _resume_checkpoint(config)
+    _check_output_dir(config)
+    return config
+
+
+def resolve_for_inference(config: Config) -> Config:
+    _require(config, "model_name_or_path", config.model.model_name_or_path, "gemma-3-270m")
+    return config
+
+
+def _get(config: Config, key: str):
+    for section in (config.model, config.method, config.data, config.train, config.generate):
+        if hasattr(section, key):
+            return getattr(section, key)
+    raise KeyError(key)
+
+
+def _require(config: Config, key: str, value, example: str) -> None:
+    if value in (None, ""):
+        raise UserError(
+            f"`{key}` is not set", where=config.source, fix=f"add `{key}: {example}` (or {key}=...)"
+        )
+
+
+def _check_scheduler(config: Config) -> None:
+    from transformers.trainer_utils import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if config.train.lr_scheduler_type not in names:
+        raise UserError(
+            f"unknown lr_scheduler_type `{config.train.lr_scheduler_type}`",
+            where=config.source,
+            fix=f"use one of: {', '.join(names)}",
+        )
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (checkpoint-N folders are renamed into place whole)."""
+    found = [
+        p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+    ]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _resume_checkpoint(config: Config) -> str | None:
+    value = config.train.resume_from_checkpoint
+    if value is None:
+        return None
+    output_dir = Path(config.train.output_dir)
+    name = value.lower()
+    if name in _RESUME_OFF:
+        return None
+    if name in _RESUME_AUTO:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            config.notes.append(
+                f"resume_from_checkpoint: no checkpoint in {output_dir}; fresh start"
+            )
+            return None
+        return str(found)
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise UserError(
+            f"resume_from_checkpoint: {value} is not a checkpoint folder (no trainer_state.json)",
+            where=config.source,
+            fix="give a checkpoint-N folder from a previous run, or `auto` for the newest one",
+        )
+    return value
+
+
+def _check_output_dir(config: Config) -> None:
+    output_dir = Path(config.train.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file", fix="choose a folder path")
+    if config.train.overwrite_output_dir or config.train.resume_from_checkpoint:
+        return
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise UserError(
+            f"output_dir {output_dir} is not empty",
+            where=config.source,
+            fix="choose a new output_dir, set overwrite_output_dir: true to replace it, "
+            "or resume_from_checkpoint: auto to continue its newest checkpoint",
+        )

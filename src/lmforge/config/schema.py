@@ -1,0 +1,191 @@
+"""The typed configuration: sections by concern, one documented field per key.
+
+Keys are LLaMA-Factory's flat YAML keys, so its users' files load as they are. Each field's
+`help` feeds `--help`, the web UI and docs/config.md. A field marked `path` is resolved against
+the folder of the YAML file it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# Stages and methods that exist today; resolve() names the others as not available yet.
+STAGES = ("sft",)
+FINETUNING_TYPES = ("lora", "freeze", "full")
+
+
+def opt(default: Any, help: str, *, path: bool = False, choices: tuple[str, ...] | None = None):
+    """A config field with its one-line doc (and, for some, path resolution or choices)."""
+    metadata = {"help": help, "path": path, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load, and how."""
+
+    model_name_or_path: str | None = opt(
+        None,
+        "Local folder, Hugging Face hub id, .gguf file, or a name from `lmforge models list`.",
+        path=True,
+    )
+    adapter_name_or_path: str | None = opt(
+        None, "LoRA adapter folder(s) to load on top of the model, comma-separated.", path=True
+    )
+    template: str | None = opt(
+        None,
+        "Chat template name (e.g. gemma). Default: the model catalogue's template for the model.",
+    )
+    trust_remote_code: bool = opt(False, "Allow code from the model's folder or hub repo to run.")
+    model_revision: str = opt("main", "Hub revision (branch, tag or commit) to download.")
+    cache_dir: str | None = opt(None, "Where hub downloads are kept.", path=True)
+    flash_attn: str = opt(
+        "auto",
+        "Attention implementation: auto, disabled (eager), sdpa or fa2 (flash-attention 2).",
+        choices=("auto", "disabled", "sdpa", "fa2"),
+    )
+    infer_dtype: str = opt(
+        "auto",
+        "Dtype for inference: auto, float32, float16 or bfloat16.",
+        choices=("auto", "float32", "float16", "bfloat16"),
+    )
+
+
+@dataclass
+class MethodConfig:
+    """What kind of training, and which parameters learn."""
+
+    stage: str = opt("sft", "Training stage. Available: sft.")
+    finetuning_type: str = opt(
+        "lora", "lora, freeze (train the last layers) or full.", choices=FINETUNING_TYPES
+    )
+    lora_rank: int = opt(8, "LoRA rank r.")
+    lora_alpha: int | None = opt(None, "LoRA alpha. Default: 2 x lora_rank.")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
+    lora_target: str = opt(
+        "all", "Modules that get LoRA: `all` linear layers, or comma-separated module names."
+    )
+    freeze_trainable_layers: int = opt(
+        2, "freeze: number of trainable layers; n>0 the last n, n<0 the first |n|."
+    )
+    freeze_trainable_modules: str = opt(
+        "all",
+        "freeze: modules trained inside the trainable layers: `all` or comma-separated names.",
+    )
+
+
+@dataclass
+class DataConfig:
+    """Which data, and how it becomes tokens."""
+
+    dataset: str | None = opt(None, "Dataset names from dataset_info.json, comma-separated.")
+    dataset_dir: str = opt(
+        "data", "Folder holding dataset_info.json and the data files.", path=True
+    )
+    cutoff_len: int = opt(2048, "Maximum tokens per sample after tokenization.")
+    max_samples: int | None = opt(None, "Use at most this many records of each dataset.")
+    val_size: float = opt(0.0, "Held-out share for evaluation: a fraction < 1 or a record count.")
+    train_on_prompt: bool = opt(False, "Also train on the prompt tokens (not only the answers).")
+    preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
+    overwrite_cache: bool = opt(False, "Re-tokenize even if a cached encoding exists.")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (a subset of transformers' TrainingArguments, same names)."""
+
+    do_train: bool = opt(True, "Run training.")
+    output_dir: str | None = opt(
+        None, "Where the adapter/model, logs and checkpoints go.", path=True
+    )
+    overwrite_output_dir: bool = opt(False, "Allow writing into a non-empty output_dir.")
+    per_device_train_batch_size: int = opt(1, "Samples per device per step.")
+    per_device_eval_batch_size: int = opt(1, "Samples per device per evaluation step.")
+    gradient_accumulation_steps: int = opt(1, "Steps whose gradients add up before an update.")
+    learning_rate: float = opt(5e-5, "Peak learning rate.")
+    num_train_epochs: float = opt(3.0, "Passes over the training data (ignored if max_steps > 0).")
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
+    lr_scheduler_type: str = opt("linear", "Learning-rate schedule: linear, cosine, constant, ...")
+    warmup_steps: int = opt(0, "Linear warm-up steps.")
+    warmup_ratio: float = opt(0.0, "Warm-up as a share of all steps (used when warmup_steps=0).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
+    logging_steps: int = opt(10, "Log loss and speed every this many steps.")
+    save_steps: int = opt(500, "Write a checkpoint every this many steps.")
+    save_total_limit: int | None = opt(None, "Keep at most this many checkpoints.")
+    eval_strategy: str = opt(
+        "no",
+        "When to evaluate on val_size data: no, steps or epoch.",
+        choices=("no", "steps", "epoch"),
+    )
+    eval_steps: int | None = opt(None, "Evaluate every this many steps (default: logging_steps).")
+    bf16: bool = opt(False, "bfloat16 mixed precision (falls back to fp32 where unsupported).")
+    fp16: bool = opt(False, "float16 mixed precision (CUDA only).")
+    seed: int = opt(42, "Random seed for initialisation, shuffling and dropout.")
+    plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
+    report_to: str = opt(
+        "none", "Experiment tracker: none, tensorboard, wandb, ... (comma-separated)."
+    )
+    resume_from_checkpoint: str | None = opt(
+        None, "Checkpoint folder to resume from, or `auto` for the newest in output_dir.", path=True
+    )
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+
+
+@dataclass
+class GenerateConfig:
+    """Text generation for chat, API and evaluation."""
+
+    max_new_tokens: int = opt(512, "Maximum tokens generated per answer.")
+    temperature: float = opt(0.95, "Sampling temperature.")
+    top_p: float = opt(0.7, "Nucleus sampling: keep the smallest set of tokens with this mass.")
+    top_k: int = opt(50, "Sample among the k most likely tokens.")
+    do_sample: bool = opt(True, "Sample; false means greedy decoding.")
+    repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeated tokens.")
+    default_system: str | None = opt(None, "System prompt used when a conversation has none.")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "generate": GenerateConfig,
+}
+
+
+@dataclass
+class Config:
+    """The whole configuration. `passthrough` holds other TrainingArguments keys, unchanged."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    # Notes made while loading and resolving (fallbacks, ignored keys), shown in the plan.
+    notes: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """The flat LLaMA-Factory-style mapping, as written to run_config.yaml."""
+        flat: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                flat[f.name] = getattr(section, f.name)
+        flat.update(self.passthrough)
+        return flat
+
+
+def key_index() -> dict[str, tuple[str, Any]]:
+    """Every known flat key -> (section name, dataclass field)."""
+    index: dict[str, tuple[str, Any]] = {}
+    for section_name, cls in SECTIONS.items():
+        for f in fields(cls):
+            index[f.name] = (section_name, f)
+    return index

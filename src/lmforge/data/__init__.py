@@ -1,0 +1,1 @@
+"""Data: dataset registry, readers, formats, chat templates and encoding."""

@@ -1,0 +1,1 @@
+"""Inference: one engine behind chat, API and evaluation."""

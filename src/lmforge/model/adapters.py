@@ -1,0 +1,105 @@
+"""Which parameters learn: LoRA (peft), freeze (last/first n layers) or full."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+
+from lmforge.config.schema import MethodConfig
+from lmforge.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def apply_finetuning(model, method: MethodConfig, adapter_paths: list[str] | None = None):
+    if method.finetuning_type == "lora":
+        model = _apply_lora(model, method, adapter_paths or [])
+    elif method.finetuning_type == "freeze":
+        _apply_freeze(model, method)
+    else:
+        model.requires_grad_(True)
+    # Trainable weights stay fp32 so optimizer updates are not lost to rounding.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def _apply_lora(model, method: MethodConfig, adapter_paths: list[str]):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_paths:
+        # Continue training an existing adapter (the last one; earlier ones are merged in).
+        for path in adapter_paths[:-1]:
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        return PeftModel.from_pretrained(model, adapter_paths[-1], is_trainable=True)
+    targets = _lora_targets(model, method.lora_target)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=method.lora_rank,
+        lora_alpha=method.lora_alpha or 2 * method.lora_rank,
+        lora_dropout=method.lora_dropout,
+        target_modules=targets,
+    )
+    return get_peft_model(model, config)
+
+
+def _lora_targets(model, lora_target: str) -> str | list[str]:
+    if lora_target.strip() == "all":
+        return "all-linear"  # every linear layer except the output head
+    names = [n.strip() for n in lora_target.split(",") if n.strip()]
+    linear_names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    missing = [n for n in names if n not in linear_names]
+    if missing:
+        raise UserError(
+            f"lora_target names modules this model does not have: {', '.join(missing)}",
+            fix=f"use `all` or some of: {', '.join(sorted(linear_names))}",
+        )
+    return names
+
+
+def _apply_freeze(model, method: MethodConfig) -> None:
+    num_layers = model.config.get_text_config().num_hidden_layers
+    n = method.freeze_trainable_layers
+    if n == 0 or abs(n) > num_layers:
+        raise UserError(
+            f"freeze_trainable_layers: {n} does not fit a model with {num_layers} layers",
+            fix=f"use a number from 1 to {num_layers} (last layers) or -1 to -{num_layers} (first)",
+        )
+    layers = range(num_layers - n, num_layers) if n > 0 else range(-n)
+    modules = [m.strip() for m in method.freeze_trainable_modules.split(",") if m.strip()]
+    pattern = re.compile(r"\.layers\.(\d+)\.")
+    trained_any = False
+    for name, param in model.named_parameters():
+        match = pattern.search(name)
+        trainable = bool(match) and int(match.group(1)) in layers
+        if trainable and modules != ["all"]:
+            trainable = any(f".{m}." in name for m in modules)
+        param.requires_grad_(trainable)
+        trained_any |= trainable
+    if not trained_any:
+        raise UserError(
+            f"freeze_trainable_modules `{method.freeze_trainable_modules}` matches no parameter "
+            "in the trainable layers",
+            fix="use `all`, or module names such as self_attn,mlp",
+        )
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_line(model) -> str:
+    trainable, total = parameter_counts(model)
+    return (
+        f"trainable params: {trainable:,} || all params: {total:,} || "
+        f"trainable%: {100 * trainable / total:.4f}"
+    )

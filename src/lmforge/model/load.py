@@ -1,0 +1,86 @@
+"""Tokenizer and model from a resolved local folder: dtype, attention, adapters for inference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+_ATTENTION = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def attention_implementation(flash_attn: str) -> str:
+    name = _ATTENTION[flash_attn]
+    if name == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "flash_attn: fa2 needs the flash-attn package and a CUDA GPU",
+                fix="pip install flash-attn, or set flash_attn: sdpa",
+            ) from None
+    return name
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out of attention and loss; EOS is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    flash_attn: str = "auto",
+    trust_remote_code: bool = False,
+):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=dtype,
+        attn_implementation=attention_implementation(flash_attn),
+        trust_remote_code=trust_remote_code,
+    )
+    return model
+
+
+def inference_dtype(infer_dtype: str) -> torch.dtype:
+    """`auto`: bf16 on a GPU that supports it, fp32 on the CPU (where fp32 is fastest here)."""
+    if infer_dtype != "auto":
+        return _DTYPES[infer_dtype]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def attach_adapters(model, adapter_paths: list[str], *, merge: bool):
+    """Load LoRA adapters on top of `model`; merged for inference speed when `merge`."""
+    from peft import PeftModel
+
+    for adapter in adapter_paths:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(
+                f"adapter folder {adapter} has no adapter_config.json",
+                fix="point adapter_name_or_path at a training output_dir (or a checkpoint in it), "
+                "or set adapter_name_or_path=null to use the base model",
+            )
+        model = PeftModel.from_pretrained(model, adapter)
+        if merge:
+            model = model.merge_and_unload()
+    return model
+
+
+def split_paths(value: str | None) -> list[str]:
+    return [p.strip() for p in (value or "").split(",") if p.strip()]

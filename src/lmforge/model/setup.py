@@ -1,0 +1,53 @@
+"""Shared start of every command that uses a model: where it is, its tokenizer, its template."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from lmforge.model.source import ResolvedModel, resolve_model
+
+from lmforge.config.schema import Config
+from lmforge.data.template import Template, get_template
+from lmforge.errors import UserError
+from lmforge.model.load import load_tokenizer, split_paths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSetup:
+    resolved: ResolvedModel
+    tokenizer: object
+    template: Template
+
+
+def choose_template_name(config: Config, resolved: ResolvedModel) -> str:
+    """The config's template; else the one the adapter was trained with; else the catalogue's."""
+    if config.model.template:
+        return config.model.template
+    for adapter in split_paths(config.model.adapter_name_or_path):
+        run_config = Path(adapter) / "run_config.yaml"
+        if run_config.is_file():
+            name = (yaml.safe_load(run_config.read_text()) or {}).get("template")
+            if name:
+                return name
+    if resolved.template:
+        return resolved.template
+    raise UserError(
+        f"no chat template is known for {config.model.model_name_or_path}",
+        where=config.source,
+        fix="set `template` (for example template: gemma); see docs/templates.md",
+    )
+
+
+def prepare_model_setup(config: Config) -> ModelSetup:
+    model = config.model
+    resolved = resolve_model(model.model_name_or_path, revision=model.model_revision)
+    template = get_template(choose_template_name(config, resolved))
+    tokenizer = load_tokenizer(resolved.path, trust_remote_code=model.trust_remote_code)
+    template.check_tokenizer(tokenizer)
+    config.model.template = template.name
+    return ModelSetup(resolved, tokenizer, template)

@@ -1,0 +1,1 @@
+"""Training: stages, callbacks, checkpoints."""
