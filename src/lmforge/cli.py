@@ -70,7 +70,6 @@ def _setup_logging() -> None:
     if not root.handlers:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-    root.propagate = False
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

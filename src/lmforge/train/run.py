@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,9 +30,16 @@ logger = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.yaml"
 
 
-def run_training(config: Config) -> Path:
-    """Train as the config says; returns the output folder. Every check that can fail on the
-    user's input runs before the first file is written."""
+@dataclass
+class TrainingRun:
+    output_dir: Path
+    model: object  # the trained model (a PeftModel for LoRA), still in memory
+    final_loss: float
+
+
+def run_training(config: Config) -> TrainingRun:
+    """Train as the config says. Every check that can fail on the user's input runs before the
+    first file is written."""
     resolve_for_training(
         config, bf16_supported=device.supports_bf16(), cuda=torch.cuda.is_available()
     )
@@ -79,7 +87,7 @@ def run_training(config: Config) -> Path:
     if config.train.plot_loss:
         plot_loss(output_dir)
     logger.info("Saved to %s (final train loss %.4f)", output_dir, result.training_loss)
-    return output_dir
+    return TrainingRun(output_dir, trainer.model, result.training_loss)
 
 
 def training_arguments(config: Config, *, has_eval: bool):

@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.config.load import parse_overrides
+from lmforge.errors import UserError
+
+
+def write(tmp_path: Path, text: str, name: str = "train.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_scientific_notation_is_a_float(tmp_path):
+    config = load_config(write(tmp_path, "learning_rate: 5e-5\nlora_rank: 16\n"))
+    assert config.train.learning_rate == pytest.approx(5e-5)
+    assert isinstance(config.train.learning_rate, float)
+    assert config.method.lora_rank == 16
+
+
+def test_overrides_key_value_and_flags(tmp_path):
+    path = write(tmp_path, "learning_rate: 1.0e-3\nadapter_name_or_path: /abs/adapter\n")
+    config = load_config(path, ["learning_rate=2e-4", "--lora-rank", "4", "adapter_name_or_path=null"])
+    assert config.train.learning_rate == pytest.approx(2e-4)
+    assert config.method.lora_rank == 4
+    assert config.model.adapter_name_or_path is None
+
+
+def test_parse_overrides_forms():
+    parsed = parse_overrides(["a=1", "--b", "x", "--c=true", "--d"])
+    assert parsed == {"a": 1, "b": "x", "c": True, "d": True}
+
+
+def test_unknown_key_names_closest(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_config(write(tmp_path, "lora_rnak: 8\n"))
+    message = str(info.value)
+    assert "unknown key `lora_rnak`" in message
+    assert "did you mean `lora_rank`" in message
+    assert "train.yaml" in message
+
+
+def test_wrong_type_names_key_value_and_type(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_config(write(tmp_path, "per_device_train_batch_size: four\n"))
+    message = str(info.value)
+    assert "`per_device_train_batch_size: 'four'` is not a valid whole number" in message
+
+
+def test_choices_are_checked(tmp_path):
+    with pytest.raises(UserError, match="finetuning_type: qlora` is not one of lora, freeze, full"):
+        load_config(write(tmp_path, "finetuning_type: qlora\n"))
+
+
+def test_null_for_required_value_is_refused(tmp_path):
+    with pytest.raises(UserError, match="`cutoff_len` cannot be null"):
+        load_config(write(tmp_path, "cutoff_len: null\n"))
+
+
+def test_relative_paths_resolve_against_yaml_folder(tmp_path):
+    folder = tmp_path / "cfg"
+    (folder / "data").mkdir(parents=True)
+    config = load_config(
+        write(folder, "dataset_dir: data\noutput_dir: saves/run\nmodel_name_or_path: org/model\n")
+    )
+    assert Path(config.data.dataset_dir) == (folder / "data").resolve()
+    assert Path(config.train.output_dir) == folder.resolve() / "saves/run"
+    assert config.model.model_name_or_path == "org/model"  # a hub id stays a hub id
+
+
+def test_resume_keyword_is_not_a_path(tmp_path):
+    config = load_config(write(tmp_path, "resume_from_checkpoint: auto\n"))
+    assert config.train.resume_from_checkpoint == "auto"
+    config = load_config(write(tmp_path, "resume_from_checkpoint: false\n"))
+    assert config.train.resume_from_checkpoint == "false"
+
+
+def test_training_arguments_keys_pass_through(tmp_path):
+    config = load_config(write(tmp_path, "ddp_timeout: 180000000\ndataloader_num_workers: 0\n"))
+    assert config.passthrough == {"ddp_timeout": 180000000, "dataloader_num_workers": 0}
+
+
+def test_list_value_joins(tmp_path):
+    config = load_config(write(tmp_path, "dataset: [identity, general]\n"))
+    assert config.data.dataset == "identity,general"
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    with pytest.raises(UserError, match=r"not valid YAML at line 2"):
+        load_config(write(tmp_path, "a: 1\nb: c: d\n"))
+
+
+def test_cli_unknown_key_exits_2_before_loading_a_model(tmp_path, capsys):
+    path = write(tmp_path, "model_name_or_path: /does/not/exist\nlearning_rat: 1\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "unknown key `learning_rat`" in err and "learning_rate" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,109 @@
+"""LoRA, freeze and full SFT for a few steps on the tiny model: loss falls, files appear, and
+what was saved reloads to the same logits as the model that was trained."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import write_alpaca_dataset
+
+from lmforge.config import load_config
+from lmforge.model.load import attach_adapters, load_model
+from lmforge.train.run import run_training
+
+RECORD = {"instruction": "Who are you?", "input": "", "output": "I am Forge, made by lmforge."}
+
+
+def train(tmp_path, tiny_model_dir, **overrides):
+    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
+    settings = {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 8,
+        "logging_steps": 1,
+        "save_steps": 4,
+        "learning_rate": 1e-2,
+        "plot_loss": True,
+    }
+    settings.update(overrides)
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
+    return run_training(load_config(config_path))
+
+
+def logged(run, key="loss"):
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def probe_logits(model) -> torch.Tensor:
+    ids = torch.tensor([[2, 4, 93, 91, 77, 90, 103]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def assert_trained_and_logged(run):
+    records = logged(run)
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert records[-1]["current_steps"] == records[-1]["total_steps"] == 8
+    assert records[-1]["num_tokens"] > 0 and records[-1]["throughput"] > 0
+    for name in ("run_config.yaml", "all_results.json", "training_loss.png", "tokenizer.json",
+                 "chat_template.jinja", "checkpoint-4", "checkpoint-8"):
+        assert (run.output_dir / name).exists(), name
+    assert not (run.output_dir / ".staging").exists()
+    saved = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
+    assert saved["template"] == "gemma" and saved["learning_rate"] == 1e-2
+
+
+def test_lora_sft(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir, finetuning_type="lora", lora_rank=4)
+    assert_trained_and_logged(run)
+    assert (run.output_dir / "adapter_model.safetensors").is_file()
+    base = load_model(tiny_model_dir)
+    base_logits = probe_logits(base)
+    reloaded = attach_adapters(base, [str(run.output_dir)], merge=True)
+    run.model.eval()
+    assert torch.allclose(probe_logits(reloaded), probe_logits(run.model), atol=1e-5)
+    assert not torch.allclose(base_logits, probe_logits(reloaded), atol=1e-3)
+
+
+def test_full_sft(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir, finetuning_type="full", learning_rate=1e-3)
+    assert_trained_and_logged(run)
+    reloaded = load_model(run.output_dir)
+    run.model.eval()
+    assert torch.allclose(probe_logits(reloaded), probe_logits(run.model), atol=1e-5)
+
+
+def test_freeze_sft_trains_only_last_layer(tmp_path, tiny_model_dir):
+    run = train(
+        tmp_path, tiny_model_dir, finetuning_type="freeze", freeze_trainable_layers=1,
+        learning_rate=1e-2,
+    )
+    assert_trained_and_logged(run)
+    base = load_model(tiny_model_dir).state_dict()
+    reloaded = load_model(run.output_dir)
+    after = reloaded.state_dict()
+    changed = {k for k in base if not torch.equal(base[k], after[k])}
+    assert changed and all(".layers.1." in k for k in changed), sorted(changed)
+    run.model.eval()
+    assert torch.allclose(probe_logits(reloaded), probe_logits(run.model), atol=1e-5)
+
+
+@pytest.mark.parametrize("flag", ["bf16", "fp16"])
+def test_mixed_precision_falls_back_on_cpu_without_support(tmp_path, tiny_model_dir, flag, caplog):
+    from lmforge import device
+
+    if flag == "bf16" and device.supports_bf16():
+        pytest.skip("this CPU has native bf16")
+    with caplog.at_level("INFO", logger="lmforge"):
+        run = train(tmp_path, tiny_model_dir, max_steps=1, **{flag: True})
+    assert "training runs in fp32" in caplog.text
+    assert yaml.safe_load((run.output_dir / "run_config.yaml").read_text())[flag] is False
