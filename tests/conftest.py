@@ -67,6 +67,8 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
+        # Large enough that LoRA, which cannot touch the tied embeddings, can move the logits.
+        initializer_range=0.3,
     )
     return Gemma3ForCausalLM(config)
 

@@ -23,7 +23,9 @@ def test_scientific_notation_is_a_float(tmp_path):
 
 def test_overrides_key_value_and_flags(tmp_path):
     path = write(tmp_path, "learning_rate: 1.0e-3\nadapter_name_or_path: /abs/adapter\n")
-    config = load_config(path, ["learning_rate=2e-4", "--lora-rank", "4", "adapter_name_or_path=null"])
+    config = load_config(
+        path, ["learning_rate=2e-4", "--lora-rank", "4", "adapter_name_or_path=null"]
+    )
     assert config.train.learning_rate == pytest.approx(2e-4)
     assert config.method.lora_rank == 4
     assert config.model.adapter_name_or_path is None
@@ -101,3 +103,12 @@ def test_cli_unknown_key_exits_2_before_loading_a_model(tmp_path, capsys):
     assert "unknown key `learning_rat`" in err and "learning_rate" in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_docs_config_reference_is_current():
+    from lmforge.config.docs import config_reference_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert docs.read_text() == config_reference_markdown() + "\n", (
+        "docs/config.md is stale: run python -m lmforge.config.docs > docs/config.md"
+    )

@@ -75,13 +75,17 @@ def test_output_dir_not_empty(setup, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code, err = run(tmp_path, settings, capsys)
-    assert_one_paragraph(code, err, "is not empty", "overwrite_output_dir", "resume_from_checkpoint")
+    assert_one_paragraph(
+        code, err, "is not empty", "overwrite_output_dir", "resume_from_checkpoint"
+    )
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
 def test_broken_json_names_file_and_line(setup, capsys):
     tmp_path, settings = setup
-    (tmp_path / "data" / "toy.json").write_text('[\n{"instruction": "a", "output": "b"},\n{oops}\n]')
+    (tmp_path / "data" / "toy.json").write_text(
+        '[\n{"instruction": "a", "output": "b"},\n{oops}\n]'
+    )
     code, err = run(tmp_path, settings, capsys)
     assert_one_paragraph(code, err, "toy.json:3:2: not valid JSON")
 

@@ -29,6 +29,7 @@ def train(tmp_path, tiny_model_dir, **overrides):
         "save_steps": 4,
         "learning_rate": 1e-2,
         "plot_loss": True,
+        "lr_scheduler_type": "constant",
     }
     settings.update(overrides)
     config_path = tmp_path / "train.yaml"
@@ -47,24 +48,31 @@ def probe_logits(model) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-def assert_trained_and_logged(run):
+def assert_trained_and_logged(run, learning_rate):
     records = logged(run)
     losses = [r["loss"] for r in records]
     assert len(losses) == 8
-    assert losses[-1] < losses[0] * 0.8, losses
+    assert losses[-1] < losses[0] - 0.5, losses
     assert records[-1]["current_steps"] == records[-1]["total_steps"] == 8
     assert records[-1]["num_tokens"] > 0 and records[-1]["throughput"] > 0
-    for name in ("run_config.yaml", "all_results.json", "training_loss.png", "tokenizer.json",
-                 "chat_template.jinja", "checkpoint-4", "checkpoint-8"):
+    for name in (
+        "run_config.yaml",
+        "all_results.json",
+        "training_loss.png",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "checkpoint-4",
+        "checkpoint-8",
+    ):
         assert (run.output_dir / name).exists(), name
     assert not (run.output_dir / ".staging").exists()
     saved = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
-    assert saved["template"] == "gemma" and saved["learning_rate"] == 1e-2
+    assert saved["template"] == "gemma" and saved["learning_rate"] == learning_rate
 
 
 def test_lora_sft(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, finetuning_type="lora", lora_rank=4)
-    assert_trained_and_logged(run)
+    run = train(tmp_path, tiny_model_dir, finetuning_type="lora", lora_rank=4, lora_alpha=32)
+    assert_trained_and_logged(run, 1e-2)
     assert (run.output_dir / "adapter_model.safetensors").is_file()
     base = load_model(tiny_model_dir)
     base_logits = probe_logits(base)
@@ -76,7 +84,7 @@ def test_lora_sft(tmp_path, tiny_model_dir):
 
 def test_full_sft(tmp_path, tiny_model_dir):
     run = train(tmp_path, tiny_model_dir, finetuning_type="full", learning_rate=1e-3)
-    assert_trained_and_logged(run)
+    assert_trained_and_logged(run, 1e-3)
     reloaded = load_model(run.output_dir)
     run.model.eval()
     assert torch.allclose(probe_logits(reloaded), probe_logits(run.model), atol=1e-5)
@@ -84,10 +92,13 @@ def test_full_sft(tmp_path, tiny_model_dir):
 
 def test_freeze_sft_trains_only_last_layer(tmp_path, tiny_model_dir):
     run = train(
-        tmp_path, tiny_model_dir, finetuning_type="freeze", freeze_trainable_layers=1,
+        tmp_path,
+        tiny_model_dir,
+        finetuning_type="freeze",
+        freeze_trainable_layers=1,
         learning_rate=1e-2,
     )
-    assert_trained_and_logged(run)
+    assert_trained_and_logged(run, 1e-2)
     base = load_model(tiny_model_dir).state_dict()
     reloaded = load_model(run.output_dir)
     after = reloaded.state_dict()

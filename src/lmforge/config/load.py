@@ -22,7 +22,7 @@ from lmforge.errors import UserError
 
 # Keys whose relative values name something that must already exist: resolved against the YAML
 # file's folder when it exists there, else left for the working directory (LLaMA-Factory's rule).
-_INPUT_PATH_KEYS = {"model_name_or_path", "adapter_name_or_path", "dataset_dir", "cache_dir"}
+_INPUT_PATH_KEYS = {"model_name_or_path", "adapter_name_or_path", "dataset_dir"}
 _PATH_KEYWORDS = {"auto", "true", "false", "latest", "none"}
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

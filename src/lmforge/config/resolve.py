@@ -18,6 +18,12 @@ _RESUME_OFF = {"false", "none", "no", ""}
 def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) -> Config:
     model, method, data, train = config.model, config.method, config.data, config.train
     _require(config, "model_name_or_path", model.model_name_or_path, "gemma-3-270m")
+    if not train.do_train:
+        raise UserError(
+            "do_train is false, so `lmforge train` has nothing to do",
+            where=config.source,
+            fix="set do_train: true",
+        )
     if method.stage not in STAGES:
         raise UserError(
             f"stage `{method.stage}` is not available in this version of lmforge",

@@ -41,7 +41,6 @@ class ModelConfig:
     )
     trust_remote_code: bool = opt(False, "Allow code from the model's folder or hub repo to run.")
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) to download.")
-    cache_dir: str | None = opt(None, "Where hub downloads are kept.", path=True)
     flash_attn: str = opt(
         "auto",
         "Attention implementation: auto, disabled (eager), sdpa or fa2 (flash-attention 2).",
