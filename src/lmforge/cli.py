@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 
 from lmforge import __version__
 from lmforge.errors import EXIT_USER_ERROR, UserError
@@ -71,6 +72,8 @@ def _setup_logging() -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Raised inside transformers/peft on every LoRA run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def cmd_train(args, extra: list[str]) -> int:

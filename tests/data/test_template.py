@@ -1,7 +1,7 @@
 import jinja2
 import pytest
-from conftest import VOCAB, char_ids
 
+from conftest import VOCAB, char_ids
 from lmforge.data.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
 from lmforge.data.template import available_templates, get_template

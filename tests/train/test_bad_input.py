@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-from conftest import TOY_RECORDS, write_alpaca_dataset
 
+from conftest import TOY_RECORDS, write_alpaca_dataset
 from lmforge.cli import main
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import write_alpaca_dataset
 
+from conftest import write_alpaca_dataset
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
 from lmforge.train.run import run_training

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from lmforge.model.source import ResolvedModel, resolve_model
 
 from lmforge.config.schema import Config
 from lmforge.data.template import Template, get_template
 from lmforge.errors import UserError
 from lmforge.model.load import load_tokenizer, split_paths
+from lmforge.model.source import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 

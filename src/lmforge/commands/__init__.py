@@ -1,0 +1,1 @@
+"""Command functions called by the CLI and the web UI; they return text or paths, never print."""
