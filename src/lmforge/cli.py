@@ -73,7 +73,9 @@ def _setup_logging() -> None:
     root.setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Raised inside transformers/peft on every LoRA run; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
 
 
 def cmd_train(args, extra: list[str]) -> int:
