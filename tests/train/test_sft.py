@@ -118,3 +118,23 @@ def test_mixed_precision_falls_back_on_cpu_without_support(tmp_path, tiny_model_
         run = train(tmp_path, tiny_model_dir, max_steps=1, **{flag: True})
     assert "training runs in fp32" in caplog.text
     assert yaml.safe_load((run.output_dir / "run_config.yaml").read_text())[flag] is False
+
+
+def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    full = train(tmp_path / "a", tiny_model_dir, max_steps=6, save_steps=3)
+    first = train(tmp_path / "b", tiny_model_dir, max_steps=6, save_steps=3)
+    # Pretend the run died after checkpoint-3: resume continues from there.
+    resumed = train(
+        tmp_path / "b",
+        tiny_model_dir,
+        max_steps=6,
+        save_steps=3,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-3"),
+    )
+    losses_full = [r["loss"] for r in logged(full)]
+    losses_resumed = [r["loss"] for r in logged(resumed)]
+    assert losses_resumed == pytest.approx(losses_full, abs=1e-6)
+    assert [r["current_steps"] for r in logged(resumed)] == [1, 2, 3, 4, 5, 6]
+    assert torch.allclose(
+        probe_logits(full.model.eval()), probe_logits(resumed.model.eval()), atol=1e-6
+    )

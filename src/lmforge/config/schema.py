@@ -89,7 +89,6 @@ class DataConfig:
     val_size: float = opt(0.0, "Held-out share for evaluation: a fraction < 1 or a record count.")
     train_on_prompt: bool = opt(False, "Also train on the prompt tokens (not only the answers).")
     preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
-    overwrite_cache: bool = opt(False, "Re-tokenize even if a cached encoding exists.")
 
 
 @dataclass

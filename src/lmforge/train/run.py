@@ -170,6 +170,10 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
     if config.passthrough:
         passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items())
         lines.append(f"  passed to TrainingArguments: {passed}")
+    if config.data.preprocessing_num_workers:
+        config.notes.append(
+            "preprocessing_num_workers is accepted but not used yet: encoding runs in this process"
+        )
     lines += [f"  note: {note}" for note in config.notes]
     return lines
 
