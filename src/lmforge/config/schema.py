@@ -81,14 +81,50 @@ class DataConfig:
     """Which data, and how it becomes tokens."""
 
     dataset: str | None = opt(None, "Dataset names from dataset_info.json, comma-separated.")
+    eval_dataset: str | None = opt(
+        None, "Datasets used only for evaluation, comma-separated (instead of val_size)."
+    )
     dataset_dir: str = opt(
         "data", "Folder holding dataset_info.json and the data files.", path=True
     )
     cutoff_len: int = opt(2048, "Maximum tokens per sample after tokenization.")
     max_samples: int | None = opt(None, "Use at most this many records of each dataset.")
     val_size: float = opt(0.0, "Held-out share for evaluation: a fraction < 1 or a record count.")
+    mix_strategy: str = opt(
+        "concat",
+        "How several datasets are mixed: concat, interleave_under (stop at the shortest) or "
+        "interleave_over (repeat until the longest is used up).",
+        choices=("concat", "interleave_under", "interleave_over"),
+    )
+    interleave_probs: str | None = opt(
+        None, "Sampling probabilities of the datasets when interleaving, comma-separated."
+    )
+    streaming: bool = opt(False, "Read the data as a stream (needs max_steps).")
+    buffer_size: int = opt(16384, "Shuffle buffer size when streaming.")
     train_on_prompt: bool = opt(False, "Also train on the prompt tokens (not only the answers).")
+    mask_history: bool = opt(False, "Train only on the last assistant turn of each conversation.")
+    enable_thinking: bool | None = opt(
+        True,
+        "Reasoning templates: true keeps reasoning, false trains/asks with an empty think block, "
+        "null (mixed) follows each sample (empty block only where it has no reasoning).",
+    )
+    preserve_thinking: bool = opt(
+        False, "Keep the reasoning of earlier assistant turns (dropped by default, as vendors do)."
+    )
+    tool_format: str | None = opt(None, "Tool-call format override (default: the template's).")
+    default_system: str | None = opt(None, "System prompt used when a sample has none.")
+    packing: bool = opt(
+        False, "Pack several samples into each row of cutoff_len (no attention across samples)."
+    )
+    neat_packing: bool = opt(False, "LLaMA-Factory's name for packing without cross-attention.")
     preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
+    overwrite_cache: bool = opt(False, "Re-tokenize even if a cached encoding exists.")
+    tokenized_path: str | None = opt(
+        None, "Folder to save the encoded dataset to, or load it from.", path=True
+    )
+    skip_invalid: bool = opt(
+        False, "Skip invalid records (reported with counts and reasons) instead of stopping."
+    )
 
 
 @dataclass
@@ -143,7 +179,6 @@ class GenerateConfig:
     top_k: int = opt(50, "Sample among the k most likely tokens.")
     do_sample: bool = opt(True, "Sample; false means greedy decoding.")
     repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeated tokens.")
-    default_system: str | None = opt(None, "System prompt used when a conversation has none.")
 
 
 SECTIONS: dict[str, type] = {

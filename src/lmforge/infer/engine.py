@@ -17,11 +17,19 @@ logger = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, model, tokenizer, template: Template, generate: GenerateConfig):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template: Template,
+        generate: GenerateConfig,
+        default_system: str | None = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.template = template
         self.defaults = generate
+        self.default_system = default_system
 
     @classmethod
     def from_config(cls, config: Config) -> HFEngine:
@@ -38,7 +46,9 @@ class HFEngine:
 
         if torch.cuda.is_available():
             model = model.to("cuda")
-        return cls(model, setup.tokenizer, setup.template, config.generate)
+        return cls(
+            model, setup.tokenizer, setup.template, config.generate, config.data.default_system
+        )
 
     def generation_kwargs(self, **overrides: Any) -> dict[str, Any]:
         settings = {
@@ -62,7 +72,7 @@ class HFEngine:
     def _inputs(self, messages: list[dict[str, str]], system: str | None):
         import torch
 
-        system = system if system is not None else self.defaults.default_system
+        system = system if system is not None else self.default_system
         ids = self.template.encode_prompt(self.tokenizer, messages, system)
         return torch.tensor([ids], device=self.model.device)
 

@@ -16,8 +16,9 @@ from lmforge import device
 from lmforge.config.resolve import resolve_for_training
 from lmforge.config.schema import Config
 from lmforge.data.collate import PadCollator
-from lmforge.data.loader import DataReport, build_datasets, dataset_names
+from lmforge.data.loader import DataReport, build_datasets
 from lmforge.data.registry import resolve_datasets
+from lmforge.data.sources import dataset_names
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
