@@ -31,6 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", help="print one answer to this prompt and exit")
     chat.add_argument("--system", help="system prompt")
 
+    for name, what, default in (
+        ("api", "serve the model over an OpenAI-compatible HTTP API", "127.0.0.1:8000"),
+        ("webchat", "chat with the model in the browser (Gradio)", "127.0.0.1:7860"),
+    ):
+        serve = sub.add_parser(name, help=what)
+        serve.add_argument("config", help="inference YAML (model, adapter(s), template, ...)")
+        serve.add_argument("--host", help=f"address to listen on (default {default.split(':')[0]})")
+        serve.add_argument("--port", type=int, help=f"port (default {default.split(':')[1]})")
+
+    data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    inspect = data_sub.add_parser(
+        "inspect", help="samples with their trained tokens marked, then statistics"
+    )
+    inspect.add_argument("config", help="training YAML (its data, template and model keys)")
+    inspect.add_argument("--num", type=int, default=3, help="samples to show (default 3)")
+    inspect.add_argument("--index", type=int, help="first sample shown (0-based, training order)")
+    inspect.add_argument("--json", action="store_true", help="print everything as JSON")
+    validate = data_sub.add_parser(
+        "validate", help="check every record; list problems as file:record:field: reason"
+    )
+    validate.add_argument("config", help="training YAML (its data keys)")
+
     models = sub.add_parser("models", help="the local model catalogue")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     models_sub.add_parser("list", help="catalogue models and which are already local")
@@ -49,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if extra and args.command not in ("train", "chat"):
+    if extra and args.command not in ("train", "chat", "data", "api", "webchat"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging()
     try:
@@ -80,23 +103,69 @@ def _setup_logging() -> None:
 
 def cmd_train(args, extra: list[str]) -> int:
     from lmforge.config import load_config
+    from lmforge.train import launch
+
+    config = load_config(args.config, extra)  # a bad config fails once, before any launch
+    if launch.should_relaunch():
+        return launch.relaunch(["train", args.config, *extra])
+    if not launch.is_main_process():
+        logging.getLogger("lmforge").setLevel(logging.WARNING)  # one plan, not one per process
     from lmforge.train.run import run_training
 
-    run_training(load_config(args.config, extra))
+    run_training(config)
     return 0
 
 
 def cmd_chat(args, extra: list[str]) -> int:
     from lmforge.config import load_config
     from lmforge.infer.chat_cli import answer_once, chat_loop
-    from lmforge.infer.engine import HFEngine
+    from lmforge.infer.engine import create_engine
 
     config = load_config(args.config, extra)
-    engine = HFEngine.from_config(config)
-    if args.prompt is not None:
-        answer_once(engine, args.prompt, args.system)
-    else:
-        chat_loop(engine, args.system)
+    engine = create_engine(config)
+    try:
+        if args.prompt is not None:
+            answer_once(engine, args.prompt, args.system)
+        else:
+            chat_loop(engine, args.system)
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_api(args, extra: list[str]) -> int:
+    from lmforge.config import load_config
+    from lmforge.infer.api import serve
+
+    serve(load_config(args.config, extra), args.host, args.port)
+    return 0
+
+
+def cmd_webchat(args, extra: list[str]) -> int:
+    from lmforge.config import load_config
+    from lmforge.infer.webchat import serve
+
+    serve(load_config(args.config, extra), args.host, args.port)
+    return 0
+
+
+def cmd_data(args, extra: list[str]) -> int:
+    from lmforge.commands.data import data_inspect, data_validate
+
+    if args.data_command == "validate":
+        text, code = data_validate(args.config, extra)
+        print(text)
+        return code
+    print(
+        data_inspect(
+            args.config,
+            extra,
+            num=args.num,
+            index=args.index,
+            as_json=args.json,
+            color=sys.stdout.isatty(),
+        )
+    )
     return 0
 
 
@@ -125,6 +194,9 @@ def cmd_version(args, extra: list[str]) -> int:
 COMMANDS = {
     "train": cmd_train,
     "chat": cmd_chat,
+    "api": cmd_api,
+    "webchat": cmd_webchat,
+    "data": cmd_data,
     "models": cmd_models,
     "env": cmd_env,
     "version": cmd_version,

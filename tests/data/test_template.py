@@ -1,10 +1,10 @@
-import jinja2
 import pytest
 
 from conftest import VOCAB, char_ids
 from lmforge.data.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.template import available_templates, get_template
+from lmforge.data.template import get_template
+from lmforge.data.template_tools import parse_tools
 from lmforge.errors import UserError
 
 CONVERSATION = [
@@ -14,18 +14,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "Forge."},
 ]
 BOS, SOT, EOT = VOCAB["<bos>"], VOCAB["<start_of_turn>"], VOCAB["<end_of_turn>"]
-
-
-def render_jinja(template_text: str, messages, add_generation_prompt=False, bos="<bos>") -> str:
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message):
-        raise ValueError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template_text).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos
-    )
 
 
 def test_gemma_two_turn_exact_ids_and_labels(tiny_tokenizer):
@@ -59,17 +47,6 @@ def test_gemma_system_is_folded_into_first_user_turn(tiny_tokenizer):
     )
 
 
-@pytest.mark.parametrize("name", sorted(available_templates()))
-@pytest.mark.parametrize("system", [None, "You are helpful."])
-def test_named_template_text_equals_its_jinja(name, system):
-    template = get_template(name)
-    messages = CONVERSATION + [{"role": "user", "content": "  And now?  "}]
-    vendor_messages = ([{"role": "system", "content": system}] if system else []) + messages
-    ours = "".join(p + a for p, a in template.render_pairs(messages, system))
-    bos = "<bos>" if template.bos else ""
-    assert bos + ours == render_jinja(template.jinja, vendor_messages, add_generation_prompt=True)
-
-
 def test_truncation_keeps_prompt_and_cuts_answer(tiny_tokenizer):
     template = get_template("gemma")
     full = encode_sample(Sample(CONVERSATION[:2]), template, tiny_tokenizer, cutoff_len=1024)
@@ -94,3 +71,39 @@ def test_unknown_template_suggests_closest():
 def test_wrong_role_order_is_refused(tiny_tokenizer):
     with pytest.raises(UserError, match="message 1 has role `user` where `assistant`"):
         get_template("gemma").render_pairs([{"role": "user", "content": "a"}] * 2)
+
+
+# Text equality with each vendor's Jinja template: tests/data/test_template_vendor.py.
+
+
+def test_tool_results_must_follow_an_answer():
+    with pytest.raises(UserError, match="message 1 has role `tool` where `assistant`"):
+        get_template("qwen").render_pairs([{"role": "user", "content": "a"}, {"role": "tool"}])
+
+
+def test_options_change_the_rendering_not_the_catalogue(tiny_tokenizer):
+    qwen = get_template("qwen")
+    custom = qwen.with_options(default_system="Be brief.")
+    messages = [{"role": "user", "content": "Hi"}]
+    assert "Be brief." in "".join(s.text for s in custom.render(tiny_tokenizer, messages))
+    assert "You are Qwen" in "".join(s.text for s in qwen.render(tiny_tokenizer, messages))
+    assert get_template("qwen") is qwen
+
+
+def test_bare_tool_schemas_get_the_openai_wrapping():
+    tools = parse_tools('[{"name": "f", "parameters": {}}]')
+    assert tools == [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with pytest.raises(UserError, match="not valid JSON"):
+        parse_tools("[{")
+
+
+def test_content_is_never_read_as_a_placeholder(tiny_tokenizer):
+    messages = [{"role": "user", "content": "say {eos} and {content}"}]
+    text = "".join(s.text for s in get_template("default").render(tiny_tokenizer, messages))
+    assert "say {eos} and {content}<eos>" in text
+
+
+def test_unknown_tool_format_is_refused(tiny_tokenizer):
+    template = get_template("chatml").with_options(tool_format="hermes9")
+    with pytest.raises(UserError, match="unknown tool_format `hermes9`"):
+        template.render(tiny_tokenizer, [{"role": "user", "content": "a"}], tools='[{"name": "f"}]')

@@ -22,7 +22,7 @@ from lmforge.errors import UserError
 
 # Keys whose relative values name something that must already exist: resolved against the YAML
 # file's folder when it exists there, else left for the working directory (LLaMA-Factory's rule).
-_INPUT_PATH_KEYS = {"model_name_or_path", "adapter_name_or_path", "dataset_dir"}
+_INPUT_PATH_KEYS = {"model_name_or_path", "adapter_name_or_path", "dataset_dir", "adapters"}
 _PATH_KEYWORDS = {"auto", "true", "false", "latest", "none"}
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -163,6 +163,10 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None, *, 
 
 
 def _convert(value: Any, base: type) -> Any:
+    if typing.get_origin(base) is dict:
+        if typing.get_args(base)[1] is dict:
+            return _convert_nested_mapping(value)
+        return _convert_mapping(value)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -202,6 +206,29 @@ def _convert(value: Any, base: type) -> Any:
     raise TypeError(f"unsupported field type {base}")
 
 
+def _convert_mapping(value: Any) -> dict[str, str]:
+    """`{name: value, ...}` from YAML, or `name=value,name=value` from the command line."""
+    if isinstance(value, str):
+        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict) or not value:
+        raise ValueError
+    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
+        raise ValueError
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _convert_nested_mapping(value: Any) -> dict[str, dict]:
+    """`datasets: {name: {path: ..., formatting: ...}}`: names mapped to dataset entries."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError
+    if not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError
+    return {str(k): dict(v) for k, v in value.items()}
+
+
 def _unwrap_optional(hint: Any) -> tuple[bool, type]:
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -211,18 +238,46 @@ def _unwrap_optional(hint: Any) -> tuple[bool, type]:
 
 
 def _type_name(base: type) -> str:
+    if typing.get_origin(base) is dict:
+        if typing.get_args(base)[1] is dict:
+            return "mapping of dataset names to entries"
+        return "mapping of names to values"
     return {bool: "boolean (true/false)", int: "whole number", float: "number", str: "string"}[base]
 
 
 def _example(base: type) -> str:
+    if typing.get_origin(base) is dict:
+        if typing.get_args(base)[1] is dict:
+            return "{chats: {path: data/chats.jsonl, formatting: openai}}"
+        return "{medical: saves/medical, legal: saves/legal}"
     return {bool: "true", int: "8", float: "5e-5", str: ""}[base]
 
 
-def _resolve_path(key: str, value: str, base_dir: Path | None) -> str:
+def _resolve_path(key: str, value: Any, base_dir: Path | None) -> Any:
     if base_dir is None:
         return value
+    if key == "datasets":  # inline dataset entries: their files sit next to the YAML file
+        return {name: _resolve_dataset_entry(entry, base_dir) for name, entry in value.items()}
+    if isinstance(value, dict):
+        return {name: _resolve_one(key, path, base_dir) for name, path in value.items()}
     parts = [p.strip() for p in value.split(",")] if key == "adapter_name_or_path" else [value]
     return ",".join(_resolve_one(key, p, base_dir) for p in parts)
+
+
+def _resolve_dataset_entry(entry: dict, base_dir: Path) -> dict:
+    entry = dict(entry)
+    for field_name in ("path", "file_name"):
+        value = entry.get(field_name)
+        if isinstance(value, str):
+            entry[field_name] = _join(value, base_dir)
+        elif isinstance(value, list):
+            entry[field_name] = [_join(v, base_dir) if isinstance(v, str) else v for v in value]
+    return entry
+
+
+def _join(value: str, base_dir: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base_dir / path)
 
 
 def _resolve_one(key: str, value: str, base_dir: Path) -> str:

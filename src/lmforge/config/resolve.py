@@ -15,7 +15,9 @@ _RESUME_AUTO = {"auto", "true", "latest"}
 _RESUME_OFF = {"false", "none", "no", ""}
 
 
-def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) -> Config:
+def resolve_for_training(
+    config: Config, *, bf16_supported: bool, cuda: bool, check_output_dir: bool = True
+) -> Config:
     model, method, data, train = config.model, config.method, config.data, config.train
     _require(config, "model_name_or_path", model.model_name_or_path, "gemma-3-270m")
     if not train.do_train:
@@ -29,7 +31,8 @@ def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) ->
             f"stage `{method.stage}` is not available in this version of lmforge",
             fix=f"use stage: {' or '.join(STAGES)}",
         )
-    _require(config, "dataset", data.dataset, "identity")
+    if not data.datasets:  # inline datasets are all used when `dataset` is not set
+        _require(config, "dataset", data.dataset, "identity")
     _require(config, "output_dir", train.output_dir, "saves/my-run")
     if method.lora_alpha is None:
         method.lora_alpha = 2 * method.lora_rank
@@ -44,6 +47,7 @@ def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) ->
         value = _get(config, key)
         if value < 1:
             raise UserError(f"`{key}: {value}` must be at least 1", where=config.source)
+    _check_quantization(config, cuda)
     if train.bf16 and train.fp16:
         raise UserError("bf16 and fp16 are both true", where=config.source, fix="keep one of them")
     if train.bf16 and not bf16_supported:
@@ -52,13 +56,58 @@ def resolve_for_training(config: Config, *, bf16_supported: bool, cuda: bool) ->
             "bf16: this device has no native bfloat16, so training runs in fp32 "
             "(slower emulated bf16 would not save time here)"
         )
+    if method.pure_bf16 and not bf16_supported:
+        method.pure_bf16 = False
+        config.notes.append("pure_bf16: this device has no native bfloat16; weights stay fp32")
+    if method.pure_bf16:
+        train.bf16 = False  # the weights are bf16 already: autocast would only add casts
+    if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
+        raise UserError(
+            "loraplus_lr_ratio works with finetuning_type: lora only",
+            where=config.source,
+            fix="set finetuning_type: lora or remove loraplus_lr_ratio",
+        )
     if train.fp16 and not cuda:
         train.fp16 = False
         config.notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
     _check_scheduler(config)
+    _check_evaluation(config)
     train.resume_from_checkpoint = _resume_checkpoint(config)
-    _check_output_dir(config)
+    if check_output_dir:
+        _check_output_dir(config)
     return config
+
+
+def _check_quantization(config: Config, cuda: bool) -> None:
+    bits = config.method.quantization_bit
+    if bits is None:
+        return
+    if bits not in (4, 8):
+        raise UserError(
+            f"quantization_bit: {bits} is not supported", where=config.source, fix="use 4 or 8"
+        )
+    if config.method.finetuning_type != "lora":
+        raise UserError(
+            f"quantization_bit needs finetuning_type: lora (QLoRA), not "
+            f"{config.method.finetuning_type}: quantized weights cannot be trained directly",
+            where=config.source,
+            fix="set finetuning_type: lora, or remove quantization_bit",
+        )
+    if not cuda:
+        raise UserError(
+            f"quantization_bit: {bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {bits}-bit "
+            "kernels do not run on this device",
+            where=config.source,
+            fix="remove quantization_bit and train plain LoRA here (a 270M-1B model fits in "
+            "memory as it is), or run on a machine with an NVIDIA GPU",
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "quantization_bit needs the bitsandbytes package",
+            fix="pip install 'lmforge[bitsandbytes]'",
+        ) from None
 
 
 def resolve_for_inference(config: Config) -> Config:
@@ -92,6 +141,30 @@ def _check_scheduler(config: Config) -> None:
         )
 
 
+def _check_evaluation(config: Config) -> None:
+    data, train = config.data, config.train
+    has_eval = data.val_size > 0 or bool(data.eval_dataset)
+    wants_eval = train.eval_strategy != "no" or train.early_stopping_patience or train.compute_accuracy
+    if wants_eval and not has_eval:
+        raise UserError(
+            "evaluation is asked for (eval_strategy, early_stopping_patience or compute_accuracy) "
+            "but there is no evaluation data",
+            where=config.source,
+            fix="set val_size (e.g. 0.1) or eval_dataset",
+        )
+    if train.early_stopping_patience:
+        if train.eval_strategy == "no":
+            train.eval_strategy = "steps"
+        eval_steps = train.eval_steps or train.logging_steps
+        if train.eval_strategy == "steps" and train.save_steps % eval_steps:
+            raise UserError(
+                f"early stopping keeps the best checkpoint, so save_steps ({train.save_steps}) "
+                f"must be a multiple of eval_steps ({eval_steps})",
+                where=config.source,
+                fix=f"set save_steps: {eval_steps * max(train.save_steps // eval_steps, 1)}",
+            )
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (checkpoint-N folders are renamed into place whole)."""
     found = [
@@ -109,6 +182,7 @@ def _resume_checkpoint(config: Config) -> str | None:
     if name in _RESUME_OFF:
         return None
     if name in _RESUME_AUTO:
+        config.resume_auto = True
         found = latest_checkpoint(output_dir)
         if found is None:
             config.notes.append(
@@ -130,6 +204,8 @@ def _check_output_dir(config: Config) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file", fix="choose a folder path")
     if config.train.overwrite_output_dir or config.train.resume_from_checkpoint:
+        return
+    if config.resume_auto:  # `auto` found no checkpoint yet: a fresh start is fine
         return
     if output_dir.is_dir() and any(output_dir.iterdir()):
         raise UserError(

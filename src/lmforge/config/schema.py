@@ -74,6 +74,25 @@ class MethodConfig:
         "all",
         "freeze: modules trained inside the trainable layers: `all` or comma-separated names.",
     )
+    freeze_extra_modules: str | None = opt(
+        None, "freeze: extra modules outside the layers to train too, e.g. embed_tokens,norm."
+    )
+    additional_target: str | None = opt(
+        None, "lora: modules trained fully and saved with the adapter, e.g. embed_tokens,lm_head."
+    )
+    use_rslora: bool = opt(False, "lora: rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = opt(False, "lora: weight-decomposed LoRA (DoRA).")
+    pissa_init: bool = opt(False, "lora: initialise from the principal singular vectors (PiSSA).")
+    loraplus_lr_ratio: float | None = opt(
+        None, "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16)."
+    )
+    create_new_adapter: bool = opt(
+        False, "lora: with adapter_name_or_path, merge it and train a new adapter on top."
+    )
+    quantization_bit: int | None = opt(
+        None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA only)."
+    )
+    pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
 
 
 @dataclass
@@ -81,6 +100,13 @@ class DataConfig:
     """Which data, and how it becomes tokens."""
 
     dataset: str | None = opt(None, "Dataset names from dataset_info.json, comma-separated.")
+    datasets: dict[str, dict] | None = opt(
+        None,
+        "Datasets declared in this YAML: name -> a dataset_info.json-style entry (path or "
+        "file_name, formatting, columns, tags, placeholders, ...), no dataset_info.json needed; "
+        "an entry without a path extends the dataset_info.json entry of the same name.",
+        path=True,
+    )
     eval_dataset: str | None = opt(
         None, "Datasets used only for evaluation, comma-separated (instead of val_size)."
     )
@@ -167,6 +193,10 @@ class TrainConfig:
         None, "Checkpoint folder to resume from, or `auto` for the newest in output_dir.", path=True
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
+    early_stopping_patience: int | None = opt(
+        None, "Stop after this many evaluations without a better eval loss (keeps the best)."
+    )
 
 
 @dataclass
@@ -181,12 +211,47 @@ class GenerateConfig:
     repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeated tokens.")
 
 
+@dataclass
+class InferConfig:
+    """Serving the model: chat, API and webchat."""
+
+    infer_backend: str = opt(
+        "huggingface",
+        "Inference engine: huggingface (transformers, any device) or vllm (CUDA GPU, needs vllm).",
+        choices=("huggingface", "vllm"),
+    )
+    adapters: dict[str, str] | None = opt(
+        None,
+        "Named LoRA adapters served at once on one base, each as its own model name, "
+        "e.g. {medical: saves/med, legal: saves/legal} (or medical=saves/med,legal=saves/legal).",
+        path=True,
+    )
+    served_model_name: str | None = opt(
+        None,
+        "Model name of the base (plus merged adapter_name_or_path) in the API. "
+        "Default: the adapter's or model's folder name.",
+    )
+    api_host: str = opt("127.0.0.1", "Address `lmforge api` listens on (env API_HOST).")
+    api_port: int = opt(8000, "Port `lmforge api` listens on (env API_PORT).")
+    api_key: str | None = opt(
+        None, "Require `Authorization: Bearer KEY` on API requests (env API_KEY wins)."
+    )
+    max_concurrent: int = opt(
+        8, "Requests generated together (round-robin, token by token); more wait in line."
+    )
+    vllm_maxlen: int = opt(4096, "vllm: maximum sequence length (prompt + answer).")
+    vllm_gpu_util: float = opt(0.9, "vllm: share of GPU memory vLLM may use.")
+    vllm_enforce_eager: bool = opt(False, "vllm: disable CUDA graphs (less memory, slower).")
+    vllm_max_lora_rank: int = opt(32, "vllm: largest LoRA rank among the served adapters.")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "method": MethodConfig,
     "data": DataConfig,
     "train": TrainConfig,
     "generate": GenerateConfig,
+    "infer": InferConfig,
 }
 
 
@@ -199,9 +264,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
     # Notes made while loading and resolving (fallbacks, ignored keys), shown in the plan.
     notes: list[str] = field(default_factory=list)
+    # `resume_from_checkpoint: auto` was asked for (even if no checkpoint exists yet).
+    resume_auto: bool = False
     source: str | None = None
 
     def to_flat_dict(self) -> dict[str, Any]:

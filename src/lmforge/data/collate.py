@@ -1,10 +1,24 @@
-"""Pad encoded samples into a batch (right padding; padded labels are -100)."""
+"""Encoded samples (or packed rows) -> tensors for the model.
+
+PadCollator: one sample per row, right padding, an attention mask.
+PackedCollator: rows holding one or more samples; position ids restart at each sample and the
+label of each sample's first token is -100 (it would be predicted from the previous sample's
+last token). No attention_mask: transformers builds the per-sample mask from the position ids
+(see packing.py), and a 2D mask would switch that detection off.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from lmforge.data.encode import IGNORE_INDEX
+
+
+def _round_up(length: int, multiple: int | None) -> int:
+    return (length + multiple - 1) // multiple * multiple if multiple else length
 
 
 class PadCollator:
@@ -13,18 +27,93 @@ class PadCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        length = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = (length + m - 1) // m * m
-        input_ids, labels, attention = [], [], []
-        for f in features:
-            pad = length - len(f["input_ids"])
-            input_ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-            attention.append([1] * len(f["input_ids"]) + [0] * pad)
+        length = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
+        input_ids = np.full((len(features), length), self.pad_token_id, dtype=np.int64)
+        labels = np.full((len(features), length), IGNORE_INDEX, dtype=np.int64)
+        attention = np.zeros((len(features), length), dtype=np.int64)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = f["input_ids"]
+            labels[row, :n] = f["labels"]
+            attention[row, :n] = 1
         return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels),
+            "attention_mask": torch.from_numpy(attention),
         }
+
+
+class PackedCollator:
+    """Rows of packed samples (`lengths` gives each sample's size; absent = one sample).
+
+    flatten=False (sdpa, eager): rows padded to the longest; padding is its own segment with
+    labels -100. flatten=True (flash-attention): the whole batch becomes one row without
+    padding, with the varlen kwargs cu_seq_lens_q/k and max_length_q/k that flash-attention
+    reads instead of inferring them from position ids in every layer."""
+
+    def __init__(
+        self, pad_token_id: int, *, flatten: bool = False, pad_to_multiple_of: int | None = None
+    ):
+        self.pad_token_id = pad_token_id
+        self.flatten = flatten
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        rows = [self._row(f) for f in features]
+        if self.flatten:
+            return self._flat(rows)
+        length = _round_up(max(len(ids) for ids, _, _ in rows), self.pad_to_multiple_of)
+        input_ids = np.full((len(rows), length), self.pad_token_id, dtype=np.int64)
+        labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
+        positions = np.zeros((len(rows), length), dtype=np.int64)
+        for row, (ids, row_labels, lengths) in enumerate(rows):
+            n = len(ids)
+            input_ids[row, :n] = ids
+            labels[row, :n] = row_labels
+            positions[row, :n] = segment_positions(lengths)
+            positions[row, n:] = np.arange(length - n)  # padding: a segment of its own
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(positions),
+        }
+
+    def _row(self, feature: dict) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        ids = np.asarray(feature["input_ids"], dtype=np.int64)
+        labels = np.array(feature["labels"], dtype=np.int64)  # a copy: masked below
+        lengths = list(feature.get("lengths") or [len(ids)])
+        if sum(lengths) != len(ids):
+            raise ValueError(f"packed row lengths {lengths} do not add up to {len(ids)} tokens")
+        labels[segment_starts(lengths)] = IGNORE_INDEX
+        return ids, labels, lengths
+
+    def _flat(self, rows: list[tuple[np.ndarray, np.ndarray, list[int]]]) -> dict:
+        lengths = [n for _, _, row_lengths in rows for n in row_lengths]
+        cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
+        return {
+            "input_ids": torch.from_numpy(np.concatenate([ids for ids, _, _ in rows]))[None],
+            "labels": torch.from_numpy(np.concatenate([labels for _, labels, _ in rows]))[None],
+            "position_ids": torch.from_numpy(segment_positions(lengths))[None],
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
+        }
+
+
+def segment_starts(lengths: Sequence[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def segment_positions(lengths: Sequence[int]) -> np.ndarray:
+    """0..n-1 for each segment, concatenated: [3, 2] -> [0, 1, 2, 0, 1]."""
+    total = int(np.sum(lengths))
+    return np.arange(total, dtype=np.int64) - np.repeat(segment_starts(lengths), lengths)
+
+
+def make_collator(pad_token_id: int, *, packing: bool, attn_implementation: str | None):
+    """The collator for this run: padded rows, or packed rows (flattened for flash-attention,
+    whose varlen path needs one row: flash_attention_2/3 and hub kernels named *flash*)."""
+    if not packing:
+        return PadCollator(pad_token_id)
+    return PackedCollator(pad_token_id, flatten="flash" in (attn_implementation or ""))

@@ -1,145 +1,385 @@
-"""Named chat templates, declared as data in data/templates/*.yaml.
+"""Chat templates: a conversation -> text segments, each marked trained or not.
 
-A template turns a conversation into (prompt, answer) text pairs; the answer part of each pair
-is what the model learns. The same declaration carries the vendor's Jinja chat template, which
-is written into the saved tokenizer so chat, API and export render conversations identically.
+Named templates are data (data/templates/NAME.yaml, see docs/templates.md for the keys) and
+render the same text as the vendor's Jinja chat template (tests/data/test_template_vendor.py).
+`template: auto` (template_auto.py) renders with the tokenizer's own Jinja instead. Both give
+the same interface, which encode.py, the inference engine and the pre-flight checks use:
+
+    render(tokenizer, messages, system=None, tools=None, *, add_generation_prompt=False)
+        -> list[Segment]
+    encode_prompt(tokenizer, messages, system=None, tools=None, *, enable_thinking=...)
+        -> list[int]
+    stop_token_ids(tokenizer) -> list[int]
+    with_options(**RenderOptions fields) -> a copy bound to the data settings
+    name, jinja (written into the saved tokenizer), thinking (Thinking | None)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import yaml
 
+from lmforge.data.template_tools import get_tool_format, parse_tools
 from lmforge.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("user", "assistant", "tool")
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool = False
+    turn: int = -1  # index of the assistant message the text belongs to; -1 for prompt text
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The data settings that change how a conversation is rendered (DataConfig keys)."""
+
+    enable_thinking: bool | None = True  # None: mixed, each sample decides
+    preserve_thinking: bool = False
+    default_system: str | None = None
+    tool_format: str | None = None
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """Reasoning markers: a reasoning block is `open + reasoning + close`; an empty block is
+    `open + close`. `prompt_opens`: the generation prompt already ends with `open` (DeepSeek-R1)."""
+
+    open: str
+    close: str
+    prompt_opens: bool = False
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
     description: str
-    format_user: str
-    format_assistant: str
-    bos: bool = False
-    format_system: str | None = None
-    system_into_first_user: str | None = None
-    trim_content: bool = False
-    stop_words: tuple[str, ...] = ()
+    user: str
+    assistant: str  # the trained part of an assistant turn: "{content}<|im_end|>\n"
+    generation: str = ""  # the generation prompt before each assistant turn (not trained)
+    prefix: str = ""  # once, at the start ("{bos}", "[gMASK]<sop>")
+    system: str | None = None  # a system turn; None: the system prompt is folded into a user turn
+    system_fold: str = "first_user"  # which user turn receives it: first_user | last_user
+    system_fold_format: str = "{system}\n\n{content}"
+    fold_trim: bool = False  # strip the user turn after folding the system prompt in (Llama 2)
+    trim: tuple[str, ...] = ()  # roles whose content is stripped of surrounding whitespace
     default_system: str | None = None
+    suffix: str = ""  # after a conversation that ends with an answer (not trained): Phi-3's EOS
+    efficient_eos: bool = False  # the turn ends with the next turn's first marker (trained)
+    closing: str = "{eos}"  # efficient_eos: what ends the last answer of a conversation
+    observation: str = "{content}"  # one tool result
+    observation_group: tuple[str, str] = ("", "")  # around consecutive tool results
+    assistant_tool_calls: str | None = None  # turn format when the turn calls tools
+    tool_format: str = "default"
+    thinking: Thinking | None = None
+    stop_words: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()  # must each be one token of the vocabulary
     jinja: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    models: str = ""
+    options: RenderOptions = field(default_factory=RenderOptions)
 
-    def render_pairs(
-        self, messages: list[dict[str, str]], system: str | None = None
-    ) -> list[tuple[str, str]]:
-        """(prompt text, answer text) for each user->assistant exchange.
+    # -- the shared interface -------------------------------------------------------------
 
-        `messages` alternate user/assistant and start with user; a trailing user message gets an
-        empty answer (the generation prompt). The system prompt goes where the template puts it.
-        """
-        check_alternation(messages)
-        system = system if system is not None else self.default_system
-        pairs: list[tuple[str, str]] = []
-        for i in range(0, len(messages), 2):
-            user = self._content(messages[i]["content"])
-            prompt = ""
-            if i == 0 and system:
-                if self.format_system is not None:
-                    prompt += self.format_system.format(content=self._content(system))
-                elif self.system_into_first_user is not None:
-                    user = self.system_into_first_user.format(system=system) + user
-            prompt += self.format_user.format(content=user)
-            answer = ""
-            if i + 1 < len(messages):
-                answer = self.format_assistant.format(
-                    content=self._content(messages[i + 1]["content"])
-                )
-            pairs.append((prompt, answer))
-        return pairs
+    def with_options(self, **options: Any) -> Template:
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, **options))
 
-    def _content(self, text: str) -> str:
-        return text.strip() if self.trim_content else text
-
-    def bos_ids(self, tokenizer) -> list[int]:
-        if not self.bos:
-            return []
-        if tokenizer.bos_token_id is None:
-            raise UserError(
-                f"template `{self.name}` starts with a BOS token, but the tokenizer has none",
-                fix="pick the template that matches the model (see docs/templates.md)",
-            )
-        return [tokenizer.bos_token_id]
-
-    def encode_pairs(
-        self, tokenizer, messages: list[dict[str, str]], system: str | None = None
-    ) -> list[tuple[list[int], list[int]]]:
-        """Token ids of each (prompt, answer) pair; BOS (if any) opens the first prompt."""
-        encoded = []
-        for i, (prompt, answer) in enumerate(self.render_pairs(messages, system)):
-            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-            if i == 0:
-                prompt_ids = self.bos_ids(tokenizer) + prompt_ids
-            answer_ids = tokenizer.encode(answer, add_special_tokens=False) if answer else []
-            encoded.append((prompt_ids, answer_ids))
-        return encoded
+    def render(
+        self,
+        tokenizer,
+        messages: list[dict],
+        system: str | None = None,
+        tools: str | list | None = None,
+        *,
+        add_generation_prompt: bool = False,
+        enable_thinking: Any = _UNSET,
+    ) -> list[Segment]:
+        check_roles(messages)
+        opts = self.options
+        thinking_mode = opts.enable_thinking if enable_thinking is _UNSET else enable_thinking
+        out = _Builder(self, _specials(tokenizer))
+        out.add(self.prefix)
+        if not system:
+            system = opts.default_system if opts.default_system is not None else self.default_system
+        tool_list = parse_tools(tools)
+        fmt = get_tool_format(opts.tool_format or self.tool_format)
+        parts = fmt.system_parts(system, tool_list) if tool_list else ([system] if system else [])
+        folded = None
+        if self.system is not None:
+            for part in parts:
+                out.add(self.system, content=self._trim("system", part))
+        elif parts:
+            folded = "\n\n".join(parts)
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        fold_at = (users[0] if self.system_fold == "first_user" else users[-1]) if users else -1
+        last_user = users[-1] if users else -1
+        i = 0
+        while i < len(messages):
+            message = messages[i]
+            if message["role"] == "user":
+                content = self._trim("user", _text(message))
+                if folded is not None and i == fold_at:
+                    content = out.fill(self.system_fold_format, system=folded, content=content)
+                    content = content.strip() if self.fold_trim else content
+                out.add(self.user, content=content)
+            elif message["role"] == "tool":
+                run = [i]
+                while run[-1] + 1 < len(messages) and messages[run[-1] + 1]["role"] == "tool":
+                    run.append(run[-1] + 1)
+                text = out.fill(self.observation_group[0])
+                for j in run:
+                    text += out.fill(self.observation, content=_text(messages[j]))
+                out.add_text(text + out.fill(self.observation_group[1]))
+                i = run[-1]
+            else:
+                self._assistant(out, messages, i, last_user, thinking_mode, fmt)
+            i += 1
+        if add_generation_prompt:
+            out.add(self.generation)
+            out.add_text(self.generation_thinking(thinking_mode))
+        elif messages and messages[-1]["role"] == "assistant":
+            if self.efficient_eos:
+                out.add(self.closing, trained=True, turn=len(messages) - 1)
+            out.add(self.suffix)
+        return out.segments
 
     def encode_prompt(
-        self, tokenizer, messages: list[dict[str, str]], system: str | None = None
+        self,
+        tokenizer,
+        messages: list[dict],
+        system: str | None = None,
+        tools: str | list | None = None,
+        *,
+        enable_thinking: Any = _UNSET,
     ) -> list[int]:
-        """The ids that ask the model for the next answer (messages end with a user turn)."""
-        if not messages or messages[-1]["role"] != "user":
-            raise UserError("a generation prompt must end with a user message")
-        ids: list[int] = []
-        for prompt_ids, answer_ids in self.encode_pairs(tokenizer, messages, system):
-            ids += prompt_ids + answer_ids
-        return ids
+        """The ids that ask the model for the next answer (messages end with a user/tool turn)."""
+        if not messages or messages[-1]["role"] == "assistant":
+            raise UserError("a generation prompt must end with a user message (or tool results)")
+        segments = self.render(
+            tokenizer,
+            messages,
+            system,
+            tools,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+        )
+        return tokenizer.encode("".join(s.text for s in segments), add_special_tokens=False)
 
     def stop_token_ids(self, tokenizer) -> list[int]:
         """EOS plus each stop word that is one token: generation ends at any of them."""
         ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         for word in self.stop_words:
-            word_ids = tokenizer.encode(word, add_special_tokens=False)
+            word_ids = tokenizer.encode(_fill(word, _specials(tokenizer)), add_special_tokens=False)
             if len(word_ids) == 1 and word_ids[0] not in ids:
                 ids.append(word_ids[0])
         return ids
 
-    def check_tokenizer(self, tokenizer) -> None:
-        """Each stop word must be a single token, or generation never stops on it."""
-        for word in self.stop_words:
-            ids = tokenizer.encode(word, add_special_tokens=False)
-            if len(ids) != 1:
-                raise UserError(
-                    f"template `{self.name}` needs `{word}` as one token, but this tokenizer "
-                    f"splits it into {len(ids)} tokens",
-                    fix="the template does not match this model; pick the template the model "
-                    "was trained with (see `lmforge models list` for catalogue models)",
-                )
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """(open, close) without surrounding newlines, for parsing generated answers."""
+        return (self.thinking.open.strip(), self.thinking.close.strip()) if self.thinking else None
+
+    def generation_thinking(self, enable_thinking: bool | None) -> str:
+        """What follows the generation prompt: the open marker when the vendor's prompt opens the
+        block; the empty block when thinking is off (as `apply_chat_template` writes it)."""
+        th = self.thinking
+        if th is None:
+            return ""
+        if enable_thinking is False:
+            return th.open + th.close
+        return th.open if th.prompt_opens else ""
+
+    # -- compatibility with the first template API -----------------------------------------
+
+    @property
+    def bos(self) -> bool:
+        return "{bos}" in self.prefix
+
+    def render_pairs(
+        self, messages: list[dict], system: str | None = None
+    ) -> list[tuple[str, str]]:
+        """(prompt text, answer text) per exchange, without BOS/EOS text."""
+        pairs: list[tuple[str, str]] = []
+        prompt = answer = ""
+        for segment in self.render(_NoSpecials(), messages, system):
+            if segment.trained:
+                answer += segment.text
+                continue
+            if answer:
+                pairs.append((prompt, answer))
+                prompt = answer = ""
+            prompt += segment.text
+        if prompt or answer:
+            pairs.append((prompt, answer))
+        return pairs
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _trim(self, role: str, text: str) -> str:
+        return text.strip() if role in self.trim else text
+
+    def _assistant(self, out, messages, i, last_user, thinking_mode, fmt) -> None:
+        message = messages[i]
+        content = _text(message)
+        reasoning, content = self._reasoning(message, content)
+        untrained, trained = "", ""
+        th = self.thinking
+        if th is not None:
+            is_last = i == len(messages) - 1
+            keep = thinking_mode is not False and (i > last_user or self.options.preserve_thinking)
+            reasoning = reasoning if keep else None
+            if reasoning or is_last:
+                content = content.lstrip("\n")
+                block = th.open + (reasoning or "").strip("\n") + th.close
+                opened = len(th.open) if th.prompt_opens else 0
+                # An empty block is learned only when thinking is on for every sample; mixed and
+                # off put it in the prompt, as the vendor's generation prompt does.
+                learn = bool(reasoning) or thinking_mode is True
+                untrained, trained = (block[:opened], block[opened:]) if learn else (block, "")
+        content = self._trim("assistant", content)
+        calls = message.get("tool_calls") or []
+        body = fmt.calls(content, calls) if calls else content
+        turn = self.assistant_tool_calls if calls and self.assistant_tool_calls else self.assistant
+        before, _, after = turn.partition("{content}")
+        out.add(self.generation)
+        out.add_text(untrained)
+        out.add_text(out.fill(before) + trained + body + out.fill(after), trained=True, turn=i)
+        out.after_answer(i)
+
+    def _reasoning(self, message: dict, content: str) -> tuple[str | None, str]:
+        reasoning = message.get("reasoning") or message.get("reasoning_content")
+        th = self.thinking
+        if th and not reasoning and th.close.strip() in content:
+            # Reasoning written inline, as Qwen3's template also accepts it.
+            head, _, content = content.partition(th.close.strip())
+            reasoning = head.split(th.open.strip())[-1].strip("\n") or None
+            content = content.lstrip("\n")
+        return reasoning, content
 
 
-def check_alternation(messages: list[dict[str, str]]) -> None:
+class _Builder:
+    """Collects segments, merging neighbours with the same marks, and trains the first marker
+    of the turn after an answer for `efficient_eos` templates."""
+
+    def __init__(self, template: Template, specials: dict[str, str]):
+        self.template, self.specials = template, specials
+        self.segments: list[Segment] = []
+        self.pending_turn: int | None = None
+
+    def fill(self, fmt: str, **values: str) -> str:
+        return _fill(fmt, {**self.specials, **values})
+
+    def add(self, fmt: str, *, trained: bool = False, turn: int = -1, **values: str) -> None:
+        self.add_text(self.fill(fmt, **values), trained=trained, turn=turn)
+
+    def add_text(self, text: str, *, trained: bool = False, turn: int = -1) -> None:
+        if not text:
+            return
+        if self.pending_turn is not None and not trained:
+            for word in self.template.stop_words:
+                marker = self.fill(word)
+                if marker and text.startswith(marker):
+                    self._append(Segment(marker, True, self.pending_turn))
+                    text = text[len(marker) :]
+                    break
+            self.pending_turn = None
+            if not text:
+                return
+        self._append(Segment(text, trained, turn))
+
+    def after_answer(self, turn: int) -> None:
+        if self.template.efficient_eos:
+            self.pending_turn = turn
+
+    def _append(self, segment: Segment) -> None:
+        last = self.segments[-1] if self.segments else None
+        if last and (last.trained, last.turn) == (segment.trained, segment.turn):
+            self.segments[-1] = Segment(last.text + segment.text, last.trained, last.turn)
+        else:
+            self.segments.append(segment)
+
+
+_PLACEHOLDER = re.compile(r"\{(bos|eos|content|system)\}")
+
+
+def _fill(fmt: str, values: dict[str, str]) -> str:
+    """Replace {bos} {eos} {content} {system} in one pass, so text inside content is never
+    read as a placeholder (a user may well write "{eos}")."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), fmt)
+
+
+def _specials(tokenizer) -> dict[str, str]:
+    return {"bos": tokenizer.bos_token or "", "eos": tokenizer.eos_token or ""}
+
+
+class _NoSpecials:
+    bos_token = eos_token = ""
+
+
+def _text(message: dict) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def check_roles(messages: list[dict]) -> None:
+    """user first; an answer follows a user turn or tool results; tool results follow an
+    answer; a user turn follows an answer (or tool results)."""
+    allowed = {None: ("user",), "user": ("assistant",), "assistant": ("user", "tool")}
+    allowed["tool"] = ("tool", "assistant", "user")
+    previous = None
     for i, message in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message.get("role") != expected:
+        role = message.get("role")
+        expected = allowed[previous]
+        if role not in expected:
+            names = " or ".join(f"`{r}`" for r in expected)
             raise UserError(
-                f"message {i} has role `{message.get('role')}` where `{expected}` was expected",
-                fix="conversations alternate user and assistant, starting with user "
-                "(the system prompt is given separately)",
+                f"message {i} has role `{role}` where {names} was expected",
+                fix="conversations alternate user and assistant, starting with user; tool "
+                "results follow the assistant turn that called the tools (the system prompt "
+                "is given separately)",
             )
+        previous = role
+
+
+# -- the catalogue of named templates ----------------------------------------------------------
+
+_TUPLES = ("trim", "stop_words", "special_tokens", "observation_group")
+
+
+def _load(entry) -> Template:
+    spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
+    jinja_file = spec.pop("jinja_file", None)
+    if jinja_file:
+        spec["jinja"] = entry.parent.joinpath(jinja_file).read_text(encoding="utf-8")
+    for key in _TUPLES:
+        if key in spec:
+            spec[key] = tuple(spec[key])
+    if spec.get("thinking"):
+        spec["thinking"] = Thinking(**spec["thinking"])
+    spec.pop("vendor", None)  # documentation only
+    template = Template(**spec)
+    if template.jinja is None:
+        from lmforge.data.template_jinja import simple_jinja
+
+        template = dataclasses.replace(template, jinja=simple_jinja(template))
+    return template
 
 
 @functools.cache
 def available_templates() -> dict[str, Template]:
-    found: dict[str, Template] = {}
-    for entry in resources.files("lmforge.data").joinpath("templates").iterdir():
+    folder = resources.files("lmforge.data").joinpath("templates")
+    found = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
-            spec["stop_words"] = tuple(spec.get("stop_words", ()))
-            found[spec["name"]] = Template(**spec)
+            template = _load(entry)
+            found[template.name] = template
     return found
 
 
@@ -152,6 +392,16 @@ def get_template(name: str) -> Template:
         hint = f"did you mean `{close[0]}`? " if close else ""
         raise UserError(
             f"unknown template `{name}`",
-            fix=f"{hint}set `template` to one of: {', '.join(sorted(templates))}",
+            fix=f"{hint}set `template` to auto or one of: {', '.join(sorted(templates))}",
         )
     return templates[name]
+
+
+def template_options(data) -> dict[str, Any]:
+    """RenderOptions from a DataConfig."""
+    return {
+        "enable_thinking": data.enable_thinking,
+        "preserve_thinking": data.preserve_thinking,
+        "default_system": data.default_system,
+        "tool_format": data.tool_format,
+    }

@@ -1,25 +1,56 @@
-"""`lmforge chat`: a streaming terminal chat with history, or one answer with --prompt."""
+"""`lmforge chat`: a streaming terminal chat with history, or one answer with --prompt.
+
+Reasoning (for templates with thinking markers) is printed apart from the answer, dimmed on a
+terminal, and is not kept in the history: vendors drop earlier turns' reasoning too.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
-from lmforge.infer.engine import HFEngine
+from lmforge.infer.engine import BaseEngine
 
 HELP = "Type a message. `clear` forgets the conversation, `exit` quits."
+_DIM, _RESET = "\033[2m", "\033[0m"
 
 
-def answer_once(engine: HFEngine, prompt: str, system: str | None = None) -> str:
-    parts = []
-    for piece in engine.stream([{"role": "user", "content": prompt}], system):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        parts.append(piece)
-    sys.stdout.write("\n")
-    return "".join(parts)
+def show_answer(events, out: TextIO | None = None) -> str:
+    """Print an answer's events as they come; returns the answer text for the history."""
+    out = out or sys.stdout
+    color = out.isatty()
+    content: list[str] = []
+    in_reasoning = False
+    for kind, value in events:
+        if kind == "reasoning":
+            if not in_reasoning:
+                out.write((_DIM if color else "") + "[thinking] ")
+                in_reasoning = True
+            out.write(value)
+        else:
+            if in_reasoning:
+                out.write((_RESET if color else "") + "\n[answer] ")
+                in_reasoning = False
+            if kind == "tool_call":
+                text = f"\n[tool call] {value.name}({value.arguments})"
+                content.append(text.strip())
+                out.write(text)
+            else:
+                content.append(value)
+                out.write(value)
+        out.flush()
+    if in_reasoning and color:
+        out.write(_RESET)
+    out.write("\n")
+    out.flush()
+    return "".join(content)
 
 
-def chat_loop(engine: HFEngine, system: str | None = None) -> None:
+def answer_once(engine: BaseEngine, prompt: str, system: str | None = None) -> str:
+    return show_answer(engine.chat([{"role": "user", "content": prompt}], system))
+
+
+def chat_loop(engine: BaseEngine, system: str | None = None) -> None:
     print(HELP)
     history: list[dict[str, str]] = []
     while True:
@@ -39,9 +70,10 @@ def chat_loop(engine: HFEngine, system: str | None = None) -> None:
             continue
         history.append({"role": "user", "content": text})
         print("Assistant: ", end="", flush=True)
-        parts = []
-        for piece in engine.stream(history, system):
-            print(piece, end="", flush=True)
-            parts.append(piece)
-        print()
-        history.append({"role": "assistant", "content": "".join(parts)})
+        try:
+            answer = show_answer(engine.chat(history, system))
+        except KeyboardInterrupt:  # stop this answer, keep the session
+            print("\n(interrupted)")
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})

@@ -20,6 +20,8 @@ def apply_finetuning(model, method: MethodConfig, adapter_paths: list[str] | Non
         _apply_freeze(model, method)
     else:
         model.requires_grad_(True)
+    if method.pure_bf16:
+        return model  # everything stays bf16 by request: less memory, rounding accepted
     # Trainable weights stay fp32 so optimizer updates are not lost to rounding.
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
@@ -30,20 +32,29 @@ def apply_finetuning(model, method: MethodConfig, adapter_paths: list[str] | Non
 def _apply_lora(model, method: MethodConfig, adapter_paths: list[str]):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if adapter_paths:
-        # Continue training an existing adapter (the last one; earlier ones are merged in).
-        for path in adapter_paths[:-1]:
-            model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        return PeftModel.from_pretrained(model, adapter_paths[-1], is_trainable=True)
-    targets = _lora_targets(model, method.lora_target)
+    # Earlier adapters are merged into the base; the last one is trained further, unless
+    # create_new_adapter asks for a fresh adapter on top of all of them.
+    keep_training = adapter_paths[-1:] if adapter_paths and not method.create_new_adapter else []
+    for path in adapter_paths[: len(adapter_paths) - len(keep_training)]:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    if keep_training:
+        return PeftModel.from_pretrained(model, keep_training[0], is_trainable=True)
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=method.lora_rank,
         lora_alpha=method.lora_alpha or 2 * method.lora_rank,
         lora_dropout=method.lora_dropout,
-        target_modules=targets,
+        target_modules=_lora_targets(model, method.lora_target),
+        modules_to_save=_names(method.additional_target) or None,
+        use_rslora=method.use_rslora,
+        use_dora=method.use_dora,
+        init_lora_weights="pissa" if method.pissa_init else True,
     )
     return get_peft_model(model, config)
+
+
+def _names(value: str | None) -> list[str]:
+    return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
 def _lora_targets(model, lora_target: str) -> str | list[str]:
@@ -83,12 +94,37 @@ def _apply_freeze(model, method: MethodConfig) -> None:
             trainable = any(f".{m}." in name for m in modules)
         param.requires_grad_(trainable)
         trained_any |= trainable
+    extra = _names(method.freeze_extra_modules)
+    outside = {n: p for n, p in model.named_parameters() if ".layers." not in n}
+    for module in extra:
+        matched = [p for n, p in outside.items() if module in n.split(".")]
+        if not matched:
+            parts = sorted({part for n in outside for part in n.split(".")[:-1]})
+            raise UserError(
+                f"freeze_extra_modules: no module `{module}` outside the layers",
+                fix=f"use some of: {', '.join(parts)}",
+            )
+        for param in matched:
+            param.requires_grad_(True)
+        trained_any = True
     if not trained_any:
         raise UserError(
             f"freeze_trainable_modules `{method.freeze_trainable_modules}` matches no parameter "
             "in the trainable layers",
             fix="use `all`, or module names such as self_attn,mlp",
         )
+
+
+def loraplus_param_groups(model, learning_rate: float, ratio: float, weight_decay: float):
+    """LoRA+: the B matrices learn `ratio` times faster than A (Hayou et al., 2024)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = learning_rate * ratio if "lora_B" in name else learning_rate
+        decay = 0.0 if param.ndim < 2 else weight_decay  # no decay on biases and norms
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -44,15 +44,36 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     flash_attn: str = "auto",
     trust_remote_code: bool = False,
+    quantization_bit: int | None = None,
 ):
     from transformers import AutoModelForCausalLM
 
+    extra = {}
+    if quantization_bit is not None:
+        # QLoRA: NF4 (or int8) weights, bf16 compute, on this process's GPU.
+        import os
+
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization_bit == 4,
+            load_in_8bit=quantization_bit == 8,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype,
         attn_implementation=attention_implementation(flash_attn),
         trust_remote_code=trust_remote_code,
+        **extra,
     )
+    if quantization_bit is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 

@@ -15,14 +15,22 @@ import yaml
 from lmforge import device
 from lmforge.config.resolve import resolve_for_training
 from lmforge.config.schema import Config
-from lmforge.data.collate import PadCollator
-from lmforge.data.loader import DataReport, build_datasets
-from lmforge.data.registry import resolve_datasets
-from lmforge.data.sources import dataset_names
-from lmforge.model.adapters import apply_finetuning, trainable_line
+from lmforge.data.collate import make_collator
+from lmforge.data.loader import DataReport, build_datasets, packing_enabled
+from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.data.sources import check_datasets
+from lmforge.errors import UserError
+from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
 from lmforge.train.callbacks import JsonlLogCallback
+from lmforge.train.launch import is_launched, is_main_process
+from lmforge.train.monitor import (
+    OverfitWarningCallback,
+    argmax_logits,
+    check_trackers,
+    token_accuracy,
+)
 from lmforge.train.plot import plot_loss
 from lmforge.train.trainer import STAGING, AtomicCheckpointTrainer
 
@@ -41,13 +49,23 @@ class TrainingRun:
 def run_training(config: Config) -> TrainingRun:
     """Train as the config says. Every check that can fail on the user's input runs before the
     first file is written."""
+    main_process = is_main_process()
     resolve_for_training(
-        config, bf16_supported=device.supports_bf16(), cuda=torch.cuda.is_available()
+        config,
+        bf16_supported=device.supports_bf16(),
+        cuda=torch.cuda.is_available(),
+        check_output_dir=main_process,  # other ranks would see rank 0's first files
     )
-    resolve_datasets(dataset_names(config.data), config.data.dataset_dir)  # fail fast on data
+    check_distributed_settings(config)
+    check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     setup = prepare_model_setup(config)
     train_set, eval_set, report = build_datasets(
-        config.data, setup.template, setup.tokenizer, config.train.seed
+        config.data,
+        setup.template,
+        setup.tokenizer,
+        config.train.seed,
+        stage=config.method.stage,
+        max_steps=config.train.max_steps,
     )
 
     from transformers import set_seed
@@ -55,40 +73,116 @@ def run_training(config: Config) -> TrainingRun:
     set_seed(config.train.seed)
     model = load_model(
         setup.resolved.path,
-        dtype=torch.float32,
+        dtype=training_dtype(config),
         flash_attn=config.model.flash_attn,
         trust_remote_code=config.model.trust_remote_code,
+        quantization_bit=config.method.quantization_bit,
     )
     model = apply_finetuning(model, config.method, split_paths(config.model.adapter_name_or_path))
+    packing = packing_enabled(config.data)
+    collator = make_collator(
+        setup.tokenizer.pad_token_id,
+        packing=packing,
+        attn_implementation=model.config._attn_implementation,
+    )
+    if packing:  # isolation of packed samples is checked on this very model, not assumed
+        prepare_model_for_packing(model)
+        check_isolation(model, collator)
     args = training_arguments(config, has_eval=bool(eval_set))
     for line in plan_lines(config, setup, model, report, args):
         logger.info(line)
 
     output_dir = Path(config.train.output_dir)
-    _prepare_output_dir(config, output_dir)
-    write_run_config(config, output_dir)
+    if main_process:
+        _prepare_output_dir(config, output_dir)
+        write_run_config(config, output_dir)
     trainer = AtomicCheckpointTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set or None,
-        data_collator=PadCollator(setup.tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=setup.tokenizer,
-        callbacks=[JsonlLogCallback(output_dir)],
+        callbacks=training_callbacks(config, has_eval=bool(eval_set), output_dir=output_dir),
+        compute_metrics=token_accuracy if config.train.compute_accuracy else None,
+        preprocess_logits_for_metrics=argmax_logits if config.train.compute_accuracy else None,
+        optimizers=(loraplus_optimizer(config, model, args), None),
     )
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
     trainer.save_model()
-    # The template used in training goes into the saved tokenizer, so every consumer uses it.
-    setup.tokenizer.chat_template = setup.template.jinja
-    setup.tokenizer.save_pretrained(str(output_dir))
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     if eval_set:
-        trainer.save_metrics("eval", trainer.evaluate())
-    if config.train.plot_loss:
-        plot_loss(output_dir)
+        trainer.save_metrics("eval", final_eval_metrics(trainer))
+    if main_process:
+        # The template used in training goes into the saved tokenizer, so every consumer uses it.
+        setup.tokenizer.chat_template = setup.template.jinja
+        setup.tokenizer.save_pretrained(str(output_dir))
+        if config.train.plot_loss:
+            plot_loss(output_dir)
     logger.info("Saved to %s (final train loss %.4f)", output_dir, result.training_loss)
+    _end_distributed()
     return TrainingRun(output_dir, trainer.model, result.training_loss)
+
+
+def check_distributed_settings(config: Config) -> None:
+    deepspeed = config.passthrough.get("deepspeed")
+    if not deepspeed:
+        return
+    if not is_launched():
+        raise UserError(
+            "deepspeed needs a distributed launch, and this run was started as one process",
+            where=config.source,
+            fix="run with FORCE_TORCHRUN=1 (and NPROC_PER_NODE=N): `lmforge train` then "
+            "re-executes itself under torchrun; or remove `deepspeed`",
+        )
+    try:
+        import deepspeed as _  # noqa: F401
+    except ImportError:
+        raise UserError("deepspeed is not installed", fix="pip install 'lmforge[deepspeed]'") from None
+
+
+def _end_distributed() -> None:
+    """Close the process group so its threads end cleanly (gloo otherwise aborts at exit)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def final_eval_metrics(trainer) -> dict:
+    """The evaluation at the last step if one ran there, else a fresh one."""
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        return {k: v for k, v in evals[-1].items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> list:
+    callbacks = [JsonlLogCallback(output_dir)]
+    if has_eval:
+        callbacks.append(OverfitWarningCallback())
+    if config.train.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(config.train.early_stopping_patience))
+    return callbacks
+
+
+def loraplus_optimizer(config: Config, model, args):
+    """AdamW with LoRA+ learning rates, or None to let the Trainer build its own optimizer."""
+    ratio = config.method.loraplus_lr_ratio
+    if not ratio:
+        return None
+    groups = loraplus_param_groups(model, args.learning_rate, ratio, args.weight_decay)
+    betas = (args.adam_beta1, args.adam_beta2)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+
+
+def training_dtype(config: Config) -> torch.dtype:
+    """fp32 master weights, except pure_bf16 (all bf16) and QLoRA (bf16 compute)."""
+    if config.method.pure_bf16 or config.method.quantization_bit:
+        return torch.bfloat16
+    return torch.float32
 
 
 def training_arguments(config: Config, *, has_eval: bool):
@@ -128,7 +222,13 @@ def training_arguments(config: Config, *, has_eval: bool):
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
     )
+    if train.early_stopping_patience:
+        # Early stopping compares eval losses and keeps the best checkpoint.
+        kwargs.update(
+            load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
+        )
     kwargs.update(config.passthrough)
+    check_trackers(kwargs["report_to"] if isinstance(kwargs["report_to"], list) else [])
     return TrainingArguments(**kwargs)
 
 
@@ -146,6 +246,8 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     )
     precision = "bf16 mixed" if train.bf16 else "fp16 mixed" if train.fp16 else "fp32"
+    if config.method.pure_bf16:
+        precision = "pure bf16"
     lines = [
         "Plan",
         f"  model: {config.model.model_name_or_path} ({setup.resolved.origin}: {setup.resolved.path})",
@@ -161,7 +263,7 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         *(f"  data: {line}" for line in report.lines()),
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
         f"accumulation x {args.world_size} process(es) = {effective}",
-        f"  steps: {total_steps(args, report.train_samples)}; learning rate {args.learning_rate}",
+        f"  steps: {total_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
         f"  precision: {precision}; attention: {attention_implementation(config.model.flash_attn)}",
         f"  device: {device.describe()}",
         f"  output: {train.output_dir}",
@@ -171,10 +273,6 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
     if config.passthrough:
         passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items())
         lines.append(f"  passed to TrainingArguments: {passed}")
-    if config.data.preprocessing_num_workers:
-        config.notes.append(
-            "preprocessing_num_workers is accepted but not used yet: encoding runs in this process"
-        )
     lines += [f"  note: {note}" for note in config.notes]
     return lines
 

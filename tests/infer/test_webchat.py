@@ -1,0 +1,149 @@
+"""The browser chat: its turn logic directly, and the real page in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import load_config
+from lmforge.infer.engine import HFEngine
+from lmforge.infer.tool_parser import ToolCall
+from lmforge.infer.webchat import ROLE_OBSERVATION, ROLE_USER, respond
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+class ScriptedEngine:
+    """Stands in for the engine: records the request, answers with fixed events."""
+
+    def __init__(self, events):
+        self.events = events
+        self.calls = []
+
+    def chat(self, messages, system=None, **kwargs):
+        self.calls.append((list(messages), system, kwargs))
+        yield from self.events
+
+
+def run_turn(engine, message, role=ROLE_USER, history=None, thinking=True):
+    settings = ("Be brief.", "tiny", "", 32, 0.5, 0.9, thinking)
+    return list(respond(engine, message, role, history or [], [], *settings))
+
+
+def test_a_turn_streams_reasoning_apart_and_keeps_history():
+    engine = ScriptedEngine([("reasoning", "hmm"), ("content", "Hel"), ("content", "lo")])
+    steps = run_turn(engine, "Hi")
+    displays = [d for d, _, _ in steps]
+    assert displays[0] == [{"role": "user", "content": "Hi"}]
+    assert len(steps) == 5  # the user's message, then one update per event, then the end
+    final, history, box = steps[-1]
+    assert final[1] == {"role": "assistant", "content": "hmm", "metadata": {"title": "Thinking"}}
+    assert final[2] == {"role": "assistant", "content": "Hello"}
+    assert history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert box == ""
+    messages, system, kwargs = engine.calls[0]
+    assert system == "Be brief." and kwargs["model"] == "tiny"
+    assert kwargs["max_tokens"] == 32 and kwargs["temperature"] == 0.5
+    assert kwargs["enable_thinking"] is True
+
+
+def test_observation_role_sends_a_tool_result():
+    call = ToolCall("get_weather", '{"city": "Paris"}', "call_1")
+    engine = ScriptedEngine([("tool_call", call)])
+    _, history, _ = run_turn(engine, "Weather?")[-1]
+    assert history[-1]["tool_calls"] == [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]
+    engine.events = [("content", "Sunny.")]
+    _, history, _ = run_turn(engine, '{"temp": 21}', ROLE_OBSERVATION, history)[-1]
+    assert engine.calls[-1][0][-1] == {"role": "tool", "content": '{"temp": 21}'}
+    assert history[-1] == {"role": "assistant", "content": "Sunny."}
+
+
+def test_bad_order_is_shown_as_an_error(shared_engine):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="role `tool`"):
+        run_turn(shared_engine, "result", ROLE_OBSERVATION)
+
+
+@pytest.fixture(scope="module")
+def webchat(tiny_model_dir, tmp_path_factory, make_infer_yaml, local_port):
+    """The real `lmforge webchat` app on a free local port; greedy with a repetition penalty
+    so the random tiny model gives a fixed, visible answer."""
+    from lmforge.infer.webchat import launch
+
+    folder = tmp_path_factory.mktemp("webchat")
+    path = make_infer_yaml(
+        folder,
+        tiny_model_dir,
+        served_model_name="tiny",
+        do_sample=False,
+        repetition_penalty=1.5,
+        max_new_tokens=12,
+    )
+    engine = HFEngine.from_config(load_config(path))
+    port = local_port()
+    demo = launch(engine, "127.0.0.1", port, block=False)
+    try:
+        yield engine, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        engine.close()
+
+
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them: "
+    "apt-get install -y chromium chromium-driver)",
+)
+def test_page_loads_and_answers_in_headless_chromium(webchat, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    engine, url = webchat
+    expected = engine.generate([{"role": "user", "content": "Hi"}])
+    assert expected.strip()
+    driver = browser(tmp_path)
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 60)
+        box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+        assert "lmforge chat" in driver.title
+        box.send_keys("Hi")
+        box.send_keys(Keys.ENTER)
+        user = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="user"]')))
+        assert user.text.strip() == "Hi"
+
+        def answered(d):
+            bots = d.find_elements(By.CSS_SELECTOR, '[data-testid="bot"]')
+            return bots and bots[-1].text.strip() == expected.strip() and bots[-1]
+
+        assert wait.until(answered)
+    finally:
+        driver.quit()

@@ -1,0 +1,111 @@
+"""LoRA variants (DoRA, rsLoRA, PiSSA, LoRA+, extra targets, continued/new adapters), freeze
+extras, and the QLoRA / pure_bf16 rules, each trained a few steps on the tiny model."""
+
+import json
+
+import pytest
+import torch
+from test_sft import train
+
+from lmforge.cli import main
+from lmforge.model.adapters import loraplus_param_groups
+from lmforge.model.load import attach_adapters, load_model
+
+
+def adapter_config(run) -> dict:
+    return json.loads((run.output_dir / "adapter_config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "flag, key, expected",
+    [
+        ("use_dora", "use_dora", True),
+        ("use_rslora", "use_rslora", True),
+        ("pissa_init", "init_lora_weights", "pissa"),
+    ],
+)
+def test_lora_variants_train_and_are_saved(tmp_path, tiny_model_dir, flag, key, expected):
+    run = train(tmp_path, tiny_model_dir, max_steps=2, **{flag: True})
+    assert adapter_config(run)[key] == expected
+    assert torch.isfinite(torch.tensor(run.final_loss))
+
+
+def test_additional_target_is_trained_and_saved_whole(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir, max_steps=2, additional_target="embed_tokens")
+    assert adapter_config(run)["modules_to_save"] == ["embed_tokens"]
+    base = load_model(tiny_model_dir)
+    reloaded = attach_adapters(base, [str(run.output_dir)], merge=True)
+    before = load_model(tiny_model_dir).get_input_embeddings().weight
+    assert not torch.equal(before, reloaded.get_input_embeddings().weight)
+
+
+def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir, max_steps=2, loraplus_lr_ratio=16)
+    groups = loraplus_param_groups(run.model, 1e-3, 16, 0.0)
+    by_lr = {g["lr"]: len(g["params"]) for g in groups}
+    assert set(by_lr) == {1e-3, 1.6e-2}
+    assert by_lr[1e-3] == by_lr[1.6e-2]  # one A and one B per adapted layer
+
+
+def test_continue_and_create_new_adapter(tmp_path, tiny_model_dir):
+    first = train(tmp_path / "a", tiny_model_dir, max_steps=2, lora_rank=4)
+    again = train(tmp_path / "b", tiny_model_dir, max_steps=2, adapter_name_or_path=str(first.output_dir))
+    assert adapter_config(again)["r"] == 4  # the same adapter, trained further
+    fresh = train(
+        tmp_path / "c", tiny_model_dir, max_steps=2, lora_rank=2,
+        adapter_name_or_path=str(first.output_dir), create_new_adapter=True,
+    )
+    assert adapter_config(fresh)["r"] == 2  # a new adapter on top of the merged first one
+
+
+def test_freeze_extra_modules_trains_the_embeddings(tmp_path, tiny_model_dir):
+    run = train(
+        tmp_path, tiny_model_dir, max_steps=2, finetuning_type="freeze",
+        freeze_trainable_layers=1, freeze_extra_modules="embed_tokens",
+    )
+    before = load_model(tiny_model_dir).get_input_embeddings().weight
+    after = load_model(run.output_dir).get_input_embeddings().weight
+    assert not torch.equal(before, after)
+
+
+def test_freeze_extra_modules_unknown_name(tmp_path, tiny_model_dir):
+    with pytest.raises(Exception, match="no module `embeddings` outside the layers"):
+        train(tmp_path, tiny_model_dir, finetuning_type="freeze", freeze_extra_modules="embeddings")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["quantization_bit=4"], "needs a CUDA GPU"),
+        (["quantization_bit=4", "finetuning_type=full"], "needs finetuning_type: lora"),
+        (["quantization_bit=3"], "quantization_bit: 3 is not supported"),
+        (["loraplus_lr_ratio=16", "finetuning_type=full"], "works with finetuning_type: lora"),
+    ],
+)
+def test_method_combinations_refused_before_loading(tmp_path, extra, message, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text("model_name_or_path: /nowhere\ndataset: x\noutput_dir: out\n")
+    assert main(["train", str(path), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pure_bf16_falls_back_without_native_bf16(tmp_path, tiny_model_dir, caplog):
+    from lmforge import device
+
+    if device.supports_bf16():
+        pytest.skip("this device has native bf16")
+    with caplog.at_level("INFO", logger="lmforge"):
+        train(tmp_path, tiny_model_dir, max_steps=1, finetuning_type="full", pure_bf16=True)
+    assert "pure_bf16: this device has no native bfloat16" in caplog.text
+
+
+def test_deepspeed_without_a_distributed_launch(tmp_path, tiny_model_dir, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        f"model_name_or_path: {tiny_model_dir}\ndataset: x\noutput_dir: {tmp_path / 'out'}\n"
+        "deepspeed: examples/deepspeed/ds_z2_config.json\n"
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "deepspeed needs a distributed launch" in err and "FORCE_TORCHRUN=1" in err
+    assert not (tmp_path / "out").exists()
