@@ -34,6 +34,19 @@ def resolve_for_training(
     if not data.datasets:  # inline datasets are all used when `dataset` is not set
         _require(config, "dataset", data.dataset, "identity")
     _require(config, "output_dir", train.output_dir, "saves/my-run")
+    if method.stage == "ppo" and not method.reward_model:
+        raise UserError(
+            "stage ppo needs a reward model",
+            where=config.source,
+            fix="train one with stage: rm, then set reward_model: to its output_dir",
+        )
+    if method.stage == "grpo" and not (method.reward_funcs or method.reward_model):
+        raise UserError(
+            "stage grpo needs rewards",
+            where=config.source,
+            fix="set reward_funcs (exact_match, regex_match, numeric_match or module:function) "
+            "and/or reward_model (the output_dir of an rm run)",
+        )
     if method.lora_alpha is None:
         method.lora_alpha = 2 * method.lora_rank
     for key in (

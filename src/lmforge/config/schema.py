@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 # Stages and methods that exist today; resolve() names the others as not available yet.
-STAGES = ("sft",)
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 FINETUNING_TYPES = ("lora", "freeze", "full")
 
 
@@ -57,7 +57,12 @@ class ModelConfig:
 class MethodConfig:
     """What kind of training, and which parameters learn."""
 
-    stage: str = opt("sft", "Training stage. Available: sft.")
+    stage: str = opt(
+        "sft",
+        "Training stage: pt (pre-training), sft, rm (reward model), dpo (and ORPO/SimPO via "
+        "pref_loss), kto, ppo or grpo.",
+        choices=STAGES,
+    )
     finetuning_type: str = opt(
         "lora", "lora, freeze (train the last layers) or full.", choices=FINETUNING_TYPES
     )
@@ -93,6 +98,38 @@ class MethodConfig:
         None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA only)."
     )
     pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
+    pref_beta: float = opt(0.1, "dpo/kto: beta, how far the policy may move from the reference.")
+    pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")
+    pref_loss: str = opt(
+        "sigmoid",
+        "dpo: sigmoid (DPO), hinge, ipo, orpo or simpo (the last two need no reference model).",
+        choices=("sigmoid", "hinge", "ipo", "orpo", "simpo"),
+    )
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin gamma.")
+    ref_model: str | None = opt(
+        None,
+        "dpo/kto/ppo/grpo: reference model. Default: the base with LoRA disabled (LoRA), or a "
+        "frozen copy of the starting model (full/freeze).",
+        path=True,
+    )
+    kto_chosen_weight: float = opt(1.0, "kto: weight of desirable examples' loss.")
+    kto_rejected_weight: float = opt(1.0, "kto: weight of undesirable examples' loss.")
+    reward_model: str | None = opt(
+        None, "ppo/grpo: output_dir of an `rm` run (its value head is loaded with it).", path=True
+    )
+    reward_funcs: str | None = opt(
+        None,
+        "grpo: comma-separated rewards: exact_match, regex_match, numeric_match (against "
+        "answer_column), or module:function for your own Python function.",
+    )
+    answer_column: str = opt("answer", "grpo: the dataset column holding the reference answer.")
+    reward_regex: str | None = opt(None, "grpo regex_match: pattern the completion must match.")
+    num_generations: int = opt(4, "grpo: completions sampled per prompt (the group).")
+    max_completion_length: int = opt(128, "grpo/ppo: maximum tokens generated per completion.")
+    ppo_epochs: int = opt(1, "ppo: optimisation epochs over each batch of rollouts.")
+    ppo_clip: float = opt(0.2, "ppo: clipping range of the policy ratio.")
+    ppo_kl_coef: float = opt(0.05, "ppo: weight of the KL penalty to the reference model.")
+    ppo_whiten_rewards: bool = opt(False, "ppo: normalise rewards within each batch.")
 
 
 @dataclass

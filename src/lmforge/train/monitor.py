@@ -58,7 +58,8 @@ class OverfitWarningCallback(TrainerCallback):
             return
         eval_rising = all(b[1] > a[1] for a, b in zip(recent, recent[1:]))
         train_falling = all(
-            a[2] is not None and b[2] is not None and b[2] < a[2] for a, b in zip(recent, recent[1:])
+            a[2] is not None and b[2] is not None and b[2] < a[2]
+            for a, b in zip(recent, recent[1:])
         )
         if eval_rising and train_falling:
             best_step, best_loss, _ = min(self.history, key=lambda h: h[1])
@@ -67,7 +68,10 @@ class OverfitWarningCallback(TrainerCallback):
                 "Overfitting: eval loss rose for %d evaluations while train loss fell. "
                 "Best eval loss %.4f at step %d (%s). Consider fewer epochs, more data, or "
                 "early_stopping_patience with load_best_model_at_end.",
-                self.patience, best_loss, best_step, where,
+                self.patience,
+                best_loss,
+                best_step,
+                where,
             )
             self.warned = True
 

@@ -15,9 +15,7 @@ import yaml
 from lmforge import device
 from lmforge.config.resolve import resolve_for_training
 from lmforge.config.schema import Config
-from lmforge.data.collate import make_collator
-from lmforge.data.loader import DataReport, build_datasets, packing_enabled
-from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.data.loader import DataReport
 from lmforge.data.sources import check_datasets
 from lmforge.errors import UserError
 from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
@@ -25,14 +23,11 @@ from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.launch import is_launched, is_main_process
-from lmforge.train.monitor import (
-    OverfitWarningCallback,
-    argmax_logits,
-    check_trackers,
-    token_accuracy,
-)
+from lmforge.train.monitor import OverfitWarningCallback, check_trackers
 from lmforge.train.plot import plot_loss
-from lmforge.train.trainer import STAGING, AtomicCheckpointTrainer
+from lmforge.train.stages import get_stage
+from lmforge.train.stages.base import StageContext
+from lmforge.train.trainer import STAGING
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +54,8 @@ def run_training(config: Config) -> TrainingRun:
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     setup = prepare_model_setup(config)
-    train_set, eval_set, report = build_datasets(
-        config.data,
-        setup.template,
-        setup.tokenizer,
-        config.train.seed,
-        stage=config.method.stage,
-        max_steps=config.train.max_steps,
-    )
+    stage = get_stage(config.method.stage)
+    train_set, eval_set, report = stage.datasets(config, setup)
 
     from transformers import set_seed
 
@@ -79,35 +68,27 @@ def run_training(config: Config) -> TrainingRun:
         quantization_bit=config.method.quantization_bit,
     )
     model = apply_finetuning(model, config.method, split_paths(config.model.adapter_name_or_path))
-    packing = packing_enabled(config.data)
-    collator = make_collator(
-        setup.tokenizer.pad_token_id,
-        packing=packing,
-        attn_implementation=model.config._attn_implementation,
-    )
-    if packing:  # isolation of packed samples is checked on this very model, not assumed
-        prepare_model_for_packing(model)
-        check_isolation(model, collator)
     args = training_arguments(config, has_eval=bool(eval_set))
+    output_dir = Path(config.train.output_dir)
+    ctx = StageContext(
+        config=config,
+        setup=setup,
+        model=model,
+        args=args,
+        train_set=train_set,
+        eval_set=eval_set,
+        callbacks=training_callbacks(config, has_eval=bool(eval_set), output_dir=output_dir),
+        output_dir=output_dir,
+        trainer_kwargs={"optimizers": (loraplus_optimizer(config, model, args), None)},
+    )
+    stage.prepare(ctx)
     for line in plan_lines(config, setup, model, report, args):
         logger.info(line)
 
-    output_dir = Path(config.train.output_dir)
     if main_process:
         _prepare_output_dir(config, output_dir)
         write_run_config(config, output_dir)
-    trainer = AtomicCheckpointTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set or None,
-        data_collator=collator,
-        processing_class=setup.tokenizer,
-        callbacks=training_callbacks(config, has_eval=bool(eval_set), output_dir=output_dir),
-        compute_metrics=token_accuracy if config.train.compute_accuracy else None,
-        preprocess_logits_for_metrics=argmax_logits if config.train.compute_accuracy else None,
-        optimizers=(loraplus_optimizer(config, model, args), None),
-    )
+    trainer = stage.trainer(ctx)
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
@@ -139,7 +120,9 @@ def check_distributed_settings(config: Config) -> None:
     try:
         import deepspeed as _  # noqa: F401
     except ImportError:
-        raise UserError("deepspeed is not installed", fix="pip install 'lmforge[deepspeed]'") from None
+        raise UserError(
+            "deepspeed is not installed", fix="pip install 'lmforge[deepspeed]'"
+        ) from None
 
 
 def _end_distributed() -> None:

@@ -1,0 +1,36 @@
+"""Pre-training (continued): plain text, every token trained, long texts cut into blocks."""
+
+from __future__ import annotations
+
+from lmforge.data.collate import PadCollator
+from lmforge.data.encode import encode_pretrain
+from lmforge.data.loader import DataReport
+from lmforge.data.sources import load_splits
+from lmforge.train.stages.base import StageContext
+from lmforge.train.stages.sft import SFTStage
+
+
+class PretrainStage(SFTStage):
+    name = "pt"
+
+    def datasets(self, config, setup):
+        report = DataReport(cutoff_len=config.data.cutoff_len)
+        train, evaluation = load_splits(config.data, report, seed=config.train.seed, stage="pt")
+        parts = []
+        for samples in (train, evaluation):
+            rows = []
+            for sample in samples:
+                for block in encode_pretrain(sample, setup.tokenizer, config.data.cutoff_len):
+                    rows.append({"input_ids": block.input_ids, "labels": block.labels})
+            parts.append(rows)
+        report.train_samples, report.eval_samples = len(parts[0]), len(parts[1])
+        report.train_rows = report.train_samples
+        report.tokens = report.trained_tokens = sum(len(r["input_ids"]) for r in parts[0])
+        report.notes.append("pre-training: texts longer than cutoff_len become several blocks")
+        return parts[0], parts[1], report
+
+    def prepare(self, ctx: StageContext) -> None:
+        ctx.trainer_kwargs["data_collator"] = PadCollator(ctx.setup.tokenizer.pad_token_id)
+
+
+STAGE = PretrainStage()

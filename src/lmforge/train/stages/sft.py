@@ -1,0 +1,53 @@
+"""Supervised fine-tuning: conversations, answers trained, optional packing."""
+
+from __future__ import annotations
+
+from lmforge.data.collate import make_collator
+from lmforge.data.loader import build_datasets, packing_enabled
+from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.train.monitor import argmax_logits, token_accuracy
+from lmforge.train.stages.base import StageContext
+from lmforge.train.trainer import AtomicCheckpointTrainer
+
+
+class SFTStage:
+    name = "sft"
+
+    def datasets(self, config, setup):
+        return build_datasets(
+            config.data,
+            setup.template,
+            setup.tokenizer,
+            config.train.seed,
+            stage=config.method.stage,
+            max_steps=config.train.max_steps,
+        )
+
+    def prepare(self, ctx: StageContext) -> None:
+        packing = packing_enabled(ctx.config.data)
+        collator = make_collator(
+            ctx.setup.tokenizer.pad_token_id,
+            packing=packing,
+            attn_implementation=ctx.model.config._attn_implementation,
+        )
+        if packing:  # isolation of packed samples is checked on this very model, not assumed
+            prepare_model_for_packing(ctx.model)
+            check_isolation(ctx.model, collator)
+        ctx.trainer_kwargs["data_collator"] = collator
+
+    def trainer(self, ctx: StageContext):
+        accuracy = ctx.config.train.compute_accuracy
+        return AtomicCheckpointTrainer(
+            model=ctx.model,
+            args=ctx.args,
+            train_dataset=ctx.train_set,
+            eval_dataset=ctx.eval_set or None,
+            processing_class=ctx.setup.tokenizer,
+            callbacks=ctx.callbacks,
+            compute_metrics=token_accuracy if accuracy else None,
+            preprocess_logits_for_metrics=argmax_logits if accuracy else None,
+            **ctx.trainer_kwargs,
+        )
+
+
+STAGE = SFTStage()
