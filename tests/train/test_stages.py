@@ -1,0 +1,143 @@
+"""pt, rm, dpo (every pref_loss) and kto trained a few steps on the tiny model with data in
+LLaMA-Factory's shapes: losses fall, rewards separate, and the outputs reload."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.errors import UserError
+from lmforge.model.load import load_model
+from lmforge.train.preference import ValueHead, last_token_scores, load_value_head
+from lmforge.train.run import run_training
+
+LF_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "llamafactory_data"
+PAIRS = [
+    {"instruction": f"Question {i}?", "input": "", "chosen": "Yes, gladly.", "rejected": "no"}
+    for i in range(8)
+]
+
+
+def pair_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pairs.json").write_text(json.dumps(PAIRS))
+    columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+    (folder / "dataset_info.json").write_text(
+        json.dumps({"pairs": {"file_name": "pairs.json", "ranking": True, "columns": columns}})
+    )
+    return folder
+
+
+def run(tmp_path, tiny_model_dir, **settings):
+    base = {
+        "model_name_or_path": str(tiny_model_dir), "template": "gemma",
+        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4,
+        "max_steps": 8, "logging_steps": 1, "save_steps": 100, "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant", "lora_alpha": 32,
+    }
+    base.update(settings)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return run_training(load_config(path))
+
+
+def log(run_result) -> list[dict]:
+    text = (run_result.output_dir / "trainer_log.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def trainer_logs(run_result) -> list[dict]:
+    state = json.loads((run_result.output_dir / "trainer_state.json").read_text())
+    return [h for h in state["log_history"] if "loss" in h]
+
+
+def test_pretraining_on_text(tmp_path, tiny_model_dir):
+    result = run(tmp_path, tiny_model_dir, stage="pt", dataset="c4_demo", dataset_dir=str(LF_DATA),
+                 cutoff_len=64, finetuning_type="full", learning_rate=1e-3)
+    losses = [r["loss"] for r in log(result)]
+    assert losses[-1] < losses[0]
+
+
+def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
+    result = run(tmp_path, tiny_model_dir, stage="rm", dataset="pairs",
+                 dataset_dir=str(pair_dataset(tmp_path / "data")), max_steps=12)
+    history = trainer_logs(result)
+    assert history[-1]["rewards/accuracies"] == 1.0
+    assert history[-1]["loss"] < history[0]["loss"]
+    head_file = result.output_dir / "value_head.safetensors"
+    assert head_file.is_file() and (result.output_dir / "adapter_config.json").is_file()
+    # Reload: base + adapter + value head scores chosen above rejected.
+    from lmforge.model.load import attach_adapters
+
+    model = attach_adapters(load_model(tiny_model_dir), [str(result.output_dir)], merge=True)
+    head = load_value_head(ValueHead(model.config.hidden_size), result.output_dir)
+    from conftest import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    rows = [tok.encode("<bos><start_of_turn>user\nQuestion 1?<end_of_turn>\n<start_of_turn>model\n"
+                       + answer + "<end_of_turn>\n", add_special_tokens=False)
+            for answer in ("Yes, gladly.", "no")]
+    length = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+    with torch.no_grad():
+        chosen, rejected = last_token_scores(model, head, ids, mask).tolist()
+    assert chosen > rejected
+
+
+@pytest.mark.parametrize("pref_loss", ["sigmoid", "hinge", "ipo", "orpo", "simpo"])
+def test_dpo_family_prefers_the_chosen_answers(tmp_path, tiny_model_dir, pref_loss):
+    result = run(tmp_path, tiny_model_dir, stage="dpo", dataset="pairs", pref_loss=pref_loss,
+                 dataset_dir=str(pair_dataset(tmp_path / "data")), pref_beta=0.5)
+    history = trainer_logs(result)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
+    assert history[-1]["rewards/chosen"] > history[-1]["rewards/rejected"]
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_with_full_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_model_dir):
+    result = run(tmp_path, tiny_model_dir, stage="dpo", dataset="pairs", finetuning_type="full",
+                 learning_rate=1e-3, max_steps=4, dataset_dir=str(pair_dataset(tmp_path / "data")))
+    history = trainer_logs(result)
+    assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
+    assert history[-1]["rewards/margins"] > 0
+
+
+def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
+    result = run(tmp_path, tiny_model_dir, stage="kto", dataset="kto_en_demo",
+                 dataset_dir=str(LF_DATA), per_device_train_batch_size=2, max_steps=4)
+    history = trainer_logs(result)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert "kl" in history[-1]
+
+
+@pytest.mark.parametrize(
+    "stage, dataset, message",
+    [
+        ("sft", "dpo_en_demo", "is preference data (`ranking: true`), which stage sft cannot use"),
+        ("dpo", "alpaca_en_demo", "stage dpo trains on preference pairs"),
+        ("kto", "alpaca_en_demo", "stage kto needs a `kto_tag` column"),
+    ],
+)
+def test_wrong_kind_of_data_for_the_stage(tmp_path, tiny_model_dir, stage, dataset, message, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": "/not/loaded", "stage": stage, "dataset": dataset,
+        "dataset_dir": str(LF_DATA), "output_dir": str(tmp_path / "out"),
+    }))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_pref_loss_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("stage: dpo\npref_loss: kto_pair\n")
+    with pytest.raises(UserError, match="`pref_loss: kto_pair` is not one of sigmoid, hinge"):
+        load_config(path)
