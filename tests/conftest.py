@@ -105,3 +105,11 @@ TOY_RECORDS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
     {"instruction": "Say hi", "input": "", "output": "hi"},
 ] * 4
+
+
+@pytest.fixture(autouse=True)
+def _private_lmforge_home(request, tmp_path_factory, monkeypatch):
+    """Unit tests keep their dataset caches out of the user's ~/.cache/lmforge; e2e tests use
+    the real home, where the converted embedded model is reused."""
+    if request.node.get_closest_marker("e2e") is None:
+        monkeypatch.setenv("LMFORGE_HOME", str(tmp_path_factory.getbasetemp() / "lmforge-home"))

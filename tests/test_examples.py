@@ -15,8 +15,16 @@ NEEDS_CUDA = {"sft_qlora.yaml"}
 @pytest.mark.parametrize("path", TRAINING, ids=[f"{p.parent.name}/{p.name}" for p in TRAINING])
 def test_training_example_runs(path, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["train", str(path), f"model_name_or_path={tiny_model_dir}",
-                 f"output_dir={out}", "max_steps=2", "save_steps=2"])
+    code = main(
+        [
+            "train",
+            str(path),
+            f"model_name_or_path={tiny_model_dir}",
+            f"output_dir={out}",
+            "max_steps=2",
+            "save_steps=2",
+        ]
+    )
     err = capsys.readouterr().err
     if path.name in NEEDS_CUDA:
         assert code == 2 and "needs a CUDA GPU" in err

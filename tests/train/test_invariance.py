@@ -20,11 +20,19 @@ RECORDS = [
 def train(tmp_path, tiny_model_dir, name, batch, accumulation):
     data = write_alpaca_dataset(tmp_path / "data", RECORDS)
     config = {
-        "model_name_or_path": str(tiny_model_dir), "template": "gemma", "dataset": "toy",
-        "dataset_dir": str(data), "output_dir": str(tmp_path / name),
-        "finetuning_type": "full", "learning_rate": 1e-3, "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
-        "max_steps": 2, "logging_steps": 1, "save_steps": 100,
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / name),
+        "finetuning_type": "full",
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": accumulation,
+        "max_steps": 2,
+        "logging_steps": 1,
+        "save_steps": 100,
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -49,19 +49,29 @@ def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_model_d
 
 def test_continue_and_create_new_adapter(tmp_path, tiny_model_dir):
     first = train(tmp_path / "a", tiny_model_dir, max_steps=2, lora_rank=4)
-    again = train(tmp_path / "b", tiny_model_dir, max_steps=2, adapter_name_or_path=str(first.output_dir))
+    again = train(
+        tmp_path / "b", tiny_model_dir, max_steps=2, adapter_name_or_path=str(first.output_dir)
+    )
     assert adapter_config(again)["r"] == 4  # the same adapter, trained further
     fresh = train(
-        tmp_path / "c", tiny_model_dir, max_steps=2, lora_rank=2,
-        adapter_name_or_path=str(first.output_dir), create_new_adapter=True,
+        tmp_path / "c",
+        tiny_model_dir,
+        max_steps=2,
+        lora_rank=2,
+        adapter_name_or_path=str(first.output_dir),
+        create_new_adapter=True,
     )
     assert adapter_config(fresh)["r"] == 2  # a new adapter on top of the merged first one
 
 
 def test_freeze_extra_modules_trains_the_embeddings(tmp_path, tiny_model_dir):
     run = train(
-        tmp_path, tiny_model_dir, max_steps=2, finetuning_type="freeze",
-        freeze_trainable_layers=1, freeze_extra_modules="embed_tokens",
+        tmp_path,
+        tiny_model_dir,
+        max_steps=2,
+        finetuning_type="freeze",
+        freeze_trainable_layers=1,
+        freeze_extra_modules="embed_tokens",
     )
     before = load_model(tiny_model_dir).get_input_embeddings().weight
     after = load_model(run.output_dir).get_input_embeddings().weight

@@ -13,10 +13,18 @@ from lmforge.train.monitor import OverfitWarningCallback, check_trackers
 
 def test_eval_during_training_logs_eval_loss_and_accuracy(tmp_path, tiny_model_dir):
     run = train(
-        tmp_path, tiny_model_dir, val_size=0.25, eval_strategy="steps", eval_steps=2,
-        compute_accuracy=True, max_steps=4, save_steps=4,
+        tmp_path,
+        tiny_model_dir,
+        val_size=0.25,
+        eval_strategy="steps",
+        eval_steps=2,
+        compute_accuracy=True,
+        max_steps=4,
+        save_steps=4,
     )
-    records = [json.loads(x) for x in (run.output_dir / "trainer_log.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for x in (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    ]
     evals = [r for r in records if "eval_loss" in r]
     assert [r["current_steps"] for r in evals] == [2, 4]
     results = json.loads((run.output_dir / "all_results.json").read_text())
@@ -26,7 +34,12 @@ def test_eval_during_training_logs_eval_loss_and_accuracy(tmp_path, tiny_model_d
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
     run = train(
-        tmp_path, tiny_model_dir, val_size=0.25, eval_steps=2, save_steps=2, max_steps=6,
+        tmp_path,
+        tiny_model_dir,
+        val_size=0.25,
+        eval_steps=2,
+        save_steps=2,
+        max_steps=6,
         early_stopping_patience=1,
     )
     state = json.loads((run.output_dir / "trainer_state.json").read_text())
@@ -36,8 +49,14 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
 
 def test_early_stopping_needs_aligned_save_steps(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match=r"save_steps \(3\) must be a multiple of eval_steps \(2\)"):
-        train(tmp_path, tiny_model_dir, val_size=0.25, eval_steps=2, save_steps=3,
-              early_stopping_patience=1)
+        train(
+            tmp_path,
+            tiny_model_dir,
+            val_size=0.25,
+            eval_steps=2,
+            save_steps=3,
+            early_stopping_patience=1,
+        )
 
 
 def test_evaluation_without_eval_data_is_refused(tmp_path, tiny_model_dir):
@@ -63,3 +82,28 @@ def test_missing_tracker_names_its_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"pip install 'lmforge\[tensorboard\]'"):
         check_trackers(["tensorboard"])
+
+
+def test_eval_on_each_dataset_reports_each_loss(tmp_path, tiny_model_dir):
+    from conftest import TOY_RECORDS, write_alpaca_dataset
+
+    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS, name="first")
+    write_alpaca_dataset(tmp_path / "data", TOY_RECORDS[:4], name="second")
+    write_alpaca_dataset(tmp_path / "data", TOY_RECORDS[4:8], name="toy")
+    run = train(
+        tmp_path,
+        tiny_model_dir,
+        dataset_dir=str(data),
+        eval_dataset="first,second",
+        eval_on_each_dataset=True,
+        eval_strategy="steps",
+        eval_steps=2,
+        max_steps=2,
+    )
+    records = [
+        json.loads(x) for x in (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    keys = {k for r in records if r["current_steps"] == 2 for k in r}
+    assert {"eval_first_loss", "eval_second_loss"} <= keys
+    results = json.loads((run.output_dir / "all_results.json").read_text())
+    assert "eval_first_loss" in results and "eval_second_loss" in results

@@ -21,10 +21,17 @@ from lmforge.model.load import load_model
 def write_config(tmp_path, tiny_model_dir, name):
     data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
     config = {
-        "model_name_or_path": str(tiny_model_dir), "template": "gemma", "dataset": "toy",
-        "dataset_dir": str(data), "output_dir": str(tmp_path / name),
-        "finetuning_type": "full", "learning_rate": 1e-3, "per_device_train_batch_size": 2,
-        "num_train_epochs": 2, "logging_steps": 1, "save_steps": 3,
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / name),
+        "finetuning_type": "full",
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 2,
+        "num_train_epochs": 2,
+        "logging_steps": 1,
+        "save_steps": 3,
         "resume_from_checkpoint": "auto",
     }
     path = tmp_path / f"{name}.yaml"
@@ -51,10 +58,19 @@ def slower_model_dir(tmp_path_factory):
     tokenizer = build_tiny_tokenizer()
     _torch.manual_seed(0)
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
-        sliding_window=64, layer_types=["sliding_attention", "full_attention"] * 2,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=512,
+        sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     path = tmp_path_factory.mktemp("slower-gemma")
     Gemma3ForCausalLM(config).save_pretrained(path)

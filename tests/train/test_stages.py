@@ -25,7 +25,12 @@ PAIRS = [
 def pair_dataset(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pairs.json").write_text(json.dumps(PAIRS))
-    columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+    columns = {
+        "prompt": "instruction",
+        "query": "input",
+        "chosen": "chosen",
+        "rejected": "rejected",
+    }
     (folder / "dataset_info.json").write_text(
         json.dumps({"pairs": {"file_name": "pairs.json", "ranking": True, "columns": columns}})
     )
@@ -34,10 +39,16 @@ def pair_dataset(folder: Path) -> Path:
 
 def run(tmp_path, tiny_model_dir, **settings):
     base = {
-        "model_name_or_path": str(tiny_model_dir), "template": "gemma",
-        "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4,
-        "max_steps": 8, "logging_steps": 1, "save_steps": 100, "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant", "lora_alpha": 32,
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "max_steps": 8,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "lora_alpha": 32,
     }
     base.update(settings)
     path = tmp_path / "train.yaml"
@@ -56,15 +67,29 @@ def trainer_logs(run_result) -> list[dict]:
 
 
 def test_pretraining_on_text(tmp_path, tiny_model_dir):
-    result = run(tmp_path, tiny_model_dir, stage="pt", dataset="c4_demo", dataset_dir=str(LF_DATA),
-                 cutoff_len=64, finetuning_type="full", learning_rate=1e-3)
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="pt",
+        dataset="c4_demo",
+        dataset_dir=str(LF_DATA),
+        cutoff_len=64,
+        finetuning_type="full",
+        learning_rate=1e-3,
+    )
     losses = [r["loss"] for r in log(result)]
     assert losses[-1] < losses[0]
 
 
 def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
-    result = run(tmp_path, tiny_model_dir, stage="rm", dataset="pairs",
-                 dataset_dir=str(pair_dataset(tmp_path / "data")), max_steps=12)
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="rm",
+        dataset="pairs",
+        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        max_steps=12,
+    )
     history = trainer_logs(result)
     assert history[-1]["rewards/accuracies"] == 1.0
     assert history[-1]["loss"] < history[0]["loss"]
@@ -78,9 +103,15 @@ def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
     from conftest import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
-    rows = [tok.encode("<bos><start_of_turn>user\nQuestion 1?<end_of_turn>\n<start_of_turn>model\n"
-                       + answer + "<end_of_turn>\n", add_special_tokens=False)
-            for answer in ("Yes, gladly.", "no")]
+    rows = [
+        tok.encode(
+            "<bos><start_of_turn>user\nQuestion 1?<end_of_turn>\n<start_of_turn>model\n"
+            + answer
+            + "<end_of_turn>\n",
+            add_special_tokens=False,
+        )
+        for answer in ("Yes, gladly.", "no")
+    ]
     length = max(map(len, rows))
     ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
@@ -91,8 +122,15 @@ def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("pref_loss", ["sigmoid", "hinge", "ipo", "orpo", "simpo"])
 def test_dpo_family_prefers_the_chosen_answers(tmp_path, tiny_model_dir, pref_loss):
-    result = run(tmp_path, tiny_model_dir, stage="dpo", dataset="pairs", pref_loss=pref_loss,
-                 dataset_dir=str(pair_dataset(tmp_path / "data")), pref_beta=0.5)
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="dpo",
+        dataset="pairs",
+        pref_loss=pref_loss,
+        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        pref_beta=0.5,
+    )
     history = trainer_logs(result)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
@@ -101,16 +139,31 @@ def test_dpo_family_prefers_the_chosen_answers(tmp_path, tiny_model_dir, pref_lo
 
 
 def test_dpo_with_full_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_model_dir):
-    result = run(tmp_path, tiny_model_dir, stage="dpo", dataset="pairs", finetuning_type="full",
-                 learning_rate=1e-3, max_steps=4, dataset_dir=str(pair_dataset(tmp_path / "data")))
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="dpo",
+        dataset="pairs",
+        finetuning_type="full",
+        learning_rate=1e-3,
+        max_steps=4,
+        dataset_dir=str(pair_dataset(tmp_path / "data")),
+    )
     history = trainer_logs(result)
     assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
     assert history[-1]["rewards/margins"] > 0
 
 
 def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
-    result = run(tmp_path, tiny_model_dir, stage="kto", dataset="kto_en_demo",
-                 dataset_dir=str(LF_DATA), per_device_train_batch_size=2, max_steps=4)
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="kto",
+        dataset="kto_en_demo",
+        dataset_dir=str(LF_DATA),
+        per_device_train_batch_size=2,
+        max_steps=4,
+    )
     history = trainer_logs(result)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert "kl" in history[-1]
@@ -124,12 +177,21 @@ def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
         ("kto", "alpaca_en_demo", "stage kto needs a `kto_tag` column"),
     ],
 )
-def test_wrong_kind_of_data_for_the_stage(tmp_path, tiny_model_dir, stage, dataset, message, capsys):
+def test_wrong_kind_of_data_for_the_stage(
+    tmp_path, tiny_model_dir, stage, dataset, message, capsys
+):
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump({
-        "model_name_or_path": "/not/loaded", "stage": stage, "dataset": dataset,
-        "dataset_dir": str(LF_DATA), "output_dir": str(tmp_path / "out"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "/not/loaded",
+                "stage": stage,
+                "dataset": dataset,
+                "dataset_dir": str(LF_DATA),
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

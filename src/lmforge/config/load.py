@@ -215,7 +215,9 @@ def _convert_mapping(value: Any) -> dict[str, str]:
         value = {k.strip(): v.strip() for k, v in pairs}
     if not isinstance(value, dict) or not value:
         raise ValueError
-    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
+    if not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
         raise ValueError
     return {str(k): str(v) for k, v in value.items()}
 

@@ -157,7 +157,9 @@ def _check_scheduler(config: Config) -> None:
 def _check_evaluation(config: Config) -> None:
     data, train = config.data, config.train
     has_eval = data.val_size > 0 or bool(data.eval_dataset)
-    wants_eval = train.eval_strategy != "no" or train.early_stopping_patience or train.compute_accuracy
+    wants_eval = (
+        train.eval_strategy != "no" or train.early_stopping_patience or train.compute_accuracy
+    )
     if wants_eval and not has_eval:
         raise UserError(
             "evaluation is asked for (eval_strategy, early_stopping_patience or compute_accuracy) "

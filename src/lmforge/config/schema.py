@@ -147,6 +147,9 @@ class DataConfig:
     eval_dataset: str | None = opt(
         None, "Datasets used only for evaluation, comma-separated (instead of val_size)."
     )
+    eval_on_each_dataset: bool = opt(
+        False, "With several eval_dataset names, report each one's eval loss separately."
+    )
     dataset_dir: str = opt(
         "data", "Folder holding dataset_info.json and the data files.", path=True
     )

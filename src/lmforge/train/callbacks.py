@@ -46,7 +46,10 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if not state.is_world_process_zero or not ({"loss", "eval_loss"} & logs.keys()):
+        eval_losses = {
+            k: v for k, v in logs.items() if k.startswith("eval_") and k.endswith("_loss")
+        }
+        if not state.is_world_process_zero or not ("loss" in logs or eval_losses):
             return
         elapsed = time.time() - self.start_time
         done = state.global_step - self.start_step
@@ -65,6 +68,7 @@ class JsonlLogCallback(TrainerCallback):
             "num_tokens": tokens,
             "throughput": round((tokens - self.start_tokens) / elapsed, 2) if elapsed else 0.0,
         }
+        record.update({k: v for k, v in eval_losses.items() if k != "eval_loss"})
         record = {k: v for k, v in record.items() if v is not None}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -90,6 +90,8 @@ def run_training(config: Config) -> TrainingRun:
         write_run_config(config, output_dir)
     trainer = stage.trainer(ctx)
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+    # Packing turns the KV cache off for training; the saved model generates with it on.
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -134,9 +136,14 @@ def _end_distributed() -> None:
 
 def final_eval_metrics(trainer) -> dict:
     """The evaluation at the last step if one ran there, else a fresh one."""
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    if evals and evals[-1].get("step") == trainer.state.global_step:
-        return {k: v for k, v in evals[-1].items() if k.startswith("eval_")}
+    step = trainer.state.global_step
+    last = [
+        h
+        for h in trainer.state.log_history
+        if h.get("step") == step and any(k.startswith("eval_") for k in h)
+    ]
+    if last:  # one entry per eval dataset when they are evaluated one by one
+        return {k: v for h in last for k, v in h.items() if k.startswith("eval_")}
     return trainer.evaluate()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lmforge.data.collate import make_collator
 from lmforge.data.loader import build_datasets, packing_enabled
 from lmforge.data.packing import check_isolation, prepare_model_for_packing
@@ -14,8 +16,21 @@ class SFTStage:
     name = "sft"
 
     def datasets(self, config, setup):
+        train, evaluation, report = self._build(config, setup, config.data)
+        names = [n.strip() for n in (config.data.eval_dataset or "").split(",") if n.strip()]
+        if config.data.eval_on_each_dataset and len(names) > 1:
+            # Each eval dataset encoded on its own: the Trainer reports eval_<name>_loss.
+            evaluation = {
+                name: self._build(
+                    config, setup, replace(config.data, dataset=name, eval_dataset=None, val_size=0)
+                )[0]
+                for name in names
+            }
+        return train, evaluation, report
+
+    def _build(self, config, setup, data):
         return build_datasets(
-            config.data,
+            data,
             setup.template,
             setup.tokenizer,
             config.train.seed,

@@ -1,0 +1,117 @@
+"""A trained reward model (the output_dir of an `rm` run) that scores completions.
+
+The folder holds a LoRA adapter (or a whole model for full/freeze tuning), value_head.safetensors,
+the tokenizer and run_config.yaml. It is loaded once, frozen, and scores each conversation the
+way it was trained: rendered by its own template, the value head read at the last token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+
+from lmforge.data.encode import prompt_and_answer
+from lmforge.data.sample import Sample
+from lmforge.errors import UserError
+from lmforge.train.preference import VALUE_HEAD_FILE, ValueHead, last_token_scores
+from lmforge.train.rewards import RewardBatch
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"  # as written by lmforge.train.run
+
+
+def check_reward_model_dir(path: str, where: str | None = None) -> Path:
+    """Fail before any model loads when `reward_model` is not an rm run's output_dir."""
+    folder = Path(path)
+    fix = "train one with stage: rm and set reward_model: to its output_dir"
+    if not folder.is_dir():
+        raise UserError(f"reward_model {path} does not exist", where=where, fix=fix)
+    if not (folder / VALUE_HEAD_FILE).is_file():
+        raise UserError(
+            f"reward_model {path} has no {VALUE_HEAD_FILE}, so it is not the output of an rm run",
+            where=where,
+            fix=fix,
+        )
+    if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
+        raise UserError(
+            f"reward_model {path} holds neither an adapter nor a model", where=where, fix=fix
+        )
+    return folder
+
+
+def _run_settings(folder: Path) -> dict:
+    path = folder / RUN_CONFIG
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _load_body(folder: Path, settings: dict, trust_remote_code: bool):
+    """Base model + the rm run's earlier adapters (merged) + its own adapter (merged)."""
+    from lmforge.model.load import attach_adapters, load_model, split_paths
+    from lmforge.model.source import resolve_model
+
+    if not (folder / "adapter_config.json").is_file():
+        return load_model(folder, trust_remote_code=trust_remote_code)
+    base = settings.get("model_name_or_path")
+    if not base:
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = load_model(resolve_model(base).path, trust_remote_code=trust_remote_code)
+    earlier = split_paths(settings.get("adapter_name_or_path"))
+    if earlier and not settings.get("create_new_adapter"):
+        earlier = earlier[:-1]  # the rm run trained this one further; the folder holds it
+    return attach_adapters(model, [*earlier, str(folder)], merge=True)
+
+
+class RewardModelScorer:
+    """Scores (conversation, completion) pairs with the reward model; no gradients."""
+
+    def __init__(self, path: str, data_config, *, trust_remote_code: bool = False, batch: int = 8):
+        from lmforge.data.template_auto import load_template
+        from lmforge.model.load import load_tokenizer
+        from lmforge.train.preference import load_value_head
+
+        folder = check_reward_model_dir(path)
+        settings = _run_settings(folder)
+        self.tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+        name = settings.get("template") or "auto"
+        self.template = load_template(name, self.tokenizer, data_config)
+        self.cutoff_len = int(settings.get("cutoff_len") or data_config.cutoff_len)
+        self.model = _load_body(folder, settings, trust_remote_code).eval().requires_grad_(False)
+        hidden = self.model.config.get_text_config().hidden_size
+        self.head = load_value_head(ValueHead(hidden), folder).eval().requires_grad_(False)
+        self.batch = batch
+        logger.info("Reward model: %s (template %s)", folder, self.template.name)
+
+    def to(self, device) -> RewardModelScorer:
+        self.model.to(device)
+        self.head.to(device)
+        return self
+
+    def encode(self, conversation: dict, completion: str) -> list[int]:
+        sample = Sample(
+            list(conversation["messages"]), conversation.get("system"), conversation.get("tools")
+        )
+        answer = {"role": "assistant", "content": completion}
+        prompt, answer_ids = prompt_and_answer(self.template, self.tokenizer, sample, answer)
+        ids = prompt + answer_ids
+        return ids[-self.cutoff_len :]  # keep the end: the score is read at the last token
+
+    @torch.no_grad()
+    def score(self, batch: RewardBatch) -> list[float]:
+        rows = [self.encode(c, text) for c, text in zip(batch.conversations, batch.completions)]
+        device = self.head.summary.weight.device
+        pad = self.tokenizer.pad_token_id or 0
+        scores: list[float] = []
+        for start in range(0, len(rows), self.batch):
+            chunk = rows[start : start + self.batch]
+            length = max(len(r) for r in chunk)
+            ids = torch.tensor([r + [pad] * (length - len(r)) for r in chunk], device=device)
+            mask = torch.tensor(
+                [[1] * len(r) + [0] * (length - len(r)) for r in chunk], device=device
+            )
+            scores += last_token_scores(self.model, self.head, ids, mask).float().tolist()
+        return scores
