@@ -221,6 +221,10 @@ def test_several_prompts_in_one_completion_request(client):
     r = client.completions.create(model="tiny", prompt=["Hi", "Yo"], max_tokens=3, n=2)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
     assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens == 12
+    ids = client.completions.create(model="tiny", prompt=[41, 42], max_tokens=2)
+    assert ids.usage.prompt_tokens == 2
+    with pytest.raises(openai.BadRequestError, match="token ids must be in"):
+        client.completions.create(model="tiny", prompt=[10**6], max_tokens=2)
 
 
 def test_a_client_that_goes_away_frees_its_slot(api_url, api_key, shared_engine, monkeypatch):

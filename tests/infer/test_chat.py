@@ -111,3 +111,11 @@ def test_vllm_backend_without_a_gpu_is_a_user_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         require_vllm()
+
+
+def test_a_conversation_longer_than_the_context_is_a_user_error(engine):
+    from lmforge.errors import UserError
+
+    engine, _ = engine
+    with pytest.raises(UserError, match="context"):
+        engine.generate([{"role": "user", "content": "x" * 600}])

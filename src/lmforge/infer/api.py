@@ -156,10 +156,13 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None):
         params = engine.sampling_params(**overrides)
         loop = asyncio.get_running_loop()
         prompts = []
+        vocab = len(engine.tokenizer)
         for p in req.prompts():
             ids = p if isinstance(p, list) else engine.tokenizer.encode(p)
             if not ids:
                 raise APIError(400, "a prompt is empty", param="prompt")
+            if not all(0 <= i < vocab for i in ids):
+                raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
             prompts.append((p if isinstance(p, str) else engine.tokenizer.decode(ids), ids))
         fitted = [
             fit_context(engine, len(ids), params, explicit=overrides["max_tokens"])

@@ -264,6 +264,12 @@ class HFEngine(BaseEngine):
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> GenerationStream:
         adapter = self.adapter_for(model)
+        if len(prompt_ids) >= self.max_length:
+            raise UserError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                f"{self.max_length}",
+                fix="shorten the conversation (in a chat: `clear` it)",
+            )
         return self.scheduler.submit(prompt_ids, params, adapter=adapter, n=n, loop=loop)
 
     def stats(self) -> dict[str, int]:

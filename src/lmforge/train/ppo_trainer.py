@@ -1,6 +1,6 @@
 """PPO with a reward model from stage rm (Ouyang et al., 2022; the TRL 0.x recipe).
 
-One completion per prompt, scored by the reward model; per-token rewards are the KL penalty to
+One completion per prompt, scored by the reward model (plus any reward_funcs); per-token rewards are the KL penalty to
 the reference plus the score at the last token; a critic (a value head on the policy's hidden
 states, trained with it) gives GAE advantages; the clipped policy and value losses are
 optimised `ppo_epochs` times over each batch of rollouts. The critic is saved beside the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.train.preference import ValueHead
+from lmforge.train.rewards import RewardTerm, score_terms
 from lmforge.train.rl_losses import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -35,11 +36,10 @@ def new_critic(hidden_size: int) -> ValueHead:
 
 
 class PPOTrainer(RolloutTrainer):
-    def __init__(self, *args, scorer, critic: ValueHead, **kwargs):
+    def __init__(self, *args, reward_terms: list[RewardTerm], critic: ValueHead, **kwargs):
         super().__init__(*args, **kwargs)
-        self.scorer, self.critic = scorer, critic
+        self.reward_terms, self.critic = reward_terms, critic
         self.critic.to(self.args.device)
-        self.scorer.to(self.args.device)
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
@@ -65,7 +65,8 @@ class PPOTrainer(RolloutTrainer):
         )
         batch = self.reward_batch(inputs["rows"], seqs, 1)
         device = seqs.input_ids.device
-        raw_scores = torch.tensor(self.scorer.score(batch), dtype=torch.float32, device=device)
+        totals, per_term = score_terms(self.reward_terms, batch)
+        raw_scores = torch.tensor(totals, dtype=torch.float32, device=device)
         scores = raw_scores
         if settings.whiten_rewards:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
@@ -78,6 +79,11 @@ class PPOTrainer(RolloutTrainer):
         advantages, returns = gae(rewards, old_values, mask, settings.gamma, settings.lam)
         metrics = {
             "score": raw_scores,
+            **(
+                {f"rewards/{k}": torch.tensor(v) for k, v in per_term.items()}
+                if len(per_term) > 1
+                else {}
+            ),
             "reward": rewards.sum(-1),  # score minus the KL penalty, per completion
             "kl": kl.sum(-1),
             "value_mean": masked_mean(old_values, mask),

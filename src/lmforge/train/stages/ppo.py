@@ -1,0 +1,38 @@
+"""PPO with a reward model from stage rm: our own loop on transformers' Trainer, since TRL 1.x
+has no PPOTrainer (see train/ppo_trainer.py)."""
+
+from __future__ import annotations
+
+from lmforge.train.ppo_trainer import PPOTrainer, new_critic
+from lmforge.train.stages.base import StageContext
+from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
+
+
+class PPOStage:
+    name = "ppo"
+
+    def check(self, config) -> None:
+        check_rl_config(config)
+
+    def datasets(self, config, setup):
+        self.check(config)  # before the model loads, whoever calls us
+        return encode_prompts(config, setup)
+
+    def prepare(self, ctx: StageContext) -> None:
+        prepare_rl(ctx, needs_reference=True)
+        hidden = ctx.model.config.get_text_config().hidden_size
+        ctx.trainer_kwargs["critic"] = new_critic(hidden)
+
+    def trainer(self, ctx: StageContext):
+        return PPOTrainer(
+            model=ctx.model,
+            args=ctx.args,
+            train_dataset=ctx.train_set,
+            processing_class=ctx.setup.tokenizer,
+            callbacks=ctx.callbacks,
+            settings=rl_settings(ctx.config, 1),
+            **ctx.trainer_kwargs,
+        )
+
+
+STAGE = PPOStage()

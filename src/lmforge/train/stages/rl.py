@@ -1,0 +1,116 @@
+"""What the ppo and grpo stages share: checks before any model loads, prompts from the data,
+the rewards, the reference model and the trainer settings."""
+
+from __future__ import annotations
+
+from lmforge.config.schema import Config
+from lmforge.errors import UserError
+from lmforge.train.reward_model import RewardModelScorer, check_reward_model_dir
+from lmforge.train.rewards import RewardTerm, build_reward_terms
+from lmforge.train.rl_trainer import RLSettings
+from lmforge.train.rollout import PromptCollator, prompt_row, record_columns
+from lmforge.train.stages.base import StageContext, encode_stage_samples
+from lmforge.train.stages.reference import load_reference_model
+
+
+def check_rl_config(config: Config) -> list[RewardTerm]:
+    """Every check on the user's settings, before any model loads; returns the reward terms
+    of `reward_funcs` (imported now, so a wrong module:function fails here)."""
+    method, data, train, where = config.method, config.data, config.train, config.source
+    stage = method.stage
+    if stage == "grpo" and method.num_generations < 2:
+        raise UserError(
+            f"num_generations: {method.num_generations} leaves GRPO nothing to compare: each "
+            "completion's advantage is its reward relative to the others of its group",
+            where=where,
+            fix="set num_generations: 2 or more (4-8 is usual)",
+        )
+    for key in ("max_completion_length", "ppo_epochs"):
+        if getattr(method, key) < 1:
+            raise UserError(f"`{key}: {getattr(method, key)}` must be at least 1", where=where)
+    if data.cutoff_len <= method.max_completion_length:
+        raise UserError(
+            f"cutoff_len ({data.cutoff_len}) leaves no room for the prompt once "
+            f"max_completion_length ({method.max_completion_length}) tokens are reserved for "
+            "the completion",
+            where=where,
+            fix=f"raise cutoff_len above {method.max_completion_length} or lower "
+            "max_completion_length",
+        )
+    if stage == "ppo" and method.ppo_whiten_rewards and train.per_device_train_batch_size < 2:
+        raise UserError(
+            "ppo_whiten_rewards normalises scores within a batch, and a batch of 1 has nothing "
+            "to normalise against (every score would become 0)",
+            where=where,
+            fix="set per_device_train_batch_size: 2 or more, or ppo_whiten_rewards: false",
+        )
+    if data.val_size > 0 or data.eval_dataset:
+        raise UserError(
+            f"stage {stage} does not evaluate during training (there is no eval loss for "
+            "sampled completions)",
+            where=where,
+            fix="remove val_size / eval_dataset; evaluate the saved adapter with `lmforge eval`",
+        )
+    if method.reward_model:
+        check_reward_model_dir(method.reward_model, where)
+    return build_reward_terms(method, where)
+
+
+def encode_prompts(config: Config, setup):
+    """Samples -> prompt rows (see rollout.prompt_row), numbered for the rollout cache."""
+    method = config.method
+    records = record_columns(config.data, method.stage)
+    budget = config.data.cutoff_len - method.max_completion_length
+
+    def encode(sample):
+        record = records.get((sample.source_file, sample.record_index))
+        return prompt_row(
+            sample,
+            setup.template,
+            setup.tokenizer,
+            prompt_budget=budget,
+            answer_column=method.answer_column,
+            record=record,
+        )
+
+    train, evaluation, report = encode_stage_samples(config, setup, encode, "prompts")
+    for part in (train, evaluation):
+        for index, row in enumerate(part):
+            row["index"] = index
+    report.tokens = sum(len(row["prompt_ids"]) for row in train + evaluation)
+    report.notes.append(
+        f"{method.stage}: prompts only; up to {method.max_completion_length} tokens are "
+        "generated per completion (a longer prompt keeps its end)"
+    )
+    return train, evaluation, report
+
+
+def rl_settings(config: Config, num_generations: int) -> RLSettings:
+    method = config.method
+    return RLSettings(
+        num_generations=num_generations,
+        max_completion_length=method.max_completion_length,
+        epochs=method.ppo_epochs,
+        clip=method.ppo_clip,
+        kl_coef=method.ppo_kl_coef,
+        whiten_rewards=method.ppo_whiten_rewards,
+    )
+
+
+def prepare_rl(ctx: StageContext, *, needs_reference: bool) -> None:
+    """Collator, reference model, and the reward model term when one is configured."""
+    config = ctx.config
+    ctx.trainer_kwargs["data_collator"] = PromptCollator(ctx.setup.tokenizer.pad_token_id)
+    ctx.trainer_kwargs["ref_model"] = (
+        load_reference_model(config, ctx.model) if needs_reference else None
+    )
+    ctx.trainer_kwargs["stop_ids"] = ctx.setup.template.stop_token_ids(ctx.setup.tokenizer)
+    terms = build_reward_terms(config.method, config.source)
+    if config.method.reward_model:
+        scorer = RewardModelScorer(
+            config.method.reward_model,
+            config.data,
+            trust_remote_code=config.model.trust_remote_code,
+        ).to(ctx.args.device)
+        terms.append(RewardTerm("reward_model", scorer.score))
+    ctx.trainer_kwargs["reward_terms"] = terms

@@ -1,0 +1,161 @@
+"""GRPO on the tiny model: a reward it can learn goes up, the adapter reloads, the reference
+(KL) and ppo_epochs paths run, the reward function sees the data's columns; bad settings stop
+before any model loads."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_alpaca_dataset
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.model.load import attach_adapters, load_model
+from lmforge.train.rl_losses import group_advantages, grpo_loss, k3_kl
+from lmforge.train.run import run_training
+
+# Rewards that the random tiny model earns sometimes, so the group has something to compare.
+REWARDS = """
+def lowercase(prompts, completions, **columns):
+    return [sum(ch.islower() for ch in c) / max(len(c), 1) for c in completions]
+
+def sees_columns(prompts, completions, completion_ids, answer, topic, **columns):
+    # 1 when the columns arrive aligned with the completions (prompt i is "Question i?")
+    return [float(p == f"Question {t}?" and a == str(t * 2)) for p, a, t in zip(prompts, answer, topic)]
+"""
+RECORDS = [
+    {"instruction": f"Question {i}?", "input": "", "output": "x", "answer": str(2 * i), "topic": i}
+    for i in range(8)
+]
+
+
+def train(tmp_path, tiny_model_dir, **overrides):
+    data = write_alpaca_dataset(tmp_path / "data", RECORDS)
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    settings = {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "stage": "grpo",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "reward_funcs": "rewards:lowercase",
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "cutoff_len": 64,
+        "per_device_train_batch_size": 2,
+        "max_steps": 12,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "learning_rate": 3e-2,
+        "lr_scheduler_type": "constant",
+        "lora_alpha": 32,
+        "ppo_kl_coef": 0.0,
+    }
+    settings.update(overrides)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return run_training(load_config(path))
+
+
+def history(run) -> list[dict]:
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    return [h for h in state["log_history"] if "loss" in h]
+
+
+def probe_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[2, 4, 93, 91, 77, 90, 103]])).logits
+
+
+def test_grpo_raises_a_learnable_reward_and_the_adapter_reloads(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir)
+    rewards = [h["reward"] for h in history(run)]
+    assert len(rewards) == 12
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.3, rewards  # measured: about 0.2 -> 0.95
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["current_steps"] == 12
+    assert json.loads(lines[-1])["num_tokens"] > 0
+    assert (run.output_dir / "adapter_model.safetensors").is_file()
+    reloaded = attach_adapters(load_model(tiny_model_dir), [str(run.output_dir)], merge=True)
+    assert torch.allclose(probe_logits(reloaded), probe_logits(run.model.eval()), atol=1e-5)
+    assert not torch.allclose(probe_logits(load_model(tiny_model_dir)), probe_logits(reloaded))
+
+
+def test_grpo_with_kl_epochs_builtins_and_columns(tmp_path, tiny_model_dir):
+    run = train(
+        tmp_path,
+        tiny_model_dir,
+        reward_funcs="rewards:sees_columns, rewards:lowercase, numeric_match*0.5, exact_match",
+        ppo_kl_coef=0.1,
+        ppo_epochs=2,
+        max_steps=4,
+    )
+    logs = history(run)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    fresh = [h for h in logs if "reward" in h]  # a new rollout every second step
+    assert [h["step"] for h in fresh] == [1, 3]
+    assert all(h["rewards/rewards:sees_columns"] == 1.0 for h in fresh)
+    assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    assert logs[-1]["kl"] > 0
+    assert "clip_ratio" in logs[1]
+
+
+def test_group_advantages_and_loss_formulas():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    adv = group_advantages(rewards, 2)
+    assert adv[:2].tolist() == pytest.approx([0.7071, -0.7071], abs=1e-3)
+    assert adv[4:].tolist() == [0.0, 0.0]  # a tie teaches nothing
+    logps = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]]))
+    assert k3_kl(logps, logps).abs().max() == 0
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    loss, metrics = grpo_loss(
+        logps, logps, logps, torch.tensor([1.0, -1.0]), mask, clip=0.2, beta=0.1
+    )
+    # ratio 1: -(A) per token, averaged over the 3 real tokens: (-1 - 1 + 1) / 3
+    assert loss.item() == pytest.approx(-1 / 3)
+    assert metrics["kl"] == 0
+
+
+def write_config(tmp_path, tiny_model_dir, **settings):
+    data = write_alpaca_dataset(tmp_path / "data", RECORDS)
+    base = {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "stage": "grpo",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 1,
+        "cutoff_len": 64,
+        "max_completion_length": 8,
+    }
+    base.update(settings)
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({}, "stage grpo needs rewards"),
+        ({"reward_funcs": "no_such_rewards_mod:score"}, "cannot import module"),
+        ({"reward_funcs": "exact_mach"}, "did you mean `exact_match`"),
+        ({"reward_funcs": "exact_match", "num_generations": 1}, "num_generations: 1"),
+        ({"reward_funcs": "exact_match", "max_completion_length": 64}, "cutoff_len (64)"),
+        ({"reward_funcs": "exact_match", "val_size": 0.25}, "does not evaluate"),
+        ({"reward_model": "no-such-rm"}, "reward_model"),
+    ],
+)
+def test_bad_grpo_settings_stop_before_training(
+    tmp_path, tiny_model_dir, capsys, settings, message
+):
+    path = write_config(tmp_path, tiny_model_dir, **settings)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Fix: " in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

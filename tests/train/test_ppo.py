@@ -1,0 +1,179 @@
+"""PPO with a reward model trained by stage rm on the tiny model: rollouts scored, the critic
+learns, the adapter and critic are saved; GRPO with the same reward model; the formulas; and
+ppo without a usable reward model stops before any model loads."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_alpaca_dataset
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.model.load import attach_adapters, load_model
+from lmforge.train.ppo_trainer import CRITIC_FILE
+from lmforge.train.rewards import RewardBatch
+from lmforge.train.rl_losses import clipped_policy_loss, gae, token_rewards
+from lmforge.train.run import run_training
+
+# The reward model learns: lowercase letters good, capitals and digits bad.
+PAIRS = [
+    {"instruction": f"Q{i}", "input": "", "chosen": "abcdefgh", "rejected": "ABC123!?"}
+    for i in range(8)
+]
+PROMPTS = [{"instruction": f"Q{i}", "input": "", "output": "x"} for i in range(8)]
+
+
+def data_dir(folder):
+    write_alpaca_dataset(folder, PROMPTS, name="prompts")
+    (folder / "pairs.json").write_text(json.dumps(PAIRS))
+    info = json.loads((folder / "dataset_info.json").read_text())
+    columns = {
+        "prompt": "instruction",
+        "query": "input",
+        "chosen": "chosen",
+        "rejected": "rejected",
+    }
+    info["pairs"] = {"file_name": "pairs.json", "ranking": True, "columns": columns}
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    return folder
+
+
+def config_file(folder, tiny_model_dir, **settings) -> str:
+    base = {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset_dir": str(data_dir(folder / "data")),
+        "output_dir": str(folder / "out"),
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "save_steps": 100,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "lora_alpha": 32,
+        "cutoff_len": 64,
+        "max_completion_length": 8,
+    }
+    base.update(settings)
+    path = folder / "train.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return str(path)
+
+
+def history(run) -> list[dict]:
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    return [h for h in state["log_history"] if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("rm")
+    path = config_file(folder, tiny_model_dir, stage="rm", dataset="pairs", max_steps=12)
+    run = run_training(load_config(path))
+    assert history(run)[-1]["rewards/accuracies"] == 1.0
+    return run.output_dir
+
+
+def test_ppo_trains_with_the_reward_model_and_saves_adapter_and_critic(
+    tmp_path, tiny_model_dir, reward_model
+):
+    path = config_file(
+        tmp_path,
+        tiny_model_dir,
+        stage="ppo",
+        dataset="prompts",
+        reward_model=str(reward_model),
+        max_steps=8,
+        ppo_epochs=2,
+    )
+    run = run_training(load_config(path))
+    logs = history(run)
+    assert len(logs) == 8 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    fresh = [h for h in logs if "score" in h]
+    assert [h["step"] for h in fresh] == [1, 3, 5, 7]  # each rollout optimised twice
+    assert fresh[0]["kl"] == pytest.approx(0.0, abs=1e-5) and fresh[-1]["kl"] > 0
+    assert logs[-1]["value_loss"] < logs[0]["value_loss"]  # the critic learns the scores
+    assert logs[1]["clip_ratio"] >= 0 and "policy_loss" in logs[1]
+    assert (run.output_dir / CRITIC_FILE).is_file()
+    reloaded = attach_adapters(load_model(tiny_model_dir), [str(run.output_dir)], merge=True)
+    ids = torch.tensor([[2, 4, 93, 91, 77, 90, 103]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, run.model.eval()(ids).logits, atol=1e-5)
+
+
+def test_reward_model_scorer_prefers_what_rm_learnt(reward_model):
+    from lmforge.config.schema import DataConfig
+    from lmforge.train.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer(str(reward_model), DataConfig())
+    conversation = {"messages": [{"role": "user", "content": "Q3"}], "system": None, "tools": None}
+    batch = RewardBatch(
+        ["Q3"] * 2, ["abcdefgh", "ABC123!?"], [[1]] * 2, [None] * 2, {}, [conversation] * 2
+    )
+    chosen, rejected = scorer.score(batch)
+    assert chosen > rejected
+
+
+def test_grpo_with_the_reward_model(tmp_path, tiny_model_dir, reward_model):
+    path = config_file(
+        tmp_path,
+        tiny_model_dir,
+        stage="grpo",
+        dataset="prompts",
+        reward_model=str(reward_model),
+        num_generations=4,
+        per_device_train_batch_size=1,
+        max_steps=2,
+    )
+    logs = history(run_training(load_config(path)))
+    assert all("rewards/reward_model" in h for h in logs)
+    assert logs[0]["reward"] == pytest.approx(logs[0]["rewards/reward_model"])
+
+
+def close(tensor, expected) -> bool:
+    return torch.allclose(tensor, torch.as_tensor(expected, dtype=tensor.dtype), atol=1e-6)
+
+
+def test_gae_and_token_rewards_by_hand():
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    logps = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -5.0]])
+    ref = torch.tensor([[-1.5, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    rewards, kl = token_rewards(torch.tensor([1.0, 2.0]), logps, ref, mask, kl_coef=0.1)
+    assert close(rewards, [[-0.05, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 9.0]])
+    adv, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 2: delta_1 = 2 - 1 = 1, A_1 = 1; delta_0 = 0 + 1 - 1 = 0, A_0 = 0 + 0.5 * 1
+    assert adv[1].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    # row 1: d2 = 1 - .5 = .5; d1 = 0 + .5 - .5 = 0; d0 = -.05 + .5 - .5 = -.05
+    assert adv[0].tolist() == pytest.approx([-0.05 + 0.5 * 0.25, 0.25, 0.5])
+    assert close(returns, adv + values * mask)
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[2.0, 0.5]]))  # ratios 2 and 0.5
+    loss, clipped = clipped_policy_loss(new, old, torch.tensor([1.0]), clip=0.2)
+    assert close(loss, [[-1.2, -0.5]]) and clipped.tolist() == [[1.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({}, "stage ppo needs a reward model"),
+        ({"reward_model": "missing-rm"}, "missing-rm does not exist"),
+        ({"reward_model": "."}, "has no value_head.safetensors"),
+        (
+            {"reward_model": "rm", "ppo_whiten_rewards": True, "per_device_train_batch_size": 1},
+            "ppo_whiten_rewards",
+        ),
+    ],
+)
+def test_ppo_without_a_usable_reward_model(tmp_path, tiny_model_dir, capsys, settings, message):
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "value_head.safetensors").write_text("")
+    (rm / "adapter_config.json").write_text("{}")
+    path = config_file(tmp_path, tiny_model_dir, stage="ppo", dataset="prompts", **settings)
+    assert main(["train", path]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Fix: " in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
