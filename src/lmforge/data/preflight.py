@@ -80,7 +80,9 @@ def check_bos(template, tokenizer, ids: list[int]) -> None:
     if bos is not None and ids[:1] == [bos] and _adds_bos(tokenizer):
         # Training encodes without the tokenizer's own BOS; a consumer that re-encodes the
         # rendered text with add_special_tokens=True would get two.
-        logger.debug("the template writes BOS itself; encode its text with add_special_tokens=False")
+        logger.debug(
+            "the template writes BOS itself; encode its text with add_special_tokens=False"
+        )
 
 
 def _adds_bos(tokenizer) -> bool:
