@@ -233,6 +233,12 @@ class TrainConfig:
         None, "Checkpoint folder to resume from, or `auto` for the newest in output_dir.", path=True
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    chunked_loss: bool = opt(
+        True,
+        "Compute the loss on trained tokens only, projecting onto the vocabulary a chunk at a "
+        "time (no full logits): the same loss with less memory and time. Off with "
+        "compute_accuracy, a LoRA-adapted lm_head, or liger-kernel.",
+    )
     compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
     early_stopping_patience: int | None = opt(
         None, "Stop after this many evaluations without a better eval loss (keeps the best)."

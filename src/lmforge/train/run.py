@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -217,6 +218,8 @@ def training_arguments(config: Config, *, has_eval: bool):
         kwargs.update(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
+    if torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None:
+        kwargs["use_liger_kernel"] = True  # fused kernels incl. linear cross-entropy on CUDA
     kwargs.update(config.passthrough)
     check_trackers(kwargs["report_to"] if isinstance(kwargs["report_to"], list) else [])
     return TrainingArguments(**kwargs)

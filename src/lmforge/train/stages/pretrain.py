@@ -7,7 +7,7 @@ from lmforge.data.encode import encode_pretrain
 from lmforge.data.loader import DataReport
 from lmforge.data.sources import load_splits
 from lmforge.train.stages.base import StageContext
-from lmforge.train.stages.sft import SFTStage
+from lmforge.train.stages.sft import SFTStage, use_linear_ce
 
 
 class PretrainStage(SFTStage):
@@ -31,6 +31,7 @@ class PretrainStage(SFTStage):
 
     def prepare(self, ctx: StageContext) -> None:
         ctx.trainer_kwargs["data_collator"] = PadCollator(ctx.setup.tokenizer.pad_token_id)
+        use_linear_ce(ctx)
 
 
 STAGE = PretrainStage()

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from lmforge.data.collate import make_collator
 from lmforge.data.loader import build_datasets, packing_enabled
 from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.train.linear_ce import (
+    HiddenStatesCollator,
+    LinearCrossEntropyLoss,
+    supports_linear_cross_entropy,
+)
 from lmforge.train.monitor import argmax_logits, token_accuracy
 from lmforge.train.stages.base import StageContext
 from lmforge.train.trainer import AtomicCheckpointTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def use_linear_ce(ctx: StageContext) -> None:
+    """The loss on trained tokens only, without full logits, where it gives the same result."""
+    train = ctx.config.train
+    if (
+        not train.chunked_loss
+        or train.compute_accuracy
+        or getattr(ctx.args, "use_liger_kernel", False)
+    ):
+        return
+    if not supports_linear_cross_entropy(ctx.model):
+        logger.info("chunked_loss: the output head is adapted, so the plain loss is used")
+        return
+    ctx.trainer_kwargs["data_collator"] = HiddenStatesCollator(ctx.trainer_kwargs["data_collator"])
+    ctx.trainer_kwargs["compute_loss_func"] = LinearCrossEntropyLoss(ctx.model)
 
 
 class SFTStage:
@@ -49,6 +73,7 @@ class SFTStage:
             prepare_model_for_packing(ctx.model)
             check_isolation(ctx.model, collator)
         ctx.trainer_kwargs["data_collator"] = collator
+        use_linear_ce(ctx)
 
     def trainer(self, ctx: StageContext):
         accuracy = ctx.config.train.compute_accuracy
