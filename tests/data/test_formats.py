@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lmforge.data.formats import to_sample, to_samples
+from lmforge.data.formats import check_stage, to_sample, to_samples
 from lmforge.data.problems import RecordCheck
 from lmforge.data.readers import read_records
 from lmforge.data.registry import resolve_datasets
@@ -204,6 +204,30 @@ def test_sharegpt_preference_pairs(tmp_path):
     (sample,) = registry(tmp_path, entry, [record], stage="dpo")
     assert sample.messages == [{"role": "user", "content": "Q"}]
     assert (sample.chosen["content"], sample.rejected["content"]) == ("good", "bad")
+
+
+def test_sharegpt_preference_without_mapped_answers_names_the_columns_to_map(tmp_path):
+    record = {"conversations": [{"from": "human", "value": "Q"}], "chosen": "a"}
+    entry = {"formatting": "sharegpt", "ranking": True, "columns": {"messages": "conversations"}}
+    (tmp_path / "d.json").write_text(json.dumps([record]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json", **entry}}))
+    (spec,) = resolve_datasets(["d"], tmp_path)
+    with pytest.raises(UserError) as info:
+        check_stage(spec, "dpo")
+    message = str(info.value)
+    assert "dataset_info.json: dataset `d`: dataset `d` is preference data (`ranking: true`), " in (
+        message
+    )
+    assert "but maps no chosen or rejected column" in message
+    assert 'Fix: add "chosen": "chosen", "rejected": "rejected" to its "columns"' in message
+    # Record by record (as without the dataset check), the fix names the column, never None.
+    assert problems(tmp_path, entry, record, "dpo") == [
+        "d.json:record 0:chosen: missing or not a message",
+        "d.json:record 0:rejected: missing or not a message",
+    ]
+    check = RecordCheck("d.json", 0)
+    to_sample(spec, record, check, "dpo")
+    assert check.problems[0].fix == 'give every record "chosen": {"from": "gpt", "value": "..."}'
 
 
 def test_openai_messages_with_tool_calls_reasoning_and_parts(tmp_path):

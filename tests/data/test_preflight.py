@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 from test_encode_helpers import CharTokenizer
 
-from lmforge.data.preflight import check_template
-from lmforge.data.template import get_template
+from lmforge.data.encode import encode_sample
+from lmforge.data.preflight import PROBE, PROBE_SYSTEM, check_template
+from lmforge.data.sample import Sample
+from lmforge.data.template import available_templates, get_template
 from lmforge.data.template_auto import auto_template
 from lmforge.errors import UserError
 
@@ -18,6 +20,30 @@ IM = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 @pytest.mark.parametrize("name", ["chatml", "qwen", "qwen3", "qwen3_nothink", "yi"])
 def test_matching_templates_pass(name):
     check_template(get_template(name), CharTokenizer(IM))
+
+
+@pytest.mark.parametrize("name", available_templates())
+def test_every_named_template_trains_a_stop_token_and_fits_its_tokenizer(name):
+    """Each named template, with a tokenizer holding its special tokens, passes pre-flight
+    (special tokens whole, BOS once, text equal to its own Jinja), and every answer of the probe
+    conversation ends with a trained stop token, so generation stops where training stopped."""
+    template = get_template(name)
+    words = dict.fromkeys(template.special_tokens + template.stop_words)
+    tok = CharTokenizer([w for w in words if "{" not in w])  # {bos}/{eos}: <s>, </s>
+    check_template(template, tok)
+    stops = set(template.stop_token_ids(tok))
+    assert tok.eos_token_id in stops
+    labels = encode_sample(Sample(PROBE, PROBE_SYSTEM), template, tok, 1 << 30).labels
+    runs, run = [], []  # the trained tokens of each answer
+    for label in labels + [-100]:
+        if label != -100:
+            run.append(label)
+        elif run:
+            runs, run = runs + [run], []
+    assert len(runs) == 2
+    for answer in runs:  # a stop token, then at most the newline the template writes after it
+        last = max(i for i, token in enumerate(answer) if token in stops)
+        assert tok.decode(answer[last + 1 :]).strip() == "", tok.convert_ids_to_tokens(answer)
 
 
 def test_gemma_passes_with_the_tiny_gemma_tokenizer(tiny_tokenizer):

@@ -147,6 +147,27 @@ def test_qwen2_is_qwen_with_its_default_system():
         assert ours("qwen", messages, generation=generation, default_system=default) == qwen2[0]
 
 
+@pytest.mark.parametrize("generation", [False, True])
+def test_gemma_1_and_2_equal_their_vendor_template(generation):
+    """gemma-*-it and gemma-2-*-it ship one template (gemma2.jinja), Gemma 3's without a system
+    prompt (they refuse one): the `gemma` template renders the same text, content trimmed."""
+    messages = [dict(m) for m in (ASKING if generation else MULTI_TURN)]
+    messages[0]["content"] = "  Hi\n"
+    text = (FIXTURES / "gemma2.jinja").read_text(encoding="utf-8")
+    rendered, _ = render_jinja_template(
+        [messages],
+        chat_template=text,
+        add_generation_prompt=generation,
+        bos_token=Tok.bos_token,
+        eos_token=Tok.eos_token,
+    )
+    expected = (
+        "<s><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+    )
+    assert rendered[0].startswith(expected)
+    assert ours("gemma", messages, generation=generation) == rendered[0]
+
+
 TOOL_SCHEMAS = json.dumps(
     [
         {

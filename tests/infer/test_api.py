@@ -39,6 +39,14 @@ def test_seed_reproduces_and_n_gives_n_choices(client):
     assert [c.message.content for c in first.choices] == [c.message.content for c in second.choices]
 
 
+def test_seed_takes_the_whole_signed_64_bit_range(client):
+    for seed in (2**63 - 1, -(2**63)):  # OpenAI's bounds; choice 1 uses seed + 1
+        r = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=2, n=2, seed=seed, temperature=1.0
+        )
+        assert [c.finish_reason for c in r.choices] == ["length", "length"]
+
+
 def test_streaming_chunks_add_up_to_the_answer(client):
     kwargs = dict(model="tiny", messages=MESSAGES, max_tokens=9, temperature=0)
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
@@ -140,6 +148,7 @@ def test_missing_or_wrong_key_is_401(api_url):
         (dict(model="tiny", messages=MESSAGES, max_tokens=5000), 413, "context"),
         (dict(model="tiny", messages=[{"role": "user", "content": "x" * 600}]), 413, "context"),
         (dict(model="tiny", messages=MESSAGES, logprobs=True), 400, "logprobs"),
+        (dict(model="tiny", messages=MESSAGES, seed=2**70), 400, "seed"),
     ],
 )
 def test_bad_requests_get_openai_errors(client, kwargs, status, words):

@@ -58,6 +58,28 @@ def test_chat_loop_keeps_history_and_clears_it(engine, monkeypatch, capsys):
     assert seen[2] == ["New"]
 
 
+def test_a_too_long_message_is_an_error_and_the_chat_goes_on(engine, monkeypatch, capsys):
+    engine, _ = engine
+    seen = []
+    original = engine.chat
+
+    def recording_chat(messages, system=None, **kw):
+        seen.append([m["content"] for m in messages])
+        return original(messages, system, **kw)
+
+    monkeypatch.setattr(engine, "chat", recording_chat)
+    answers = iter(["x" * 600, "Hi", "exit"])  # the tiny model's context is 512 tokens
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    chat_loop(engine)
+    captured = capsys.readouterr()
+    assert "error: the prompt has 616 tokens; this model's context is 512" in captured.err
+    assert "`clear` it" in captured.err
+    # The refused message is not kept: the next turn is a fresh conversation that gets answered.
+    assert seen == [["x" * 600], ["Hi"]]
+    expected = engine.generate([{"role": "user", "content": "Hi"}])
+    assert captured.out.endswith(f"Assistant: \nAssistant: {expected}\n")
+
+
 def test_reasoning_is_printed_apart_and_kept_out_of_the_history():
     out = io.StringIO()
     events = [

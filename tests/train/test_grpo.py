@@ -3,6 +3,7 @@
 before any model loads."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,23 @@ def test_grpo_with_kl_epochs_builtins_and_columns(tmp_path, tiny_model_dir):
     assert "clip_ratio" in logs[1]
 
 
+def test_grpo_resumes_exactly(tmp_path, tiny_model_dir):
+    """The checkpoint restores the RNG, so the resumed run samples the same completions."""
+    settings = dict(max_steps=6, save_steps=3, ppo_kl_coef=0.1)
+    full = train(tmp_path / "a", tiny_model_dir, **settings)
+    first = train(tmp_path / "b", tiny_model_dir, **settings)
+    resumed = train(
+        tmp_path / "b",
+        tiny_model_dir,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-3"),
+        **settings,
+    )
+    assert [h["loss"] for h in history(resumed)] == pytest.approx(
+        [h["loss"] for h in history(full)], abs=1e-6
+    )
+    assert torch.allclose(probe_logits(full.model.eval()), probe_logits(resumed.model.eval()))
+
+
 def test_group_advantages_and_loss_formulas():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0])
     adv = group_advantages(rewards, 2)
@@ -159,3 +177,27 @@ def test_bad_grpo_settings_stop_before_training(
     assert message in err and "Fix: " in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "grpo"
+
+
+def test_grpo_examples_run_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):
+    """examples/grpo: sft.yaml, then grpo.yaml on its adapter (two steps each)."""
+    common = [f"model_name_or_path={tiny_model_dir}", "max_steps=2", "save_steps=2"]
+    sft = tmp_path / "sft"
+    assert main(["train", str(EXAMPLES / "sft.yaml"), f"output_dir={sft}", *common]) == 0
+    out = tmp_path / "grpo"
+    code = main(
+        [
+            "train",
+            str(EXAMPLES / "grpo.yaml"),
+            f"output_dir={out}",
+            f"adapter_name_or_path={sft}",
+            *common,
+        ]
+    )
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
+    logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [r["current_steps"] for r in logs] == [1, 2]

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from conftest import build_tiny_model
 from test_sft import train
 
+from conftest import build_tiny_model
 from lmforge.train.linear_ce import linear_cross_entropy_sum
 
 
@@ -15,24 +15,38 @@ def tiny_llama(vocab):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-    ))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def tiny_qwen2(vocab):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1,
-    ))
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
 
 
-@pytest.mark.parametrize("build", [build_tiny_model, tiny_llama, tiny_qwen2],
-                         ids=["gemma3", "llama", "qwen2"])
+@pytest.mark.parametrize(
+    "build", [build_tiny_model, tiny_llama, tiny_qwen2], ids=["gemma3", "llama", "qwen2"]
+)
 @pytest.mark.parametrize("chunk_tokens", [3, 1024])
 def test_loss_and_gradients_equal_the_plain_path(build, chunk_tokens):
     model = build(120)
@@ -47,7 +61,9 @@ def test_loss_and_gradients_equal_the_plain_path(build, chunk_tokens):
     model.zero_grad()
     out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
     total, count = linear_cross_entropy_sum(
-        out.hidden_states[-1], model.get_output_embeddings().weight, labels,
+        out.hidden_states[-1],
+        model.get_output_embeddings().weight,
+        labels,
         chunk_tokens=chunk_tokens,
     )
     chunked = total / count

@@ -3,6 +3,7 @@ learns, the adapter and critic are saved; GRPO with the same reward model; the f
 ppo without a usable reward model stops before any model loads."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,20 @@ def test_ppo_without_a_usable_reward_model(tmp_path, tiny_model_dir, capsys, set
     assert message in err and "Fix: " in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ppo"
+
+
+def test_ppo_examples_run_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):
+    """examples/ppo: rm.yaml, then ppo.yaml with its reward model (two steps each)."""
+    common = [f"model_name_or_path={tiny_model_dir}", "max_steps=2", "save_steps=2"]
+    rm = tmp_path / "rm"
+    assert main(["train", str(EXAMPLES / "rm.yaml"), f"output_dir={rm}", *common]) == 0
+    out = tmp_path / "ppo"
+    code = main(
+        ["train", str(EXAMPLES / "ppo.yaml"), f"output_dir={out}", f"reward_model={rm}", *common]
+    )
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert (out / "checkpoint-2" / CRITIC_FILE).is_file()
+    assert (out / "adapter_model.safetensors").is_file() and (out / CRITIC_FILE).is_file()

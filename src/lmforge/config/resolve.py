@@ -158,22 +158,28 @@ def _check_evaluation(config: Config) -> None:
     data, train = config.data, config.train
     has_eval = data.val_size > 0 or bool(data.eval_dataset)
     wants_eval = (
-        train.eval_strategy != "no" or train.early_stopping_patience or train.compute_accuracy
+        train.eval_strategy != "no"
+        or train.early_stopping_patience
+        or train.compute_accuracy
+        or train.load_best_model_at_end
     )
     if wants_eval and not has_eval:
         raise UserError(
-            "evaluation is asked for (eval_strategy, early_stopping_patience or compute_accuracy) "
-            "but there is no evaluation data",
+            "evaluation is asked for (eval_strategy, early_stopping_patience, compute_accuracy "
+            "or load_best_model_at_end) but there is no evaluation data",
             where=config.source,
             fix="set val_size (e.g. 0.1) or eval_dataset",
         )
     if train.early_stopping_patience:
+        train.load_best_model_at_end = True  # early stopping ends on the best checkpoint
+    if train.load_best_model_at_end:
         if train.eval_strategy == "no":
             train.eval_strategy = "steps"
         eval_steps = train.eval_steps or train.logging_steps
         if train.eval_strategy == "steps" and train.save_steps % eval_steps:
+            reason = "early stopping" if train.early_stopping_patience else "load_best_model_at_end"
             raise UserError(
-                f"early stopping keeps the best checkpoint, so save_steps ({train.save_steps}) "
+                f"{reason} keeps the best checkpoint, so save_steps ({train.save_steps}) "
                 f"must be a multiple of eval_steps ({eval_steps})",
                 where=config.source,
                 fix=f"set save_steps: {eval_steps * max(train.save_steps // eval_steps, 1)}",

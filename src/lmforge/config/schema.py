@@ -126,9 +126,11 @@ class MethodConfig:
     reward_regex: str | None = opt(None, "grpo regex_match: pattern the completion must match.")
     num_generations: int = opt(4, "grpo: completions sampled per prompt (the group).")
     max_completion_length: int = opt(128, "grpo/ppo: maximum tokens generated per completion.")
-    ppo_epochs: int = opt(1, "ppo: optimisation epochs over each batch of rollouts.")
-    ppo_clip: float = opt(0.2, "ppo: clipping range of the policy ratio.")
-    ppo_kl_coef: float = opt(0.05, "ppo: weight of the KL penalty to the reference model.")
+    ppo_epochs: int = opt(1, "ppo/grpo: optimisation passes over each batch of rollouts.")
+    ppo_clip: float = opt(0.2, "ppo/grpo: clipping range of the policy ratio.")
+    ppo_kl_coef: float = opt(
+        0.05, "ppo/grpo: weight of the KL penalty to the reference model (GRPO's beta)."
+    )
     ppo_whiten_rewards: bool = opt(False, "ppo: normalise rewards within each batch.")
 
 
@@ -183,6 +185,12 @@ class DataConfig:
         False, "Pack several samples into each row of cutoff_len (no attention across samples)."
     )
     neat_packing: bool = opt(False, "LLaMA-Factory's name for packing without cross-attention.")
+    padding_free: bool = opt(
+        False,
+        "Put each batch's samples side by side in one row instead of padding them: the same "
+        "samples per step and the same loss, no compute spent on padding (no attention across "
+        "samples).",
+    )
     preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
     overwrite_cache: bool = opt(False, "Re-tokenize even if a cached encoding exists.")
     tokenized_path: str | None = opt(
@@ -242,6 +250,11 @@ class TrainConfig:
     compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
     early_stopping_patience: int | None = opt(
         None, "Stop after this many evaluations without a better eval loss (keeps the best)."
+    )
+    load_best_model_at_end: bool = opt(
+        False,
+        "At the end, load the checkpoint with the lowest eval loss into output_dir (needs "
+        "evaluation data; save_steps a multiple of eval_steps). On with early stopping.",
     )
 
 

@@ -148,7 +148,7 @@ def answer_message(check: RecordCheck, spec: DatasetSpec, record: dict, key: str
         check.problem(
             column or key,
             "missing or not a message",
-            f'give every record "{column}": {{"{spec.tags["role_tag"]}": '
+            f'give every record "{column or key}": {{"{spec.tags["role_tag"]}": '
             f'"{spec.tags["assistant_tag"]}", "{spec.tags["content_tag"]}": "..."}}',
             "missing column",
         )

@@ -46,16 +46,24 @@ class PadCollator:
 class PackedCollator:
     """Rows of packed samples (`lengths` gives each sample's size; absent = one sample).
 
-    flatten=False (sdpa, eager): rows padded to the longest; padding is its own segment with
-    labels -100. flatten=True (flash-attention): the whole batch becomes one row without
-    padding, with the varlen kwargs cu_seq_lens_q/k and max_length_q/k that flash-attention
-    reads instead of inferring them from position ids in every layer."""
+    flatten=False: rows padded to the longest; padding is its own segment with labels -100.
+    flatten=True: the whole batch becomes one row without padding (padding-free batches, and
+    flash-attention, whose varlen path needs one row). With `varlen_kwargs` the row carries
+    cu_seq_lens_q/k and max_length_q/k, which flash-attention reads instead of inferring them
+    from position ids in every layer; sdpa and eager build their per-sample mask from the
+    position ids alone."""
 
     def __init__(
-        self, pad_token_id: int, *, flatten: bool = False, pad_to_multiple_of: int | None = None
+        self,
+        pad_token_id: int,
+        *,
+        flatten: bool = False,
+        varlen_kwargs: bool | None = None,
+        pad_to_multiple_of: int | None = None,
     ):
         self.pad_token_id = pad_token_id
         self.flatten = flatten
+        self.varlen_kwargs = flatten if varlen_kwargs is None else varlen_kwargs
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict:
@@ -89,16 +97,20 @@ class PackedCollator:
 
     def _flat(self, rows: list[tuple[np.ndarray, np.ndarray, list[int]]]) -> dict:
         lengths = [n for _, _, row_lengths in rows for n in row_lengths]
-        cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
-        return {
+        batch = {
             "input_ids": torch.from_numpy(np.concatenate([ids for ids, _, _ in rows]))[None],
             "labels": torch.from_numpy(np.concatenate([labels for _, labels, _ in rows]))[None],
             "position_ids": torch.from_numpy(segment_positions(lengths))[None],
-            "cu_seq_lens_q": cu_seq_lens,
-            "cu_seq_lens_k": cu_seq_lens,
-            "max_length_q": max(lengths),
-            "max_length_k": max(lengths),
         }
+        if self.varlen_kwargs:
+            cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
+            batch.update(
+                cu_seq_lens_q=cu_seq_lens,
+                cu_seq_lens_k=cu_seq_lens,
+                max_length_q=max(lengths),
+                max_length_k=max(lengths),
+            )
+        return batch
 
 
 def segment_starts(lengths: Sequence[int]) -> np.ndarray:
@@ -111,9 +123,17 @@ def segment_positions(lengths: Sequence[int]) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(segment_starts(lengths), lengths)
 
 
-def make_collator(pad_token_id: int, *, packing: bool, attn_implementation: str | None):
-    """The collator for this run: padded rows, or packed rows (flattened for flash-attention,
-    whose varlen path needs one row: flash_attention_2/3 and hub kernels named *flash*)."""
-    if not packing:
+def make_collator(
+    pad_token_id: int,
+    *,
+    packing: bool,
+    attn_implementation: str | None,
+    padding_free: bool = False,
+):
+    """The collator for this run: padded rows, packed rows, or padding-free batches (one row).
+    Rows are flattened for flash-attention, whose varlen path needs one row (flash_attention_2/3
+    and hub kernels named *flash*), and for padding-free batches."""
+    flash = "flash" in (attn_implementation or "")
+    if not (packing or padding_free):
         return PadCollator(pad_token_id)
-    return PackedCollator(pad_token_id, flatten="flash" in (attn_implementation or ""))
+    return PackedCollator(pad_token_id, flatten=flash or padding_free, varlen_kwargs=flash)

@@ -63,6 +63,22 @@ def check_stage(spec: DatasetSpec, stage: str) -> None:
         )
     if spec.formatting == "alpaca" and stage not in PRETRAIN_STAGES:
         _check_alpaca_columns(spec, where)
+    elif spec.ranking:
+        _check_answer_columns(spec, where)
+
+
+def _check_answer_columns(spec: DatasetSpec, where: str | None) -> None:
+    """sharegpt/openai preference data reads its two answers from mapped columns (LLaMA-Factory
+    has no default for them)."""
+    missing = [key for key in ("chosen", "rejected") if key not in spec.columns]
+    if missing:
+        raise UserError(
+            f"dataset `{spec.name}` is preference data (`ranking: true`), but maps no "
+            f"{' or '.join(missing)} column",
+            where=where,
+            fix='add "chosen": "chosen", "rejected": "rejected" to its "columns" (the columns '
+            "holding the better and the worse answer)",
+        )
 
 
 def _check_alpaca_columns(spec: DatasetSpec, where: str | None) -> None:

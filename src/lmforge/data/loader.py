@@ -43,7 +43,14 @@ logger = logging.getLogger(__name__)
 
 # Data keys that do not change the tokens of any sample (packing runs after the cache).
 RUNTIME_KEYS = frozenset(
-    {"packing", "neat_packing", "preprocessing_num_workers", "overwrite_cache", "tokenized_path"}
+    {
+        "packing",
+        "neat_packing",
+        "padding_free",
+        "preprocessing_num_workers",
+        "overwrite_cache",
+        "tokenized_path",
+    }
 )
 # DataReport fields produced by encoding, stored with a cache entry.
 ENCODING_STATS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from lmforge.errors import UserError
 from lmforge.infer.engine import BaseEngine
 
 HELP = "Type a message. `clear` forgets the conversation, `exit` quits."
@@ -74,6 +75,11 @@ def chat_loop(engine: BaseEngine, system: str | None = None) -> None:
             answer = show_answer(engine.chat(history, system))
         except KeyboardInterrupt:  # stop this answer, keep the session
             print("\n(interrupted)")
+            history.pop()
+            continue
+        except UserError as exc:  # e.g. the conversation outgrew the context: keep the session
+            print(flush=True)  # end the "Assistant: " line
+            print(f"error: {exc.format()}", file=sys.stderr)
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lmforge.infer.tool_parser import ToolCall
 
 MAX_N = 16
+# OpenAI's bounds for `seed` (a signed 64-bit integer); choice i of n uses seed + i, which
+# still fits torch's generator (it takes -2**63 .. 2**64 - 1).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 class APIError(Exception):
@@ -81,7 +84,7 @@ class Sampling(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,13 @@ def _apply_lora(model, method: MethodConfig, adapter_paths: list[str]):
 
     # Earlier adapters are merged into the base; the last one is trained further, unless
     # create_new_adapter asks for a fresh adapter on top of all of them.
+    for path in adapter_paths:
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise UserError(
+                f"adapter folder {path} has no adapter_config.json",
+                fix="point adapter_name_or_path at the output_dir of a LoRA run (train that "
+                "first), or remove adapter_name_or_path",
+            )
     keep_training = adapter_paths[-1:] if adapter_paths and not method.create_new_adapter else []
     for path in adapter_paths[: len(adapter_paths) - len(keep_training)]:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 LOG_NAME = "trainer_log.jsonl"
+_STAGE_METRICS = {"rewards", "eval_rewards", "reward", "kl", "eval_kl", "eval_accuracy"}
 
 
 def _clock(seconds: float) -> str:
@@ -69,6 +70,8 @@ class JsonlLogCallback(TrainerCallback):
             "throughput": round((tokens - self.start_tokens) / elapsed, 2) if elapsed else 0.0,
         }
         record.update({k: v for k, v in eval_losses.items() if k != "eval_loss"})
+        # Stage metrics (rewards, accuracies, KL) for people and the web UI.
+        record.update({k: v for k, v in logs.items() if k.split("/")[0] in _STAGE_METRICS})
         record = {k: v for k, v in record.items() if v is not None}
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

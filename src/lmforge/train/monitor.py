@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 from transformers import TrainerCallback
@@ -63,7 +64,6 @@ class OverfitWarningCallback(TrainerCallback):
         )
         if eval_rising and train_falling:
             best_step, best_loss, _ = min(self.history, key=lambda h: h[1])
-            where = state.best_model_checkpoint or f"the checkpoint nearest step {best_step}"
             logger.warning(
                 "Overfitting: eval loss rose for %d evaluations while train loss fell. "
                 "Best eval loss %.4f at step %d (%s). Consider fewer epochs, more data, or "
@@ -71,9 +71,23 @@ class OverfitWarningCallback(TrainerCallback):
                 self.patience,
                 best_loss,
                 best_step,
-                where,
+                best_checkpoint(args, state, best_step),
             )
             self.warned = True
+
+
+def best_checkpoint(args, state, best_step: int) -> str:
+    """The checkpoint holding the best weights, by its path, or why there is none."""
+    if state.best_model_checkpoint:  # tracked by transformers with load_best_model_at_end
+        return f"best checkpoint: {state.best_model_checkpoint}"
+    output_dir = getattr(args, "output_dir", None)
+    path = Path(output_dir) / f"checkpoint-{best_step}" if output_dir else None
+    if path is not None and path.is_dir():
+        return f"best checkpoint: {path}"
+    return (
+        f"no checkpoint was saved at step {best_step}; make save_steps a multiple of "
+        "eval_steps to keep one"
+    )
 
 
 def argmax_logits(logits, labels):

@@ -226,7 +226,12 @@ class ValueHead(nn.Module):
 
 def last_token_scores(model, value_head: ValueHead, input_ids, attention_mask) -> torch.Tensor:
     """The reward of each row: the value head on the hidden state of its last real token."""
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    outputs = model(  # logits for one position only: the scores need hidden states, not logits
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
     hidden = outputs.hidden_states[-1]
     last = attention_mask.sum(-1) - 1  # right padding: the last real position of each row
     rows = torch.arange(hidden.shape[0], device=hidden.device)

@@ -17,7 +17,7 @@ import yaml
 from lmforge.data.encode import prompt_and_answer
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
-from lmforge.train.preference import VALUE_HEAD_FILE, ValueHead, last_token_scores
+from lmforge.train.preference import VALUE_HEAD_FILE, ValueHead
 from lmforge.train.rewards import RewardBatch
 
 logger = logging.getLogger(__name__)
@@ -113,5 +113,16 @@ class RewardModelScorer:
             mask = torch.tensor(
                 [[1] * len(r) + [0] * (length - len(r)) for r in chunk], device=device
             )
-            scores += last_token_scores(self.model, self.head, ids, mask).float().tolist()
+            scores += self._last_token_scores(ids, mask).float().tolist()
         return scores
+
+    def _last_token_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """preference.last_token_scores, computing the logits of one position only (the
+        vocabulary x sequence logits it would otherwise build are never used)."""
+        out = self.model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1
+        )
+        hidden = out.hidden_states[-1]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, mask.sum(-1) - 1]
+        return self.head(last.to(self.head.summary.weight.dtype))

@@ -72,8 +72,12 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        chunk = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        return RepeatedChunkSampler(len(dataset), chunk, self.settings.epochs, self.args.seed)
+        # One optimizer step's prompts over all processes: batches are dealt round-robin to
+        # the processes, so each one sees its own share again on every repeat.
+        args = self.args
+        chunk = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        chunk *= max(args.world_size, 1)
+        return RepeatedChunkSampler(len(dataset), chunk, self.settings.epochs, args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rollout = self._rollout(model, inputs)

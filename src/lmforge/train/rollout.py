@@ -169,6 +169,7 @@ def sample_completions(
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_ids,
         pad_token_id=pad_token_id,
+        use_cache=True,  # even if training turned the model's cache off
     )
     was_training = model.training
     model.eval()  # no dropout while sampling

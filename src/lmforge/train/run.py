@@ -54,9 +54,13 @@ def run_training(config: Config) -> TrainingRun:
     )
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
-    setup = prepare_model_setup(config)
     stage = get_stage(config.method.stage)
+    getattr(stage, "check", lambda _config: None)(config)  # e.g. grpo's reward functions
+    setup = prepare_model_setup(config)
     train_set, eval_set, report = stage.datasets(config, setup)
+
+    # Built before the model loads: transformers checks these settings (optim, strategies, ...).
+    args = training_arguments(config, has_eval=bool(eval_set))
 
     from transformers import set_seed
 
@@ -69,7 +73,6 @@ def run_training(config: Config) -> TrainingRun:
         quantization_bit=config.method.quantization_bit,
     )
     model = apply_finetuning(model, config.method, split_paths(config.model.adapter_name_or_path))
-    args = training_arguments(config, has_eval=bool(eval_set))
     output_dir = Path(config.train.output_dir)
     ctx = StageContext(
         config=config,
@@ -213,8 +216,7 @@ def training_arguments(config: Config, *, has_eval: bool):
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
     )
-    if train.early_stopping_patience:
-        # Early stopping compares eval losses and keeps the best checkpoint.
+    if train.load_best_model_at_end:  # also set by early stopping, which compares eval losses
         kwargs.update(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
@@ -222,7 +224,16 @@ def training_arguments(config: Config, *, has_eval: bool):
         kwargs["use_liger_kernel"] = True  # fused kernels incl. linear cross-entropy on CUDA
     kwargs.update(config.passthrough)
     check_trackers(kwargs["report_to"] if isinstance(kwargs["report_to"], list) else [])
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as exc:  # e.g. an unknown optim, or strategies that do not fit together
+        passed = ", ".join(sorted(config.passthrough)) or "none"
+        raise UserError(
+            f"transformers refused the training settings: {' '.join(str(exc).split())}",
+            where=config.source,
+            fix=f"correct the key it names (keys passed through unchanged: {passed}; "
+            "see docs/config.md and transformers' TrainingArguments)",
+        ) from None
 
 
 def total_steps(args, train_size: int) -> int:
@@ -255,7 +266,8 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         f"  template: {setup.template.name}; cutoff_len: {config.data.cutoff_len}",
         *(f"  data: {line}" for line in report.lines()),
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
-        f"accumulation x {args.world_size} process(es) = {effective}",
+        f"accumulation x {args.world_size} process(es) = {effective}"
+        + (", padding-free (each batch in one row)" if config.data.padding_free else ""),
         f"  steps: {total_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
         f"  precision: {precision}; attention: {attention_implementation(config.model.flash_attn)}",
         f"  device: {device.describe()}",

@@ -78,6 +78,7 @@ def encode_prompts(config: Config, setup):
         for index, row in enumerate(part):
             row["index"] = index
     report.tokens = sum(len(row["prompt_ids"]) for row in train + evaluation)
+    report.train_rows = len(train) * method.ppo_epochs  # each step's prompts come back
     report.notes.append(
         f"{method.stage}: prompts only; up to {method.max_completion_length} tokens are "
         "generated per completion (a longer prompt keeps its end)"

@@ -64,12 +64,14 @@ class SFTStage:
 
     def prepare(self, ctx: StageContext) -> None:
         packing = packing_enabled(ctx.config.data)
+        padding_free = ctx.config.data.padding_free
         collator = make_collator(
             ctx.setup.tokenizer.pad_token_id,
             packing=packing,
             attn_implementation=ctx.model.config._attn_implementation,
+            padding_free=padding_free,
         )
-        if packing:  # isolation of packed samples is checked on this very model, not assumed
+        if packing or padding_free:  # isolation is checked on this very model, not assumed
             prepare_model_for_packing(ctx.model)
             check_isolation(ctx.model, collator)
         ctx.trainer_kwargs["data_collator"] = collator

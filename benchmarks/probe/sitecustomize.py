@@ -1,0 +1,156 @@
+"""Step probe for the benchmark: the same measuring code inside all three tools.
+
+run.py puts this folder on PYTHONPATH and sets BENCH_STEP_LOG; Python then imports this file at
+start-up (sitecustomize), in lmforge's, LLaMA-Factory's and the plain script's process alike.
+When `transformers.trainer` is imported we wrap `Trainer.__init__` (to add one callback) and
+`Trainer.training_step` (to count the tokens of each batch). Nothing else changes: the tools
+run their own code and configs. At the end of training the probe writes BENCH_STEP_LOG (JSON):
+per step the end time (perf_counter), real (non-padding) tokens, computed (padded) positions,
+trained positions, each sample's length, and the logged loss; plus what the tool actually ran
+(parameter dtypes, attention, gradient checkpointing, threads) and the process's peak RSS.
+Without BENCH_STEP_LOG this file does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+LOG_PATH = os.environ.get("BENCH_STEP_LOG")
+IGNORE_INDEX = -100
+
+
+def _batch_counts(inputs: dict, pad_id: int) -> dict:
+    """Tokens in one batch. Real tokens come from the 2D attention mask when there is one, else
+    from input_ids != pad; samples are split where position ids restart (packed rows)."""
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    real = mask.bool() if mask is not None and mask.dim() == 2 else ids != pad_id
+    positions = inputs.get("position_ids")
+    lengths: list[int] = []
+    for row in range(ids.shape[0]):
+        n = int(real[row].sum())
+        if positions is None or n == 0:
+            lengths.append(n)
+            continue
+        row_pos = positions[row][real[row]]
+        starts = (row_pos == 0).nonzero().flatten().tolist() or [0]
+        lengths += [b - a for a, b in zip(starts, starts[1:] + [n])]
+    labels = inputs.get("labels")
+    trained = int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels is not None else 0
+    return {
+        "real": int(real.sum()),
+        "computed": int(ids.numel()),
+        "trained": trained,
+        "lengths": lengths,
+    }
+
+
+def _describe_model(model) -> dict:
+    import torch
+
+    dtypes: dict[str, int] = {}
+    trainable = 0
+    for p in model.parameters():
+        dtypes[str(p.dtype)] = dtypes.get(str(p.dtype), 0) + p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    config = getattr(model, "config", None)
+    return {
+        "param_dtypes": dtypes,
+        "trainable_params": trainable,
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
+def _install(trainer_module) -> None:
+    import json
+    import resource
+    import time
+
+    from transformers import TrainerCallback
+
+    pad_id = int(os.environ.get("BENCH_PAD_ID", "0"))
+    trainer_cls = trainer_module.Trainer
+    pending: list[dict] = []  # batches counted since the last optimizer step
+
+    class StepProbe(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[dict] = []
+            self.info: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.info = _describe_model(model) if model is not None else {}
+            self.info["bf16"], self.info["fp16"] = bool(args.bf16), bool(args.fp16)
+            self.info["t_begin"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            batches = list(pending)
+            pending.clear()
+            self.steps.append(
+                {
+                    "step": state.global_step,
+                    "t_end": time.perf_counter(),
+                    "real": sum(b["real"] for b in batches),
+                    "computed": sum(b["computed"] for b in batches),
+                    "trained": sum(b["trained"] for b in batches),
+                    "lengths": [n for b in batches for n in b["lengths"]],
+                }
+            )
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                for record in self.steps:
+                    if record["step"] == state.global_step:
+                        record["loss"] = float(logs["loss"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.info["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            import torch
+
+            if torch.cuda.is_available():
+                self.info["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+            with open(LOG_PATH, "w") as handle:
+                json.dump({"info": self.info, "steps": self.steps}, handle)
+
+    original_init = trainer_cls.__init__
+    original_step = trainer_cls.training_step
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(StepProbe())
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        pending.append(_batch_counts(inputs, pad_id))
+        return original_step(self, model, inputs, *args, **kwargs)
+
+    trainer_cls.__init__ = __init__
+    trainer_cls.training_step = training_step
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs `_install` right after `transformers.trainer` has been executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "transformers.trainer":
+            return None
+        sys.meta_path.remove(self)  # find the real spec without coming back here
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _install(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+if LOG_PATH:
+    sys.meta_path.insert(0, _PatchOnImport())
