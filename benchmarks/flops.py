@@ -104,23 +104,37 @@ def step_flops(shape: Shape, lengths: list[int], trained: int) -> dict[str, floa
 
 
 def matmul_peak(
-    dtype_name: str, device: str = "cpu", seconds: float = 3.0, size: int = 2048
+    dtype_name: str, device: str = "cpu", seconds: float = 2.0, shapes: list | None = None
 ) -> float:
-    """Best FLOP/s of a square matmul loop in this dtype on this device (the MFU denominator)."""
+    """Best FLOP/s of matmuls in this dtype on this device (the MFU denominator).
+
+    The best over several shapes, because a library's fast path may cover some shapes only
+    (on a CPU without native bf16, a bf16 matmul can be 20x slower than a bf16 linear layer):
+    a square 1024 matmul, and linear layers (x @ W^T with W stored (out, in), as models store
+    it) of that shape and of the shapes of a 270M model's layers."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    flops = 2.0 * size**3
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    torch.matmul(a, b)  # warm-up: thread pool, kernel selection
-    sync()
+    shapes = shapes or [(1024, 1024, 1024), (1024, 640, 2048), (1024, 2048, 640), (512, 640, 32768)]
     best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        sync()
-        best = max(best, flops / (time.perf_counter() - start))
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        weight = b.t().contiguous()
+        flops = 2.0 * m * k * n
+        ops = [lambda: torch.nn.functional.linear(a, weight)]
+        if m == k == n:
+            ops.append(lambda: torch.matmul(a, b))
+        for op in ops:
+            op()  # warm-up: thread pool, kernel selection
+            sync()
+            deadline = time.perf_counter() + seconds
+            while True:
+                start = time.perf_counter()
+                op()
+                sync()
+                best = max(best, flops / (time.perf_counter() - start))
+                if time.perf_counter() > deadline:
+                    break
     return best

@@ -50,6 +50,7 @@ class Job:
     warmup_steps: int = 2
     measured_steps: int = 8
     seed: int = 42
+    profile: bool = False
 
     @property
     def max_steps(self) -> int:
@@ -120,6 +121,8 @@ def llamafactory_command(job: Job, out: Path) -> list[str]:
         "seed": job.seed,
         "report_to": "none",
     }
+    if job.device == "cpu":
+        config["use_cpu"] = True  # transformers refuses bf16 on a CPU without it
     path = _write_yaml(config, out / "llamafactory.yaml")
     return [str(VENV / "bin" / "llamafactory-cli"), "train", str(path)]
 
@@ -193,6 +196,7 @@ def prepare_job(args: argparse.Namespace, work: Path) -> Job:
         cutoff=args.cutoff,
         warmup_steps=args.warmup_steps,
         measured_steps=args.measured_steps,
+        profile=args.profile,
     )
 
 
@@ -223,6 +227,9 @@ def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
         DISABLE_VERSION_CHECK="1",  # LLaMA-Factory: accept this transformers
         TOKENIZERS_PARALLELISM="false",
     )
+    if job.profile:
+        env["BENCH_PROFILE"] = str(out / "profile.txt")
+        (out / "profile.txt").unlink(missing_ok=True)
     if job.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     command = COMMANDS[tool](job, out)
@@ -332,6 +339,9 @@ def main() -> None:
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--measured-steps", type=int, default=8)
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler tables in runs/*/profile.txt"
+    )
     parser.add_argument("--work", type=Path, default=HERE / "work")
     args = parser.parse_args()
 

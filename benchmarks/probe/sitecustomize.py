@@ -8,7 +8,8 @@ run their own code and configs. At the end of training the probe writes BENCH_ST
 per step the end time (perf_counter), real (non-padding) tokens, computed (padded) positions,
 trained positions, each sample's length, and the logged loss; plus what the tool actually ran
 (parameter dtypes, attention, gradient checkpointing, threads) and the process's peak RSS.
-Without BENCH_STEP_LOG this file does nothing.
+With BENCH_PROFILE set as well, two training steps after the warm-up run under torch.profiler
+and their op tables are appended to that file. Without BENCH_STEP_LOG this file does nothing.
 """
 
 from __future__ import annotations
@@ -124,9 +125,23 @@ def _install(trainer_module) -> None:
         original_init(self, *args, **kwargs)
         self.add_callback(StepProbe())
 
+    profile_path = os.environ.get("BENCH_PROFILE")
+    profiled: list[int] = []  # training steps profiled so far
+
     def training_step(self, model, inputs, *args, **kwargs):
         pending.append(_batch_counts(inputs, pad_id))
-        return original_step(self, model, inputs, *args, **kwargs)
+        if not profile_path or self.state.global_step < 2 or len(profiled) >= 2:
+            return original_step(self, model, inputs, *args, **kwargs)
+        # BENCH_PROFILE: two steps after the warm-up under torch.profiler, a table of ops.
+        import torch
+
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = original_step(self, model, inputs, *args, **kwargs)
+        profiled.append(self.state.global_step)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        with open(profile_path, "a") as handle:
+            handle.write(f"## step {self.state.global_step + 1}: {pending[-1]}\n\n{table}\n")
+        return result
 
     trainer_cls.__init__ = __init__
     trainer_cls.training_step = training_step

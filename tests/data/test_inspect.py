@@ -56,16 +56,27 @@ def test_trained_tokens_are_bracketed_when_piped_and_green_in_a_terminal(tmp_pat
 
 
 def test_statistics(tmp_path):
-    records = TOY_RECORDS + [{"instruction": "Long?", "input": "", "output": "x" * 80}]
+    records = TOY_RECORDS + [
+        {"instruction": "Long?", "input": "", "output": "x" * 80},  # answer cut
+        {"instruction": "y" * 100, "input": "", "output": "z"},  # no answer left: dropped
+    ]
     result = inspect(tmp_path, records=records, packing=True)
     stats = result.stats()
-    assert stats["records"] == {"toy": 17} and stats["train_samples"] == 17
+    assert stats["records"] == {"toy": 18} and stats["train_samples"] == 17
     assert stats["duplicates"] == 12  # TOY_RECORDS is four records, four times
-    assert stats["truncated"] == 1 and stats["tokens_lost"] > 0
+    assert stats["truncated"] == 2 and stats["tokens_lost"] > 0
+    assert stats["no_trained_token"] == 1 and stats["notes"] == []
+    assert stats["no_trained_token_examples"] == [f"{tmp_path / 'data' / 'toy.json'}:record 17"]
     assert stats["lengths"]["max"] == 64 and stats["lengths"]["p50"] < 64
     assert 0 < stats["packing"]["efficiency"] <= 1 and stats["packing"]["row_tokens"] == 64
     text = result.render(color=False)
-    for expected in ("duplicates (identical input_ids): 12", "truncated at cutoff_len: 1", "p99"):
+    for expected in (
+        "duplicates (identical input_ids): 12",
+        "truncated at cutoff_len: 2 records",
+        "no trained token (dropped from training): 1; first: ",
+        "records: toy 18; train 17, eval 0",
+        "p99",
+    ):
         assert expected in text
     assert "efficiency" in text
 

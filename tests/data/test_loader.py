@@ -1,6 +1,8 @@
 """build_datasets: training rows packed when asked (packing or neat_packing), with the packing
 efficiency in the report, and packed per-sample losses equal to unpacked ones on real data."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from conftest import TOY_RECORDS, build_tiny_model, build_tiny_tokenizer, write_alpaca_dataset
 from lmforge.config.schema import DataConfig
 from lmforge.data.collate import PackedCollator, PadCollator
+from lmforge.data.inspect import inspect_data
 from lmforge.data.loader import build_datasets
 from lmforge.data.packing import PackedSet, prepare_model_for_packing
 from lmforge.data.template_auto import load_template
@@ -85,3 +88,35 @@ def test_streaming_encodes_while_reading(tmp_path, packing):
     assert sum(lengths) == 16 if packing else len(items) == 16
     assert all(len(item["input_ids"]) <= 64 for item in items)
     assert "not cached" in report.cache
+
+
+def test_reasoning_the_template_does_not_train_is_counted_and_reported(tmp_path):
+    records = [
+        {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": a}]}
+        for a in ("<think>\nadd them\n</think>\n\n4", "4", "<think>\nsum\n</think>\n\nfour")
+    ]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "r.json").write_text(json.dumps(records))
+    entry = {"file_name": "r.json", "formatting": "sharegpt"}
+    (folder / "dataset_info.json").write_text(json.dumps({"r": entry}))
+    tokenizer = build_tiny_tokenizer()
+
+    def notes(template, **settings):
+        data = DataConfig(dataset="r", dataset_dir=str(folder), cutoff_len=64, **settings)
+        _, _, report = build_datasets(data, load_template(template, tokenizer, data), tokenizer, 0)
+        return [line for line in report.lines() if line.startswith("note: ")]
+
+    assert notes("gemma") == [
+        "note: 2 samples carry reasoning that is not trained: template `gemma` has no reasoning "
+        "block; use a reasoning template (qwen3, deepseekr1; see docs/thinking.md) to train it"
+    ]
+    assert notes("qwen3", enable_thinking=False) == [
+        "note: 2 samples carry reasoning that is not trained: enable_thinking is false; set "
+        "enable_thinking: true (or null) to train it"
+    ]
+    assert notes("qwen3") == [] and notes("qwen3", enable_thinking=None) == []
+    data = DataConfig(dataset="r", dataset_dir=str(folder), cutoff_len=64)
+    shown = inspect_data(data, load_template("gemma", tokenizer, data), tokenizer, 0, num=0)
+    assert shown.stats()["notes"][0].startswith("2 samples carry reasoning that is not trained")
+    assert "note: 2 samples carry reasoning" in shown.render(color=False)

@@ -117,3 +117,46 @@ def test_adapter_name_equal_to_base_name_is_refused(
     )
     with pytest.raises(UserError, match="also the base model's name"):
         HFEngine.from_config(load_config(path))
+
+
+def test_template_and_thinking_settings_come_from_training(
+    tiny_model_dir, adapter_dirs, tmp_path, tiny_tokenizer
+):
+    """An adapter trained with qwen3, thinking off and a default system prompt is served with
+    them when the inference YAML does not say otherwise; a key the YAML sets wins."""
+    import shutil
+
+    import yaml
+
+    adapter = tmp_path / "saves" / "qwen3-nothink"
+    shutil.copytree(adapter_dirs["legal"], adapter)
+    trained = {"template": "qwen3", "enable_thinking": False, "default_system": "Be terse."}
+    (adapter / "run_config.yaml").write_text(yaml.safe_dump(trained))
+    path = tmp_path / "infer.yaml"
+    path.write_text(
+        yaml.safe_dump({"model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": "saves"})
+    )
+    messages = [{"role": "user", "content": "Hi"}]
+
+    def prompt(overrides: list[str]) -> tuple[HFEngine, str]:
+        engine = HFEngine.from_config(load_config(path, overrides))
+        engine.close()
+        ids = engine.encode_chat(messages).ids
+        thinking = engine.encode_chat(messages, enable_thinking=True).ids
+        no_thinking = engine.encode_chat(messages, enable_thinking=False).ids
+        assert thinking != no_thinking and ids in (thinking, no_thinking)
+        return engine, tiny_tokenizer.decode(ids)
+
+    # A checkpoint folder has no run_config.yaml of its own: its run folder's is used.
+    checkpoint = adapter / "checkpoint-5"
+    shutil.copytree(adapter_dirs["legal"], checkpoint)
+    for folder in (adapter, checkpoint):
+        engine, text = prompt([f"adapter_name_or_path={folder}"])
+        assert engine.template.name == "qwen3"
+        assert engine.enable_thinking is False and engine.default_system == "Be terse."
+        assert text.startswith("<|im_start|>system\nBe terse.<|im_end|>\n")
+        assert text.endswith("<|im_start|>assistant\n<think><unk></think><unk>")  # "\n\n": <unk>
+
+    engine, text = prompt([f"adapter_name_or_path={adapter}", "enable_thinking=true"])
+    assert engine.template.name == "qwen3" and engine.enable_thinking is True
+    assert text.endswith("<|im_start|>assistant\n")

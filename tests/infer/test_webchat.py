@@ -61,11 +61,36 @@ def test_observation_role_sends_a_tool_result():
     assert history[-1] == {"role": "assistant", "content": "Sunny."}
 
 
-def test_bad_order_is_shown_as_an_error(shared_engine):
+def turn_until_error(engine, message, role=ROLE_USER, history=None):
+    """The steps of a refused turn, and the gr.Error that ended it."""
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="role `tool`"):
-        run_turn(shared_engine, "result", ROLE_OBSERVATION)
+    steps = []
+    settings = ("", "tiny", "", 8, 0.0, 1.0, True)
+    with pytest.raises(gr.Error) as info:
+        for step in respond(engine, message, role, history or [], [], *settings):
+            steps.append(step)
+    return steps, str(info.value)
+
+
+@pytest.mark.parametrize(
+    "message, role, words",
+    [
+        ("result", ROLE_OBSERVATION, "role `tool`"),  # a tool result with no call before it
+        ("x" * 600, ROLE_USER, "this model's context is 512"),
+    ],
+)
+def test_a_refused_message_is_taken_back_and_the_chat_goes_on(shared_engine, message, role, words):
+    steps, error = turn_until_error(shared_engine, message, role)
+    assert words in error
+    # Every step left the history state as it was; the last one puts the message back in the
+    # box and takes it off the screen, so the next turn starts from a clean conversation.
+    assert all(history == [] for _, history, _ in steps)
+    assert steps[-1] == ([], [], message)
+    *_, (display, history, box) = run_turn(shared_engine, "Hi")
+    assert history[0] == {"role": "user", "content": "Hi"}
+    assert history[1]["role"] == "assistant" and len(history) == 2
+    assert display[0] == {"role": "user", "content": "Hi"} and box == ""
 
 
 @pytest.fixture(scope="module")

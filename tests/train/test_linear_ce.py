@@ -81,3 +81,32 @@ def test_training_curve_is_the_same_with_and_without(tmp_path, tiny_model_dir):
     on = train(tmp_path / "on", tiny_model_dir, chunked_loss=True, max_steps=4)
     off = train(tmp_path / "off", tiny_model_dir, chunked_loss=False, max_steps=4)
     assert losses(on) == pytest.approx(losses(off), rel=1e-4)
+
+
+def test_softcapped_logits_loss_and_gradients_equal_the_plain_formula():
+    torch.manual_seed(2)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 9))
+    labels[0, :4] = -100
+    logits = torch.tanh(hidden @ weight.t() / 3.0) * 3.0
+    plain = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    plain.backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    total, count = linear_cross_entropy_sum(hidden, weight, labels, softcap=3.0, chunk_tokens=4)
+    (total * 0.5).backward()  # the upstream gradient scales what the forward pass computed
+    assert count == 2 * 8 - 3
+    assert total.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert torch.allclose(hidden.grad, 0.5 * expected[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(weight.grad, 0.5 * expected[1], rtol=1e-4, atol=1e-6)
+
+
+def test_no_gradient_work_under_no_grad():
+    hidden = torch.randn(1, 5, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    with torch.no_grad():
+        total, count = linear_cross_entropy_sum(hidden, weight, torch.randint(0, 20, (1, 5)))
+    assert count == 4 and not total.requires_grad

@@ -119,3 +119,24 @@ def test_deepspeed_without_a_distributed_launch(tmp_path, tiny_model_dir, capsys
     err = capsys.readouterr().err
     assert "deepspeed needs a distributed launch" in err and "FORCE_TORCHRUN=1" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_alpha_defaults_to_twice_the_rank_and_dropout_is_saved(tmp_path, tiny_model_dir):
+    run = train(tmp_path, tiny_model_dir, max_steps=1, lora_rank=4, lora_dropout=0.1)
+    saved = adapter_config(run)
+    assert (saved["r"], saved["lora_alpha"], saved["lora_dropout"]) == (4, 8, 0.1)
+
+
+def test_freeze_first_layers_and_only_named_modules(tmp_path, tiny_model_dir):
+    run = train(
+        tmp_path,
+        tiny_model_dir,
+        max_steps=2,
+        finetuning_type="freeze",
+        freeze_trainable_layers=-1,  # the first layer
+        freeze_trainable_modules="mlp",
+    )
+    base = load_model(tiny_model_dir).state_dict()
+    after = load_model(run.output_dir).state_dict()
+    changed = {k for k in base if not torch.equal(base[k], after[k])}
+    assert changed and all(".layers.0.mlp." in k for k in changed), sorted(changed)

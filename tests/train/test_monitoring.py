@@ -5,8 +5,9 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from test_sft import train
+from test_sft import RECORD, train
 
+from conftest import write_alpaca_dataset
 from lmforge.errors import UserError
 from lmforge.train.monitor import OverfitWarningCallback, check_trackers
 
@@ -107,3 +108,141 @@ def test_eval_on_each_dataset_reports_each_loss(tmp_path, tiny_model_dir):
     assert {"eval_first_loss", "eval_second_loss"} <= keys
     results = json.loads((run.output_dir / "all_results.json").read_text())
     assert "eval_first_loss" in results and "eval_second_loss" in results
+
+
+def overfitting_run(tmp_path, tiny_model_dir, **overrides):
+    """Full tuning on one answer, evaluated on a conflicting one: train loss falls all along,
+    eval loss falls, then rises (best near step 12 of 16 on the tiny model)."""
+    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
+    other = {"instruction": "Who are you?", "input": "", "output": "I am Qzxj, made by wvvk."}
+    write_alpaca_dataset(tmp_path / "data", [other] * 2, name="held")
+    return train(
+        tmp_path,
+        tiny_model_dir,
+        dataset_dir=str(data),
+        eval_dataset="held",
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=2,
+        max_steps=16,
+        finetuning_type="full",
+        learning_rate=1e-2,
+        **overrides,
+    )
+
+
+def eval_losses(run) -> dict[int, float]:
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    return {r["current_steps"]: r["eval_loss"] for r in records if "eval_loss" in r}
+
+
+def test_a_real_overfitting_run_warns_and_names_the_best_checkpoint(
+    tmp_path, tiny_model_dir, caplog
+):
+    import re
+    from pathlib import Path
+
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        run = overfitting_run(tmp_path, tiny_model_dir)
+    match = re.search(
+        r"Best eval loss ([\d.]+) at step (\d+) \(best checkpoint: (\S+)\)", caplog.text
+    )
+    assert match, caplog.text
+    best_step, checkpoint = int(match.group(2)), Path(match.group(3))
+    assert checkpoint == run.output_dir / f"checkpoint-{best_step}" and checkpoint.is_dir()
+    losses = eval_losses(run)
+    # Named when eval loss had risen twice after the best step: it was the best so far.
+    assert losses[best_step] == min(v for s, v in losses.items() if s <= best_step + 4)
+    assert float(match.group(1)) == pytest.approx(losses[best_step], abs=1e-4)
+
+
+def test_load_best_model_at_end_saves_the_best_checkpoint_weights(tmp_path, tiny_model_dir):
+    import torch
+
+    from lmforge.model.load import load_model
+
+    run = overfitting_run(tmp_path, tiny_model_dir, load_best_model_at_end=True)
+    losses = eval_losses(run)
+    best_step = min(losses, key=losses.get)
+    assert best_step < 16  # the last step is not the best, so loading the best matters
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    saved = load_model(run.output_dir).state_dict()
+    best = load_model(run.output_dir / f"checkpoint-{best_step}").state_dict()
+    last = load_model(run.output_dir / "checkpoint-16").state_dict()
+    assert all(torch.equal(saved[k], best[k]) for k in saved)
+    assert not all(torch.equal(saved[k], last[k]) for k in saved)
+
+
+def test_load_best_model_at_end_needs_evaluation_and_aligned_steps(tmp_path, tiny_model_dir):
+    with pytest.raises(UserError, match="no evaluation data"):
+        train(tmp_path, tiny_model_dir, load_best_model_at_end=True)
+    with pytest.raises(
+        UserError, match=r"load_best_model_at_end keeps the best checkpoint, so save_steps \(3\)"
+    ):
+        train(
+            tmp_path,
+            tiny_model_dir,
+            load_best_model_at_end=True,
+            val_size=0.25,
+            eval_steps=2,
+            save_steps=3,
+        )
+
+
+def losses_of(run) -> list[float]:
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines]
+
+
+def test_neftune_gradient_checkpointing_and_transformers_optimizers(tmp_path, tiny_model_dir):
+    plain = losses_of(train(tmp_path / "plain", tiny_model_dir, max_steps=4))
+    # Gradient checkpointing recomputes activations: the very same numbers.
+    checkpointed = losses_of(
+        train(tmp_path / "gc", tiny_model_dir, max_steps=4, gradient_checkpointing=True)
+    )
+    assert checkpointed == pytest.approx(plain, abs=1e-6)
+    # NEFTune adds noise to the embeddings in training: other losses, still learning.
+    noisy = losses_of(train(tmp_path / "neft", tiny_model_dir, max_steps=4, neftune_noise_alpha=5))
+    assert noisy[0] != pytest.approx(plain[0], abs=1e-4) and noisy[-1] < noisy[0] - 0.5
+    # transformers' optimizers by name (`optim`), with its schedulers.
+    adafactor = losses_of(
+        train(
+            tmp_path / "ada",
+            tiny_model_dir,
+            max_steps=4,
+            optim="adafactor",
+            lr_scheduler_type="cosine",
+        )
+    )
+    assert adafactor[0] == pytest.approx(plain[0], abs=1e-6)  # same start, other updates
+    assert adafactor[1:] != pytest.approx(plain[1:], abs=1e-3) and adafactor[-1] < adafactor[0]
+
+
+def test_settings_transformers_refuses_stop_before_the_model_loads(
+    tmp_path, tiny_model_dir, capsys
+):
+    import yaml
+
+    from conftest import TOY_RECORDS, write_alpaca_dataset
+    from lmforge.cli import main
+
+    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
+    path = tmp_path / "t.yaml"
+    settings = {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "optim": "adamw_bogus",
+    }
+    path.write_text(yaml.safe_dump(settings))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "transformers refused the training settings: adamw_bogus is not a valid" in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Fix: " in errors[0] and "unchanged: optim" in errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -123,6 +123,7 @@ def build_config(flat: dict[str, Any], origins: dict[str, Path | None], *, where
             config.passthrough[key] = value
         else:
             raise unknown_key_error(key, where=where)
+    config.given = frozenset(flat)
     return config
 
 

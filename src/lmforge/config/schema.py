@@ -330,6 +330,8 @@ class Config:
     # `resume_from_checkpoint: auto` was asked for (even if no checkpoint exists yet).
     resume_auto: bool = False
     source: str | None = None
+    # The keys the YAML file or the command line set (the rest are defaults).
+    given: frozenset[str] = frozenset()
 
     def to_flat_dict(self) -> dict[str, Any]:
         """The flat LLaMA-Factory-style mapping, as written to run_config.yaml."""

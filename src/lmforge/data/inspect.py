@@ -65,6 +65,7 @@ class DataInspection:
             "packing": self.packing,
             "cutoff_len": r.cutoff_len,
             "encoding": r.cache,
+            "notes": list(dict.fromkeys(r.notes)),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +116,7 @@ class DataInspection:
                 f"tokens, efficiency {p['efficiency']:.1%} (real tokens / row capacity)"
             )
         lines.append(f"encoding: {r.cache}")
+        lines += [f"note: {note}" for note in dict.fromkeys(r.notes)]
         return lines
 
 

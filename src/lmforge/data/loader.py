@@ -112,6 +112,7 @@ class DataReport:
             )
         if self.cache:
             lines.append(f"encoding: {self.cache}")
+        lines += [f"note: {note}" for note in dict.fromkeys(self.notes)]
         return lines
 
 
@@ -161,6 +162,10 @@ def encode_datasets(
     report.cutoff_len = data.cutoff_len
     train, evaluation = load_splits(data, report, seed=seed, stage=stage)
     parts = {"train": list(train), "eval": list(evaluation)}
+    note = dropped_reasoning_note(parts["train"] + parts["eval"], template)
+    if note:
+        logger.warning(note)
+        report.notes.append(note)
     key = encoding_key(parts, data, template, tokenizer, stage)
     folder = cache_folder(key, data.tokenized_path)
     entry = None if data.overwrite_cache else load_entry(folder, key)
@@ -286,6 +291,37 @@ def _windows(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
             window = []
     if window:
         yield window
+
+
+def dropped_reasoning_note(samples: Sequence, template) -> str | None:
+    """Reasoning in the data that the template will not render (a template without a reasoning
+    block, or enable_thinking: false), counted so it is never dropped silently."""
+    thinking = getattr(template, "thinking", None)
+    options = getattr(template, "options", None)
+    if thinking is not None and getattr(options, "enable_thinking", None) is not False:
+        return None
+    count = sum(1 for sample in samples if _has_reasoning(sample))
+    if not count:
+        return None
+    name = getattr(template, "name", "?")
+    if thinking is None:
+        why = f"template `{name}` has no reasoning block"
+        fix = "use a reasoning template (qwen3, deepseekr1; see docs/thinking.md) to train it"
+    else:
+        why = "enable_thinking is false"
+        fix = "set enable_thinking: true (or null) to train it"
+    return (
+        f"{count} sample{'s' if count != 1 else ''} carry reasoning that is not trained: {why}; "
+        f"{fix}"
+    )
+
+
+def _has_reasoning(sample) -> bool:
+    messages = list(getattr(sample, "messages", None) or [])
+    messages += [
+        m for m in (getattr(sample, "chosen", None), getattr(sample, "rejected", None)) if m
+    ]
+    return any(isinstance(m, dict) and m.get("reasoning") for m in messages)
 
 
 def _streaming_datasets(data, template, tokenizer, seed, stage, max_steps, report):

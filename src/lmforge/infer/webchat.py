@@ -79,15 +79,18 @@ def respond(
     if not message or not message.strip():
         yield display, history, message
         return
-    history = list(history or [])
-    display = list(display or [])
+    # The history state changes only when the turn is answered: a refused message (bad order,
+    # too long) is taken back, and the box gets it again to edit, instead of staying in the
+    # history and spoiling every later turn.
+    before, shown_before = list(history or []), list(display or [])
+    history, display = list(before), list(shown_before)
     if role == ROLE_OBSERVATION:
         history.append({"role": "tool", "content": message})
         display.append({"role": "user", "content": f"Observation:\n{message}"})
     else:
         history.append({"role": "user", "content": message})
         display.append({"role": "user", "content": message})
-    yield display, history, ""
+    yield display, before, ""
     reasoning, content, calls = "", "", []
     try:
         events = engine.chat(
@@ -107,8 +110,9 @@ def respond(
                 content += value
             else:
                 calls.append(value)
-            yield display + answer_messages(reasoning, content, calls), history, ""
+            yield display + answer_messages(reasoning, content, calls), before, ""
     except UserError as exc:
+        yield shown_before, before, message
         raise gr.Error(exc.format()) from None
     answer: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:

@@ -48,6 +48,56 @@ def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None
     )
 
 
+# The prompt format a trained model learned: inference uses the training run's values of these
+# keys unless the inference config sets them itself. key -> config section.
+TRAINED_FORMAT_KEYS = {
+    "template": "model",
+    "enable_thinking": "data",
+    "preserve_thinking": "data",
+    "tool_format": "data",
+    "default_system": "data",
+}
+
+
+def training_run_config(config: Config) -> tuple[Path, dict] | None:
+    """The run_config.yaml of the run that produced the served weights: the last
+    adapter_name_or_path's (or its run folder's, for a checkpoint), else the model folder's."""
+    adapters = split_paths(config.model.adapter_name_or_path)
+    name = adapters[-1] if adapters else config.model.model_name_or_path
+    folder = Path(name) if name else None
+    if folder is None or not folder.is_dir():
+        return None  # a hub or catalogue name: not a training output
+    folders = [folder]
+    if folder.name.startswith("checkpoint-"):
+        folders.append(folder.parent)  # output_dir/checkpoint-N -> output_dir
+    for folder in folders:
+        path = folder / "run_config.yaml"
+        if path.is_file():
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return (path, data) if isinstance(data, dict) else None
+    return None
+
+
+def inherit_training_settings(config: Config) -> list[str]:
+    """Take the template, thinking and tool settings (and default_system) the served weights
+    were trained with, for each such key the config does not set; returns what was taken."""
+    found = training_run_config(config)
+    if found is None:
+        return []
+    path, trained = found
+    taken = []
+    for key, section_name in TRAINED_FORMAT_KEYS.items():
+        if key in config.given or key not in trained:
+            continue
+        section = getattr(config, section_name)
+        if getattr(section, key) != trained[key]:
+            setattr(section, key, trained[key])
+            taken.append(f"{key}={trained[key]!r}")
+    if taken:
+        logger.info("as in training (%s): %s", path, ", ".join(taken))
+    return taken
+
+
 def prepare_model_setup(config: Config) -> ModelSetup:
     model = config.model
     resolved = resolve_model(model.model_name_or_path, revision=model.model_revision)

@@ -4,28 +4,70 @@ A plain causal-LM loss computes logits for every position: batch x length x voca
 fp32 for the loss (Gemma 3: 262,144 tokens, so 4 x 512 positions take 2 GiB), although SFT
 trains only the answer tokens. Here the model returns its final hidden states (and logits for
 one position only); the loss projects just the trained positions onto the vocabulary, a chunk at
-a time, and recomputes each chunk's logits in the backward pass instead of keeping them. The
-result equals the plain loss (tests compare losses and gradients).
+a time, and computes each chunk's gradient right away so that no logits are kept. The result
+equals the plain loss (tests compare losses and gradients).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from lmforge.data.encode import IGNORE_INDEX
 
-CHUNK_TOKENS = 1024
+CHUNK_TOKENS = 256  # 256 x 262,144 fp32 logits = 256 MiB per buffer; larger chunks are no faster
 
 
-def _chunk_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
-) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of (hidden @ weight^T) against targets, chunk by chunk.
+
+    Each chunk's gradient is computed in the forward pass, right after its loss (softmax minus
+    one-hot, through the softcap when there is one), and only the small gradients with respect
+    to the hidden states (and the weight, when it trains) are kept: no logits survive a chunk,
+    and the backward pass does no vocabulary-sized work again (a recomputing checkpoint would
+    run each chunk's projection twice)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, chunk_tokens, need_hidden, need_weight):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            h = hidden[start : start + chunk_tokens]
+            t = targets[start : start + chunk_tokens]
+            logits = (h @ weight.t()).float()
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(t.shape[0], device=t.device), t] -= 1
+            if softcap:
+                grad *= 1 - capped * capped
+            grad = grad.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_tokens] = grad @ weight
+            if grad_weight is not None:
+                grad_weight += (grad.t() @ h).float()
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output.float()
+        return (
+            None if grad_hidden is None else (grad_hidden * scale).to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy_sum(
@@ -41,22 +83,19 @@ def linear_cross_entropy_sum(
     hidden: (batch, length, hidden) final hidden states; labels: (batch, length), -100 where
     nothing is trained; position t predicts label t + 1.
     """
-    hidden = hidden[:, :-1]
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    selected = hidden[keep]
-    selected_targets = targets[keep]
-    total = selected.new_zeros((), dtype=torch.float32)
-    for start in range(0, selected.shape[0], chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        total = total + checkpoint(
-            _chunk_loss,
-            selected[piece],
-            weight,
-            selected_targets[piece],
-            softcap,
-            use_reentrant=False,
-        )
+    selected = hidden[:, :-1][keep]
+    grad = torch.is_grad_enabled()
+    total = _FusedLinearCrossEntropy.apply(
+        selected,
+        weight,
+        targets[keep],
+        softcap,
+        chunk_tokens,
+        grad and selected.requires_grad,
+        grad and weight.requires_grad,
+    )
     return total, int(keep.sum())
 
 
