@@ -201,13 +201,17 @@ def prepare_job(args: argparse.Namespace, work: Path) -> Job:
 
 
 def _use_bf16(precision: str, device: str) -> bool:
+    """auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX); elsewhere bf16 matmuls are emulated and far slower than fp32."""
     if precision != "auto":
         return precision == "bf16"
     if device == "cuda":
         import torch
 
         return torch.cuda.is_bf16_supported()
-    return True  # LLaMA-Factory's fastest setting on the reference CPU (see README.md)
+    from lmforge.device import cpu_supports_bf16
+
+    return cpu_supports_bf16()
 
 
 # ---------------------------------------------------------------- one run

@@ -49,6 +49,14 @@ def _batch_counts(inputs: dict, pad_id: int) -> dict:
     }
 
 
+def _current_rss_kib() -> int:
+    with open("/proc/self/status") as status:  # Linux; elsewhere the peak alone is reported
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _describe_model(model) -> dict:
     import torch
 
@@ -88,6 +96,9 @@ def _install(trainer_module) -> None:
             self.info = _describe_model(model) if model is not None else {}
             self.info["bf16"], self.info["fp16"] = bool(args.bf16), bool(args.fp16)
             self.info["t_begin"] = time.perf_counter()
+            # Memory before the first step: what loading took, apart from training itself.
+            self.info["maxrss_kib_at_begin"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.info["rss_kib_at_begin"] = _current_rss_kib()
 
         def on_step_end(self, args, state, control, **kwargs):
             batches = list(pending)

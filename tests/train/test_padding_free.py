@@ -90,6 +90,7 @@ def test_training_curve_is_the_same_with_and_without(tmp_path, tiny_model_dir, c
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(settings))
         run = run_training(load_config(path))
+        assert run.model.config._attn_implementation == "sdpa"  # per-sample attention undone
         lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
         return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
 
@@ -98,5 +99,6 @@ def test_training_curve_is_the_same_with_and_without(tmp_path, tiny_model_dir, c
     with caplog.at_level("INFO", logger="lmforge"):
         padding_free = losses("padding_free", padding_free=True)
     assert "padding-free (each batch in one row)" in caplog.text
+    assert "attention: sdpa, one call per sample (no row-wide mask)" in caplog.text
     assert len(padded) == 4
     assert padding_free == pytest.approx(padded, rel=1e-4)

@@ -129,11 +129,14 @@ def make_collator(
     packing: bool,
     attn_implementation: str | None,
     padding_free: bool = False,
+    varlen: bool | None = None,
 ):
     """The collator for this run: padded rows, packed rows, or padding-free batches (one row).
-    Rows are flattened for flash-attention, whose varlen path needs one row (flash_attention_2/3
-    and hub kernels named *flash*), and for padding-free batches."""
-    flash = "flash" in (attn_implementation or "")
+    Rows are flattened, with the sample boundaries as varlen kwargs, for attention that runs
+    per sample from them (`varlen`; by default flash-attention: flash_attention_2/3 and hub
+    kernels named *flash*); padding-free batches are one row in any case."""
+    if varlen is None:
+        varlen = "flash" in (attn_implementation or "")
     if not (packing or padding_free):
         return PadCollator(pad_token_id)
-    return PackedCollator(pad_token_id, flatten=flash or padding_free, varlen_kwargs=flash)
+    return PackedCollator(pad_token_id, flatten=varlen or padding_free, varlen_kwargs=varlen)

@@ -34,18 +34,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_tokens):
             h = hidden[start : start + chunk_tokens]
             t = targets[start : start + chunk_tokens]
+            # One vocabulary-sized buffer per chunk, worked on in place: logits, then
+            # exp(logits - max), then the softmax minus one-hot (the gradient of the logits).
             logits = (h @ weight.t()).float()
             if softcap:
-                capped = torch.tanh(logits / softcap)
+                capped = logits.div_(softcap).tanh_()
                 logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            target_logits = logits.gather(1, t[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()
+            sums = probs.sum(dim=-1, keepdim=True)
+            total += (sums.log() + top).squeeze(1).sub(target_logits).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad = probs.div_(sums)
             grad[torch.arange(t.shape[0], device=t.device), t] -= 1
             if softcap:
-                grad *= 1 - capped * capped
+                grad *= 1 - capped.square_()
             grad = grad.to(weight.dtype)
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk_tokens] = grad @ weight

@@ -22,6 +22,8 @@ from lmforge.errors import UserError
 from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
+from lmforge.model.varlen_attention import NAME as VARLEN_ATTENTION
+from lmforge.model.varlen_attention import restore_attention
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.launch import is_launched, is_main_process
 from lmforge.train.monitor import OverfitWarningCallback, check_trackers
@@ -94,8 +96,11 @@ def run_training(config: Config) -> TrainingRun:
         write_run_config(config, output_dir)
     trainer = stage.trainer(ctx)
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
-    # Packing turns the KV cache off for training; the saved model generates with it on.
-    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
+    # Packing turns the KV cache and per-sample attention on for training; the saved model
+    # generates with the cache and plain sdpa.
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained.config.use_cache = True
+    restore_attention(trained)
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -244,6 +249,13 @@ def total_steps(args, train_size: int) -> int:
     return math.ceil(per_epoch * args.num_train_epochs)
 
 
+def attention_line(config: Config, model) -> str:
+    name = attention_implementation(config.model.flash_attn)
+    if getattr(model.config, "_attn_implementation", None) == VARLEN_ATTENTION:
+        return f"{name}, one call per sample (no row-wide mask)"
+    return name
+
+
 def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[str]:
     train = config.train
     effective = (
@@ -269,7 +281,7 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         f"accumulation x {args.world_size} process(es) = {effective}"
         + (", padding-free (each batch in one row)" if config.data.padding_free else ""),
         f"  steps: {total_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
-        f"  precision: {precision}; attention: {attention_implementation(config.model.flash_attn)}",
+        f"  precision: {precision}; attention: {attention_line(config, model)}",
         f"  device: {device.describe()}",
         f"  output: {train.output_dir}",
     ]

@@ -8,6 +8,7 @@ from dataclasses import replace
 from lmforge.data.collate import make_collator
 from lmforge.data.loader import build_datasets, packing_enabled
 from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.model.varlen_attention import use_varlen_attention
 from lmforge.train.linear_ce import (
     HiddenStatesCollator,
     LinearCrossEntropyLoss,
@@ -65,11 +66,17 @@ class SFTStage:
     def prepare(self, ctx: StageContext) -> None:
         packing = packing_enabled(ctx.config.data)
         padding_free = ctx.config.data.padding_free
+        impl = ctx.model.config._attn_implementation
+        # Several samples per row: sdpa attends per sample instead of through a row-wide mask.
+        varlen = "flash" in (impl or "") or (
+            (packing or padding_free) and use_varlen_attention(ctx.model)
+        )
         collator = make_collator(
             ctx.setup.tokenizer.pad_token_id,
             packing=packing,
-            attn_implementation=ctx.model.config._attn_implementation,
+            attn_implementation=impl,
             padding_free=padding_free,
+            varlen=varlen,
         )
         if packing or padding_free:  # isolation is checked on this very model, not assumed
             prepare_model_for_packing(ctx.model)
