@@ -123,9 +123,9 @@ def matmul_peak(
         b = torch.randn(k, n, device=device).to(dtype)
         weight = b.t().contiguous()
         flops = 2.0 * m * k * n
-        ops = [lambda: torch.nn.functional.linear(a, weight)]
+        ops = [lambda a=a, weight=weight: torch.nn.functional.linear(a, weight)]
         if m == k == n:
-            ops.append(lambda: torch.matmul(a, b))
+            ops.append(lambda a=a, b=b: torch.matmul(a, b))
         for op in ops:
             op()  # warm-up: thread pool, kernel selection
             sync()

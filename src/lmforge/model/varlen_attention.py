@@ -42,10 +42,9 @@ def varlen_sdpa_attention(
         )
     if kwargs.get("softcap") is not None:
         raise RuntimeError(f"{NAME}, like sdpa, does not support attention logit softcapping")
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    # Grouped-query attention natively: repeating the key/value heads would keep copies `groups`
+    # times their size for the backward pass (Gemma 3 270M: 4x).
+    gqa = query.shape[1] != key.shape[1]
     edges = bounds.tolist()
     outputs = []
     for start, end in zip(edges, edges[1:]):
@@ -64,6 +63,7 @@ def varlen_sdpa_attention(
                 dropout_p=dropout,
                 scale=scaling,
                 is_causal=mask is None,
+                enable_gqa=gqa,
             )
         )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None

@@ -20,6 +20,7 @@ from lmforge.data.loader import DataReport
 from lmforge.data.sources import check_datasets
 from lmforge.errors import UserError
 from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
+from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
 from lmforge.model.varlen_attention import NAME as VARLEN_ATTENTION
@@ -88,6 +89,9 @@ def run_training(config: Config) -> TrainingRun:
         trainer_kwargs={"optimizers": (loraplus_optimizer(config, model, args), None)},
     )
     stage.prepare(ctx)
+    # Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3 gathers weights in its hooks).
+    if not getattr(ctx.args, "use_liger_kernel", False) and not config.passthrough.get("deepspeed"):
+        use_lean_gated_mlps(ctx.model)
     for line in plan_lines(config, setup, model, report, args):
         logger.info(line)
 
