@@ -8,7 +8,7 @@ import torch
 from test_sft import train
 
 from conftest import build_tiny_model
-from lmforge.train.linear_ce import linear_cross_entropy_sum
+from lmforge.train.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
 
 
 def tiny_llama(vocab):
@@ -110,3 +110,10 @@ def test_no_gradient_work_under_no_grad():
     with torch.no_grad():
         total, count = linear_cross_entropy_sum(hidden, weight, torch.randint(0, 20, (1, 5)))
     assert count == 4 and not total.requires_grad
+
+
+def test_chunks_hold_128_mib_of_logits_whatever_the_vocabulary():
+    assert chunk_tokens_for(262_144) == 128  # Gemma 3
+    assert chunk_tokens_for(128_256) == 261  # Llama 3
+    assert chunk_tokens_for(32_000) == 1024  # capped
+    assert chunk_tokens_for(10_000_000) == 32  # floored
