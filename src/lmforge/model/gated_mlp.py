@@ -60,7 +60,12 @@ def _same_output(module) -> bool:
         return False
     hidden = getattr(module.gate_proj, "in_features", weight.shape[-1])
     x = torch.randn(1, 3, hidden, generator=torch.Generator().manual_seed(0)).to(weight)
-    with torch.no_grad():
-        expected = module(x)
-        lean = _forward.__get__(module)(x)
+    was_training = module.training
+    module.eval()  # no dropout: both passes see the same weights and use no random numbers
+    try:
+        with torch.no_grad():
+            expected = module(x)
+            lean = _forward.__get__(module)(x)
+    finally:
+        module.train(was_training)
     return torch.allclose(expected, lean, rtol=1e-4, atol=1e-5)
