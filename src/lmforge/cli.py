@@ -87,8 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a message is logged: a caller (a test, a notebook)
+    may have replaced it since the handler was made, and the old stream may be closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("lmforge")
     if not root.handlers:
