@@ -170,8 +170,11 @@ def ensure_llamafactory(device: str) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, TORCH_CPU if device == "cpu" else "torch"], check=True)
-    subprocess.run([*pip, LLAMAFACTORY], check=True)
+    torch = TORCH_CPU if device == "cpu" else "torch"
+    subprocess.run([*pip, torch], check=True)
+    # torch named again in the same resolve: else LLaMA-Factory's dependencies (torchvision)
+    # upgrade it to the newest, CUDA, build.
+    subprocess.run([*pip, LLAMAFACTORY, torch], check=True)
 
 
 def prepare_job(args: argparse.Namespace, work: Path) -> Job:
