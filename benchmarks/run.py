@@ -60,8 +60,9 @@ class Job:
 # ---------------------------------------------------------------- the three tools' commands
 
 
-def lmforge_command(job: Job, out: Path) -> list[str]:
-    config = {
+def shared_config(job: Job, out: Path) -> dict:
+    """The job in LLaMA-Factory's YAML keys, which lmforge reads as they are."""
+    return {
         "model_name_or_path": str(job.model_dir),
         "template": "gemma",
         "stage": "sft",
@@ -74,7 +75,6 @@ def lmforge_command(job: Job, out: Path) -> list[str]:
         "dataset": DATASET_NAME,
         "dataset_dir": str(job.data_dir),
         "cutoff_len": job.cutoff,
-        "padding_free": True,  # the batch's samples in one row: no padding computed
         "output_dir": str(out),
         "overwrite_output_dir": True,
         "logging_steps": 1,
@@ -88,39 +88,18 @@ def lmforge_command(job: Job, out: Path) -> list[str]:
         "seed": job.seed,
         "report_to": "none",
     }
+
+
+def lmforge_command(job: Job, out: Path) -> list[str]:
+    config = shared_config(job, out)
+    config["padding_free"] = True  # the batch's samples in one row: no padding computed
     path = _write_yaml(config, out / "lmforge.yaml")
     return [sys.executable, "-m", "lmforge", "train", str(path)]
 
 
 def llamafactory_command(job: Job, out: Path) -> list[str]:
-    config = {
-        "model_name_or_path": str(job.model_dir),
-        "template": "gemma",
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "lora",
-        "lora_rank": job.lora_rank,
-        "lora_alpha": 2 * job.lora_rank,
-        "lora_dropout": 0.0,
-        "lora_target": "all",
-        "dataset": DATASET_NAME,
-        "dataset_dir": str(job.data_dir),
-        "cutoff_len": job.cutoff,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "output_dir": str(out),
-        "overwrite_output_dir": True,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "per_device_train_batch_size": job.batch_size,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": job.learning_rate,
-        "lr_scheduler_type": "constant",
-        "max_steps": job.max_steps,
-        "bf16": job.bf16,
-        "seed": job.seed,
-        "report_to": "none",
-    }
+    config = shared_config(job, out)
+    config.update(overwrite_cache=True, preprocessing_num_workers=1)
     if job.device == "cpu":
         config["use_cpu"] = True  # transformers refuses bf16 on a CPU without it
     path = _write_yaml(config, out / "llamafactory.yaml")

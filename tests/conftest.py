@@ -48,6 +48,28 @@ def build_tiny_tokenizer():
     return fast
 
 
+def build_tiny_decoder(kind: str, vocab_size: int, **overrides):
+    """A tiny Llama or Qwen2 causal LM with random weights (seed 0); `overrides` change its
+    config (e.g. more heads for grouped-query attention)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[kind]
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    return model_class(config_class(**{**shape, **overrides}))
+
+
 def build_tiny_model(vocab_size: int, seed: int = 0):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import build_tiny_decoder, build_tiny_model
 from lmforge.data.collate import PackedCollator, PadCollator, make_collator, segment_positions
 from lmforge.data.packing import (
     PackedSet,
@@ -120,22 +120,7 @@ def packed_losses(model, samples, rows, collator) -> list[float]:
 
 
 def tiny_llama(kind: str):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    shape = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-    )
-    if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(**shape))
-    return Qwen2ForCausalLM(Qwen2Config(**shape))
+    return build_tiny_decoder(kind, VOCAB, max_position_embeddings=512, initializer_range=0.3)
 
 
 MODELS = {

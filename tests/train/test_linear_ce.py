@@ -7,41 +7,16 @@ import pytest
 import torch
 from test_sft import train
 
-from conftest import build_tiny_model
+from conftest import build_tiny_decoder, build_tiny_model
 from lmforge.train.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
 
 
 def tiny_llama(vocab):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=False,
-        )
-    )
+    return build_tiny_decoder("llama", vocab, tie_word_embeddings=False)
 
 
 def tiny_qwen2(vocab):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    return build_tiny_decoder("qwen2", vocab)
 
 
 @pytest.mark.parametrize(

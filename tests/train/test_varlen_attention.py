@@ -4,7 +4,7 @@ batches, sliding windows applied per sample, isolation proven, and sdpa back aft
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import build_tiny_decoder, build_tiny_model
 from lmforge.data.collate import PadCollator, make_collator
 from lmforge.data.packing import check_isolation, prepare_model_for_packing
 from lmforge.model.varlen_attention import NAME, restore_attention, use_varlen_attention
@@ -13,19 +13,9 @@ VOCAB = 120
 
 
 def tiny_llama_gqa():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
+    return build_tiny_decoder(
+        "llama", VOCAB, num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa"
     )
-    return LlamaForCausalLM(config)
 
 
 def features(lengths):

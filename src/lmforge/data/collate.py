@@ -129,14 +129,13 @@ def make_collator(
     packing: bool,
     attn_implementation: str | None,
     padding_free: bool = False,
-    varlen: bool | None = None,
+    varlen: bool = False,
 ):
     """The collator for this run: padded rows, packed rows, or padding-free batches (one row).
     Rows are flattened, with the sample boundaries as varlen kwargs, for attention that runs
-    per sample from them (`varlen`; by default flash-attention: flash_attention_2/3 and hub
-    kernels named *flash*); padding-free batches are one row in any case."""
-    if varlen is None:
-        varlen = "flash" in (attn_implementation or "")
+    per sample from them: flash-attention (flash_attention_2/3 and hub kernels named *flash*),
+    or any other the caller names with `varlen`; padding-free batches are one row in any case."""
+    varlen = varlen or "flash" in (attn_implementation or "")
     if not (packing or padding_free):
         return PadCollator(pad_token_id)
     return PackedCollator(pad_token_id, flatten=varlen or padding_free, varlen_kwargs=varlen)

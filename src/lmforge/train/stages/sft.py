@@ -68,15 +68,12 @@ class SFTStage:
         padding_free = ctx.config.data.padding_free
         impl = ctx.model.config._attn_implementation
         # Several samples per row: sdpa attends per sample instead of through a row-wide mask.
-        varlen = "flash" in (impl or "") or (
-            (packing or padding_free) and use_varlen_attention(ctx.model)
-        )
         collator = make_collator(
             ctx.setup.tokenizer.pad_token_id,
             packing=packing,
             attn_implementation=impl,
             padding_free=padding_free,
-            varlen=varlen,
+            varlen=(packing or padding_free) and use_varlen_attention(ctx.model),
         )
         if packing or padding_free:  # isolation is checked on this very model, not assumed
             prepare_model_for_packing(ctx.model)
