@@ -9,9 +9,9 @@ import pytest
 
 from conftest import TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset
 from lmforge.config.schema import DataConfig
-from lmforge.data import loader
-from lmforge.data.loader import DataReport, SampleEncoder, encode_datasets
-from lmforge.data.template_auto import load_template
+from lmforge.data.encoding import loader
+from lmforge.data.encoding.loader import DataReport, SampleEncoder, encode_datasets
+from lmforge.data.templates.auto import load_template
 from lmforge.errors import UserError
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from lmforge.config.schema import DataConfig
-from lmforge.data import hub
-from lmforge.data.registry import resolve_datasets
-from lmforge.data.sources import load_splits
-from lmforge.data.validation import validate_data
+from lmforge.data.sources import hub
+from lmforge.data.sources.registry import resolve_datasets
+from lmforge.data.sources.load import load_splits
+from lmforge.data.sources.validation import validate_data
 from lmforge.errors import UserError
 
 LF_DATA = Path(__file__).parent.parent / "fixtures" / "llamafactory_data"

@@ -3,7 +3,7 @@
 import pytest
 from test_encode_helpers import CharTokenizer, masked
 
-from lmforge.data.encode import (
+from lmforge.data.encoding.encode import (
     IGNORE_INDEX,
     encode_kto,
     encode_pairwise,
@@ -11,8 +11,8 @@ from lmforge.data.encode import (
     encode_sample,
 )
 from lmforge.data.sample import Sample
-from lmforge.data.template import get_template
-from lmforge.data.template_tools import QWEN_TOOLS, to_json
+from lmforge.data.templates.named import get_template
+from lmforge.data.templates.tools import QWEN_TOOLS, to_json
 
 IM = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 TWO_TURNS = [

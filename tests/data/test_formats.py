@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from lmforge.data.formats import check_stage, to_sample, to_samples
+from lmforge.data.sources.formats import check_stage, to_sample, to_samples
 from lmforge.data.problems import RecordCheck
-from lmforge.data.readers import read_records
-from lmforge.data.registry import resolve_datasets
+from lmforge.data.sources.readers import read_records
+from lmforge.data.sources.registry import resolve_datasets
 from lmforge.errors import UserError
 
 

@@ -10,7 +10,7 @@ from conftest import TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset
 from lmforge.cli import main
 from lmforge.config.schema import DataConfig
 from lmforge.data.inspect import GREEN, inspect_data, token_segments
-from lmforge.data.template_auto import load_template
+from lmforge.data.templates.auto import load_template
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import build_tiny_decoder, build_tiny_model
-from lmforge.data.collate import PackedCollator, PadCollator, make_collator, segment_positions
-from lmforge.data.packing import (
+from lmforge.data.encoding.collate import PackedCollator, PadCollator, make_collator, segment_positions
+from lmforge.data.encoding.packing import (
     PackedSet,
     check_isolation,
     pack_lengths,

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from test_encode_helpers import CharTokenizer
 
-from lmforge.data.encode import encode_sample
-from lmforge.data.preflight import PROBE, PROBE_SYSTEM, check_template
+from lmforge.data.encoding.encode import encode_sample
+from lmforge.data.encoding.preflight import PROBE, PROBE_SYSTEM, check_template
 from lmforge.data.sample import Sample
-from lmforge.data.template import available_templates, get_template
-from lmforge.data.template_auto import auto_template
+from lmforge.data.templates.named import available_templates, get_template
+from lmforge.data.templates.auto import auto_template
 from lmforge.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "templates"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lmforge.data.readers import expand_paths, iter_records, read_records
+from lmforge.data.sources.readers import expand_paths, iter_records, read_records
 from lmforge.errors import UserError
 
 RECORDS = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from lmforge.config.schema import DataConfig
-from lmforge.data import hub
-from lmforge.data.registry import resolve_datasets
-from lmforge.data.sources import load_splits
+from lmforge.data.sources import hub
+from lmforge.data.sources.registry import resolve_datasets
+from lmforge.data.sources.load import load_splits
 from lmforge.errors import UserError
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lmforge.data.registry import inline_dataset_specs, resolve_datasets
+from lmforge.data.sources.registry import inline_dataset_specs, resolve_datasets
 from lmforge.errors import UserError
 
 

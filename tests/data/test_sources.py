@@ -3,9 +3,9 @@ import json
 import pytest
 
 from lmforge.config.schema import DataConfig
-from lmforge.data import sources
-from lmforge.data.mixing import interleave, shuffle_buffer
-from lmforge.data.sources import SampleStream, load_samples, load_splits
+from lmforge.data.sources import load as sources
+from lmforge.data.sources.mixing import interleave, shuffle_buffer
+from lmforge.data.sources.load import SampleStream, load_samples, load_splits
 from lmforge.errors import UserError
 
 

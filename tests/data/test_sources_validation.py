@@ -3,7 +3,7 @@
 import json
 
 from lmforge.config.schema import DataConfig
-from lmforge.data.validation import validate_data
+from lmforge.data.sources.validation import validate_data
 
 
 def test_lists_every_problem_of_every_dataset(tmp_path):

@@ -1,10 +1,10 @@
 import pytest
 
 from conftest import VOCAB, char_ids
-from lmforge.data.encode import IGNORE_INDEX, encode_sample
+from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.template import get_template
-from lmforge.data.template_tools import parse_tools
+from lmforge.data.templates.named import get_template
+from lmforge.data.templates.tools import parse_tools
 from lmforge.errors import UserError
 
 CONVERSATION = [

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 from test_encode_helpers import CharTokenizer
 
-from lmforge.data.encode import encode_sample
+from lmforge.data.encoding.encode import encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.template import get_template
-from lmforge.data.template_auto import auto_template, load_template
+from lmforge.data.templates.named import get_template
+from lmforge.data.templates.auto import auto_template, load_template
 from lmforge.errors import UserError
 from lmforge.model.setup import choose_template_name
 

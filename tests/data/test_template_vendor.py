@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from lmforge.data.template import available_templates, get_template
-from lmforge.data.template_tools import parse_tools
+from lmforge.data.templates.named import available_templates, get_template
+from lmforge.data.templates.tools import parse_tools
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "templates"
 VENDOR = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
-from lmforge.data.encode import IGNORE_INDEX, encode_sample
+from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.template import get_template
+from lmforge.data.templates.named import get_template
 from lmforge.model.load import load_tokenizer
 from lmforge.model.pull import pull_model
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lmforge.config import load_config
-from lmforge.data.template import get_template
+from lmforge.data.templates.named import get_template
 from lmforge.infer.engine import HFEngine
 from lmforge.infer.openai_protocol import ChatCompletionRequest
 from lmforge.infer.prompt import build_chat_prompt

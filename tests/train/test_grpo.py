@@ -13,7 +13,7 @@ from conftest import write_alpaca_dataset
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
-from lmforge.train.rl_losses import group_advantages, grpo_loss, k3_kl
+from lmforge.train.losses.rl import group_advantages, grpo_loss, k3_kl
 from lmforge.train.run import run_training
 
 # Rewards that the random tiny model earns sometimes, so the group has something to compare.

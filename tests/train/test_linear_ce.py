@@ -8,7 +8,7 @@ import torch
 from test_sft import train
 
 from conftest import build_tiny_decoder, build_tiny_model
-from lmforge.train.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
+from lmforge.train.losses.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
 
 
 def tiny_llama(vocab):

@@ -13,9 +13,9 @@ from conftest import write_alpaca_dataset
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
-from lmforge.train.ppo_trainer import CRITIC_FILE
-from lmforge.train.rewards import RewardBatch
-from lmforge.train.rl_losses import clipped_policy_loss, gae, token_rewards
+from lmforge.train.trainers.ppo import CRITIC_FILE
+from lmforge.train.rewards.functions import RewardBatch
+from lmforge.train.losses.rl import clipped_policy_loss, gae, token_rewards
 from lmforge.train.run import run_training
 
 # The reward model learns: lowercase letters good, capitals and digits bad.
@@ -105,7 +105,7 @@ def test_ppo_trains_with_the_reward_model_and_saves_adapter_and_critic(
 
 def test_reward_model_scorer_prefers_what_rm_learnt(reward_model):
     from lmforge.config.schema import DataConfig
-    from lmforge.train.reward_model import RewardModelScorer
+    from lmforge.train.rewards.reward_model import RewardModelScorer
 
     scorer = RewardModelScorer(str(reward_model), DataConfig())
     conversation = {"messages": [{"role": "user", "content": "Q3"}], "system": None, "tools": None}

@@ -7,9 +7,9 @@ import pytest
 
 from lmforge.config.schema import MethodConfig
 from lmforge.data.sample import Sample
-from lmforge.data.template import get_template
+from lmforge.data.templates.named import get_template
 from lmforge.errors import UserError
-from lmforge.train.rewards import (
+from lmforge.train.rewards.functions import (
     RewardBatch,
     build_reward_terms,
     exact_match,
@@ -19,7 +19,7 @@ from lmforge.train.rewards import (
     regex_match,
     score_terms,
 )
-from lmforge.train.rollout import prompt_row
+from lmforge.train.trainers.rollout import prompt_row
 
 
 @pytest.fixture(autouse=True)

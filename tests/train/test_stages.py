@@ -12,7 +12,7 @@ from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import UserError
 from lmforge.model.load import load_model
-from lmforge.train.preference import ValueHead, last_token_scores, load_value_head
+from lmforge.train.trainers.preference import ValueHead, last_token_scores, load_value_head
 from lmforge.train.run import run_training
 
 LF_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "llamafactory_data"

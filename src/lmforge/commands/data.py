@@ -45,7 +45,7 @@ def data_inspect(
 def data_validate(config_path: str, overrides: list[str] | None = None) -> tuple[str, int]:
     """Every problem of every record as `file:record N:field: reason` (the first 50, then a
     count), and the exit code: 1 if there is any problem, else 0."""
-    from lmforge.data.validation import validate_data
+    from lmforge.data.sources.validation import validate_data
 
     config = load_config(config_path, overrides)
     result = validate_data(config.data, config.method.stage, config.train.seed)

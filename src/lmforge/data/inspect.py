@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from lmforge.config.schema import DataConfig
-from lmforge.data.cache import TokenizedSet
-from lmforge.data.encode import IGNORE_INDEX
-from lmforge.data.loader import DataReport, encode_datasets, packing_enabled
-from lmforge.data.packing import pack_lengths, packing_efficiency
-from lmforge.data.template import Template
+from lmforge.data.encoding.cache import TokenizedSet
+from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.data.encoding.loader import DataReport, encode_datasets, packing_enabled
+from lmforge.data.encoding.packing import pack_lengths, packing_efficiency
+from lmforge.data.templates.named import Template
 from lmforge.errors import UserError
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"

@@ -1,6 +1,6 @@
 """Reading tool calls back out of generated text, per tool format.
 
-data/template_tools.py writes tools and calls into prompts (formats `qwen`, `default`, `glm4`);
+data/templates/tools.py writes tools and calls into prompts (formats `qwen`, `default`, `glm4`);
 this module is its inverse for answers, streamed or whole:
 - qwen:    <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>  (Hermes style)
 - default: Action: f\nAction Input: {...}  (LLaMA-Factory's ReAct text; several may follow)

@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from lmforge.config.schema import Config
-from lmforge.data.preflight import check_template
-from lmforge.data.template import Template
-from lmforge.data.template_auto import load_template
+from lmforge.data.encoding.preflight import check_template
+from lmforge.data.templates.named import Template
+from lmforge.data.templates.auto import load_template
 from lmforge.errors import UserError
 from lmforge.model.load import load_tokenizer, split_paths
 from lmforge.model.source import ResolvedModel, resolve_model

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
-from lmforge.data.encode import IGNORE_INDEX
+from lmforge.data.encoding.encode import IGNORE_INDEX
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import yaml
 from lmforge import device
 from lmforge.config.resolve import resolve_for_training
 from lmforge.config.schema import Config
-from lmforge.data.loader import DataReport
-from lmforge.data.sources import check_datasets
+from lmforge.data.encoding.loader import DataReport
+from lmforge.data.sources.load import check_datasets
 from lmforge.errors import UserError
 from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
@@ -31,7 +31,7 @@ from lmforge.train.monitor import OverfitWarningCallback, check_trackers
 from lmforge.train.plot import plot_loss
 from lmforge.train.stages import get_stage
 from lmforge.train.stages.base import StageContext
-from lmforge.train.trainer import STAGING
+from lmforge.train.trainers.base import STAGING
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from lmforge.config.schema import Config
-from lmforge.data.loader import DataReport
-from lmforge.data.sources import load_splits
+from lmforge.data.encoding.loader import DataReport
+from lmforge.data.sources.load import load_splits
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lmforge.data.encode import encode_pairwise
-from lmforge.train.losses import REFERENCE_FREE
-from lmforge.train.preference import PairCollator, PairwisePreferenceTrainer
+from lmforge.data.encoding.encode import encode_pairwise
+from lmforge.train.losses.preference import REFERENCE_FREE
+from lmforge.train.trainers.preference import PairCollator, PairwisePreferenceTrainer
 from lmforge.train.stages.base import StageContext, encode_stage_samples
 from lmforge.train.stages.reference import load_reference_model
 

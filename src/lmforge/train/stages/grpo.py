@@ -1,9 +1,9 @@
 """GRPO: groups of sampled completions per prompt, rewarded by checks against a reference
-answer, the user's functions and/or a reward model (see train/rewards.py, grpo_trainer.py)."""
+answer, the user's functions and/or a reward model (see train/rewards/functions.py, train/trainers/grpo.py)."""
 
 from __future__ import annotations
 
-from lmforge.train.grpo_trainer import GRPOTrainer
+from lmforge.train.trainers.grpo import GRPOTrainer
 from lmforge.train.stages.base import StageContext
 from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lmforge.data.encode import encode_kto
-from lmforge.train.preference import KTOCollator, KTOTrainer
+from lmforge.data.encoding.encode import encode_kto
+from lmforge.train.trainers.preference import KTOCollator, KTOTrainer
 from lmforge.train.stages.base import StageContext, encode_stage_samples
 from lmforge.train.stages.reference import load_reference_model
 

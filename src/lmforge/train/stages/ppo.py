@@ -1,9 +1,9 @@
 """PPO with a reward model from stage rm: our own loop on transformers' Trainer, since TRL 1.x
-has no PPOTrainer (see train/ppo_trainer.py)."""
+has no PPOTrainer (see train/trainers/ppo.py)."""
 
 from __future__ import annotations
 
-from lmforge.train.ppo_trainer import PPOTrainer, new_critic
+from lmforge.train.trainers.ppo import PPOTrainer, new_critic
 from lmforge.train.stages.base import StageContext
 from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
 

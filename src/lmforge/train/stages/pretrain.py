@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from lmforge.data.collate import PadCollator
-from lmforge.data.encode import encode_pretrain
-from lmforge.data.loader import DataReport
-from lmforge.data.sources import load_splits
+from lmforge.data.encoding.collate import PadCollator
+from lmforge.data.encoding.encode import encode_pretrain
+from lmforge.data.encoding.loader import DataReport
+from lmforge.data.sources.load import load_splits
 from lmforge.train.stages.base import StageContext
 from lmforge.train.stages.sft import SFTStage, use_linear_ce
 

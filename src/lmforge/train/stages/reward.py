@@ -3,7 +3,7 @@ Bradley-Terry loss; saved as the adapter/model plus value_head.safetensors for p
 
 from __future__ import annotations
 
-from lmforge.train.preference import PairCollator, RewardModelTrainer, ValueHead
+from lmforge.train.trainers.preference import PairCollator, RewardModelTrainer, ValueHead
 from lmforge.train.stages.base import StageContext, encode_stage_samples
 from lmforge.train.stages.dpo import encode_pair
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from lmforge.config.schema import Config
 from lmforge.errors import UserError
-from lmforge.train.reward_model import RewardModelScorer, check_reward_model_dir
-from lmforge.train.rewards import RewardTerm, build_reward_terms
-from lmforge.train.rl_trainer import RLSettings
-from lmforge.train.rollout import PromptCollator, prompt_row, record_columns
+from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
+from lmforge.train.rewards.functions import RewardTerm, build_reward_terms
+from lmforge.train.trainers.rollout_base import RLSettings
+from lmforge.train.trainers.rollout import PromptCollator, prompt_row, record_columns
 from lmforge.train.stages.base import StageContext, encode_stage_samples
 from lmforge.train.stages.reference import load_reference_model
 

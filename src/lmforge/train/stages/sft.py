@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from lmforge.data.collate import make_collator
-from lmforge.data.loader import build_datasets, packing_enabled
-from lmforge.data.packing import check_isolation, prepare_model_for_packing
+from lmforge.data.encoding.collate import make_collator
+from lmforge.data.encoding.loader import build_datasets, packing_enabled
+from lmforge.data.encoding.packing import check_isolation, prepare_model_for_packing
 from lmforge.model.varlen_attention import use_varlen_attention
-from lmforge.train.linear_ce import (
+from lmforge.train.losses.linear_ce import (
     HiddenStatesCollator,
     LinearCrossEntropyLoss,
     supports_linear_cross_entropy,
 )
 from lmforge.train.monitor import argmax_logits, token_accuracy
 from lmforge.train.stages.base import StageContext
-from lmforge.train.trainer import AtomicCheckpointTrainer
+from lmforge.train.trainers.base import AtomicCheckpointTrainer
 
 logger = logging.getLogger(__name__)
 

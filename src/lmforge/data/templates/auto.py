@@ -17,8 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmforge.data.template import RenderOptions, Segment, Thinking, check_roles
-from lmforge.data.template_tools import call_parts, parse_tools
+from lmforge.data.templates.named import RenderOptions, Segment, Thinking, check_roles
+from lmforge.data.templates.tools import call_parts, parse_tools
 from lmforge.errors import UserError
 
 _UNSET: Any = object()
@@ -227,7 +227,7 @@ def auto_template(tokenizer) -> AutoTemplate:
 
 def load_template(name: str, tokenizer, data=None):
     """`auto` or a named template, bound to the data settings (a DataConfig) when given."""
-    from lmforge.data.template import get_template, template_options
+    from lmforge.data.templates.named import get_template, template_options
 
     template = auto_template(tokenizer) if name == "auto" else get_template(name)
     return template.with_options(**template_options(data)) if data is not None else template

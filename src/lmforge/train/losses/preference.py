@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.encode import IGNORE_INDEX
+from lmforge.data.encoding.encode import IGNORE_INDEX
 
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 REFERENCE_FREE = ("orpo", "simpo")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.train.preference import _MetricsMixin
-from lmforge.train.rewards import RewardBatch
-from lmforge.train.rollout import RepeatedChunkSampler, Sequences
-from lmforge.train.trainer import AtomicCheckpointTrainer
+from lmforge.train.trainers.preference import _MetricsMixin
+from lmforge.train.rewards.functions import RewardBatch
+from lmforge.train.trainers.rollout import RepeatedChunkSampler, Sequences
+from lmforge.train.trainers.base import AtomicCheckpointTrainer
 
 
 @dataclass

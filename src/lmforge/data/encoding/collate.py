@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lmforge.data.encode import IGNORE_INDEX
+from lmforge.data.encoding.encode import IGNORE_INDEX
 
 
 def _round_up(length: int, multiple: int | None) -> int:

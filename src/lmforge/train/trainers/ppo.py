@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.train.preference import ValueHead
-from lmforge.train.rewards import RewardTerm, score_terms
-from lmforge.train.rl_losses import (
+from lmforge.train.trainers.preference import ValueHead
+from lmforge.train.rewards.functions import RewardTerm, score_terms
+from lmforge.train.losses.rl import (
     clipped_policy_loss,
     clipped_value_loss,
     gae,
@@ -21,8 +21,8 @@ from lmforge.train.rl_losses import (
     masked_whiten,
     token_rewards,
 )
-from lmforge.train.rl_trainer import Rollout, RolloutTrainer
-from lmforge.train.rollout import completion_logps, reference_logps, sample_completions
+from lmforge.train.trainers.rollout_base import Rollout, RolloutTrainer
+from lmforge.train.trainers.rollout import completion_logps, reference_logps, sample_completions
 
 CRITIC_FILE = "critic_head.safetensors"
 

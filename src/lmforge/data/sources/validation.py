@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmforge.config.schema import DataConfig
-from lmforge.data.formats import check_stage
+from lmforge.data.sources.formats import check_stage
 from lmforge.data.problems import Problem
-from lmforge.data.registry import resolve_datasets
-from lmforge.data.sources import (
+from lmforge.data.sources.registry import resolve_datasets
+from lmforge.data.sources.load import (
     dataset_names,
     eval_dataset_names,
     inline_entries,

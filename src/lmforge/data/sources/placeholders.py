@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.data.problems import RecordCheck
-from lmforge.data.registry import DatasetSpec
+from lmforge.data.sources.registry import DatasetSpec
 from lmforge.errors import UserError
 
 # Identifiers only, so `{{ . }}` or `{{...}}` in ordinary text is never taken for a placeholder.

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from lmforge.data.sample import Sample
-from lmforge.data.template import Segment
+from lmforge.data.templates.named import Segment
 
 IGNORE_INDEX = -100
 

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
 from lmforge.config.schema import DataConfig
-from lmforge.data.cache import (
+from lmforge.data.encoding.cache import (
     TokenizedSet,
     cache_folder,
     code_fingerprint,
@@ -33,10 +33,10 @@ from lmforge.data.cache import (
     save_entry,
     tokenizer_fingerprint,
 )
-from lmforge.data.encode import IGNORE_INDEX, encode_sample
-from lmforge.data.packing import PackedSet, pack_lengths, packing_efficiency
-from lmforge.data.sources import load_splits
-from lmforge.data.template import Template
+from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
+from lmforge.data.encoding.packing import PackedSet, pack_lengths, packing_efficiency
+from lmforge.data.sources.load import load_splits
+from lmforge.data.templates.named import Template
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,8 @@ def encoding_key(
 def _encoding_sources(template) -> list[Path]:
     """encode.py, the template modules and this one: the code between a sample and its ids."""
     here = Path(__file__).parent
-    files = [Path(__file__), here / "encode.py", *here.glob("template*.py")]
+    templates = here.parent / "templates"
+    files = [Path(__file__), here / "encode.py", *sorted(templates.glob("*.py"))]
     module = sys.modules.get(type(template).__module__)
     if getattr(module, "__file__", None):
         files.append(Path(module.__file__))

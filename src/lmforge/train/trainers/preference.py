@@ -13,15 +13,15 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from lmforge.data.encode import IGNORE_INDEX
-from lmforge.train.losses import (
+from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.train.losses.preference import (
     REFERENCE_FREE,
     bradley_terry_loss,
     kto_loss,
     preference_loss,
     sequence_logps,
 )
-from lmforge.train.trainer import AtomicCheckpointTrainer
+from lmforge.train.trainers.base import AtomicCheckpointTrainer
 
 
 def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.config.schema import DataConfig
-from lmforge.data import placeholders
-from lmforge.data.formats import check_stage, to_sample
-from lmforge.data.hub import iter_hub_records
-from lmforge.data.mixing import mix, mix_iter, sample_count, shuffle_buffer, val_count
-from lmforge.data.mixing import split as split
+from lmforge.data.sources import placeholders
+from lmforge.data.sources.formats import check_stage, to_sample
+from lmforge.data.sources.hub import iter_hub_records
+from lmforge.data.sources.mixing import mix, mix_iter, sample_count, shuffle_buffer, val_count
+from lmforge.data.sources.mixing import split as split
 from lmforge.data.problems import Problem, RecordCheck, invalid_records_error, skip_reasons
-from lmforge.data.readers import RawRecord, iter_records
-from lmforge.data.registry import DatasetSpec, resolve_datasets
+from lmforge.data.sources.readers import RawRecord, iter_records
+from lmforge.data.sources.registry import DatasetSpec, resolve_datasets
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmforge.data.chat_formats import answer_message, conversation
+from lmforge.data.sources.chat_formats import answer_message, conversation
 from lmforge.data.problems import RecordCheck
-from lmforge.data.record_fields import column_kto_label, column_text, column_tools
-from lmforge.data.registry import DatasetSpec
+from lmforge.data.sources.record_fields import column_kto_label, column_text, column_tools
+from lmforge.data.sources.registry import DatasetSpec
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
 

@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from lmforge.data.readers import RawRecord
-from lmforge.data.registry import DatasetSpec
+from lmforge.data.sources.readers import RawRecord
+from lmforge.data.sources.registry import DatasetSpec
 from lmforge.errors import UserError
 
 _OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lmforge.data.template import Template
+    from lmforge.data.templates.named import Template
 
 _VARIABLES = {
     "content": "content",

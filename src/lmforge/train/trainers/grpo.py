@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.train.rewards import RewardTerm, score_terms
-from lmforge.train.rl_losses import group_advantages, grpo_loss
-from lmforge.train.rl_trainer import Rollout, RolloutTrainer
-from lmforge.train.rollout import completion_logps, reference_logps, sample_completions
+from lmforge.train.rewards.functions import RewardTerm, score_terms
+from lmforge.train.losses.rl import group_advantages, grpo_loss
+from lmforge.train.trainers.rollout_base import Rollout, RolloutTrainer
+from lmforge.train.trainers.rollout import completion_logps, reference_logps, sample_completions
 
 
 class GRPOTrainer(RolloutTrainer):

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from lmforge.data.problems import RecordCheck
-from lmforge.data.registry import DatasetSpec
+from lmforge.data.sources.registry import DatasetSpec
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.data.encode import IGNORE_INDEX
+from lmforge.data.encoding.encode import IGNORE_INDEX
 
 # The loss runs while every activation of the step is still alive, so its one logits buffer adds
 # to the step's peak: 128 MiB of fp32 logits per chunk (Gemma 3, 262,144 tokens: 128 positions;

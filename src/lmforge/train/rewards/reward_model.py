@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from lmforge.data.encode import prompt_and_answer
+from lmforge.data.encoding.encode import prompt_and_answer
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
-from lmforge.train.preference import VALUE_HEAD_FILE, ValueHead
-from lmforge.train.rewards import RewardBatch
+from lmforge.train.trainers.preference import VALUE_HEAD_FILE, ValueHead
+from lmforge.train.rewards.functions import RewardBatch
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ class RewardModelScorer:
     """Scores (conversation, completion) pairs with the reward model; no gradients."""
 
     def __init__(self, path: str, data_config, *, trust_remote_code: bool = False, batch: int = 8):
-        from lmforge.data.template_auto import load_template
+        from lmforge.data.templates.auto import load_template
         from lmforge.model.load import load_tokenizer
-        from lmforge.train.preference import load_value_head
+        from lmforge.train.trainers.preference import load_value_head
 
         folder = check_reward_model_dir(path)
         settings = _run_settings(folder)

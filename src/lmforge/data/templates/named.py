@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from lmforge.data.template_tools import get_tool_format, parse_tools
+from lmforge.data.templates.tools import get_tool_format, parse_tools
 from lmforge.errors import UserError
 
 ROLES = ("user", "assistant", "tool")
@@ -366,7 +366,7 @@ def _load(entry) -> Template:
     spec.pop("vendor", None)  # documentation only
     template = Template(**spec)
     if template.jinja is None:
-        from lmforge.data.template_jinja import simple_jinja
+        from lmforge.data.templates.jinja import simple_jinja
 
         template = dataclasses.replace(template, jinja=simple_jinja(template))
     return template

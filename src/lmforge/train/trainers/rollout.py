@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.data.sample import Sample
-from lmforge.data.sources import eval_dataset_names, resolve_specs, spec_records
+from lmforge.data.sources.load import eval_dataset_names, resolve_specs, spec_records
 
 # ---- prompts from the data ------------------------------------------------------------------
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.data.problems import RecordCheck
-from lmforge.data.record_fields import (
+from lmforge.data.sources.record_fields import (
     column_text,
     parse_tool_calls,
     split_reasoning,
 )
-from lmforge.data.registry import DatasetSpec
+from lmforge.data.sources.registry import DatasetSpec
 
 _NEXT = {  # role -> roles that may follow it
     None: ("user",),

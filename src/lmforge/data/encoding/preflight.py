@@ -15,9 +15,9 @@ from __future__ import annotations
 import difflib
 import logging
 
-from lmforge.data.encode import IGNORE_INDEX, encode_sample
+from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.template_auto import AutoTemplate, hf_messages
+from lmforge.data.templates.auto import AutoTemplate, hf_messages
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Chat templates: the ChatTemplate protocol, named templates (data files here) and auto."""
