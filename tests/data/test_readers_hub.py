@@ -7,8 +7,8 @@ import pytest
 
 from lmforge.config.schema import DataConfig
 from lmforge.data.sources import hub
-from lmforge.data.sources.registry import resolve_datasets
 from lmforge.data.sources.load import load_splits
+from lmforge.data.sources.registry import resolve_datasets
 from lmforge.errors import UserError
 
 
@@ -68,11 +68,16 @@ def test_streaming_passes_streaming_to_the_hub(tmp_path, monkeypatch):
     assert len(list(train)) == 3 and seen["streaming"] is True
 
 
-def test_offline_gives_one_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variable", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_gives_one_clear_error(tmp_path, monkeypatch, variable):
     import datasets
     import huggingface_hub.constants
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Only the variable under test is set: the message names every offline variable it finds
+    # set, so one already in the environment (HF_HUB_OFFLINE=1 in a CI job) would change it.
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     folder = write_info(tmp_path, {"alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"}})
@@ -81,7 +86,7 @@ def test_offline_gives_one_clear_error(tmp_path, monkeypatch):
         load_splits(data, Report())
     message = str(info.value)
     assert "cannot load `llamafactory/alpaca_en` from the Hugging Face hub" in message
-    assert "offline mode is on (HF_DATASETS_OFFLINE)" in message
+    assert f"offline mode is on ({variable})" in message
     assert "dataset `alpaca_en`" in message and "file_name" in message
 
 

@@ -19,7 +19,7 @@ from lmforge.data.encoding.cache import TokenizedSet
 from lmforge.data.encoding.encode import IGNORE_INDEX
 from lmforge.data.encoding.loader import DataReport, encode_datasets, packing_enabled
 from lmforge.data.encoding.packing import pack_lengths, packing_efficiency
-from lmforge.data.templates.named import Template
+from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 
 GREEN, RESET = "\x1b[32m", "\x1b[0m"
@@ -122,7 +122,7 @@ class DataInspection:
 
 def inspect_data(
     data: DataConfig,
-    template: Template,
+    template: ChatTemplate,
     tokenizer,
     seed: int,
     *,

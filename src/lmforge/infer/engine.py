@@ -19,7 +19,7 @@ from lmforge.config.resolve import resolve_for_inference
 from lmforge.config.schema import Config, GenerateConfig
 from lmforge.errors import UserError
 from lmforge.infer.answer import AnswerParser, Event
-from lmforge.infer.prompt import ChatPrompt, build_chat_prompt, thinking_markers
+from lmforge.infer.prompt import ChatPrompt, build_chat_prompt
 from lmforge.infer.sampling import SamplingParams
 from lmforge.infer.scheduler import GenerationStream, Scheduler
 
@@ -105,7 +105,7 @@ class BaseEngine:
 
     def answer_parser(self, prompt: ChatPrompt) -> AnswerParser:
         parser = AnswerParser(
-            thinking_markers(self.template), prompt.tools, reasoning_open=prompt.reasoning_open
+            self.template.thinking_markers(), prompt.tools, reasoning_open=prompt.reasoning_open
         )
         if prompt.prefix:
             parser.feed(prompt.prefix)  # held inside the open marker; comes out with the rest

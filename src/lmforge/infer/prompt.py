@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 from lmforge.infer.tool_parser import ToolParser, get_tool_parser
 
@@ -26,19 +27,8 @@ class ChatPrompt:
     tools: ToolParser | None = None  # read tool calls from the answer when set
 
 
-def thinking_markers(template) -> tuple[str, str] | None:
-    """(open, close) of the template's reasoning block, or None when it has none."""
-    method = getattr(template, "thinking_markers", None)
-    return method() if callable(method) else None
-
-
-def tool_format_name(template) -> str:
-    options = getattr(template, "options", None)
-    return getattr(options, "tool_format", None) or getattr(template, "tool_format", "qwen")
-
-
 def build_chat_prompt(
-    template,
+    template: ChatTemplate,
     tokenizer,
     messages: list[dict],
     *,
@@ -59,9 +49,8 @@ def build_chat_prompt(
         tools if use_tools else None,
         enable_thinking=enable_thinking,
     )
-    thinking = getattr(template, "thinking", None)
-    reasoning_open = bool(thinking and thinking.prompt_opens and enable_thinking is not False)
-    parser = get_tool_parser(tool_format_name(template))
+    reasoning_open = template.prompt_opens_thinking(enable_thinking)
+    parser = get_tool_parser(template.tool_format_name())
     prefix = ""
     if forced is not None and not reasoning_open:  # a call is forced after the thinking block
         prefix = parser.forced_prefix(forced or None) or ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from lmforge.errors import UserError
+from lmforge.suggest import closest, did_you_mean
 
 _ENTRY_KEYS = {"name", "description", "params", "template", "source", "generation_config"}
 _SOURCE_KEYS = {"package", "module", "extra", "hf_hub", "ms_hub", "revision"}
@@ -138,8 +138,8 @@ def _parse_source(raw: Any, *, where: str) -> ModelSource:
 def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
     for key in mapping:
         if key not in allowed:
-            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            fix = f"did you mean `{hint[0]}`?" if hint else f"allowed: {', '.join(sorted(allowed))}"
+            hint = did_you_mean(str(key), allowed).strip()
+            fix = hint or f"allowed: {', '.join(sorted(allowed))}"
             raise UserError(f"unknown key `{key}`", where=where, fix=fix)
 
 
@@ -164,9 +164,7 @@ def find_by_hub_id(repo_id: str) -> CatalogueEntry | None:
 
 def suggest_name(name: str) -> str | None:
     """The closest catalogue name to a mistyped one, if any is close."""
-    names = list(_default_catalogue())
-    matches = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    return closest(name.lower(), _default_catalogue())
 
 
 def looks_like_hub_id(text: str) -> bool:

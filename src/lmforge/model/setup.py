@@ -10,8 +10,8 @@ import yaml
 
 from lmforge.config.schema import Config
 from lmforge.data.encoding.preflight import check_template
-from lmforge.data.templates.named import Template
 from lmforge.data.templates.auto import load_template
+from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 from lmforge.model.load import load_tokenizer, split_paths
 from lmforge.model.source import ResolvedModel, resolve_model
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class ModelSetup:
     resolved: ResolvedModel
     tokenizer: object
-    template: Template
+    template: ChatTemplate
 
 
 def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None) -> str:

@@ -36,7 +36,7 @@ from lmforge.data.encoding.cache import (
 from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.encoding.packing import PackedSet, pack_lengths, packing_efficiency
 from lmforge.data.sources.load import load_splits
-from lmforge.data.templates.named import Template
+from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def packing_enabled(data: DataConfig) -> bool:
 
 def build_datasets(
     data: DataConfig,
-    template: Template,
+    template: ChatTemplate,
     tokenizer,
     seed: int,
     *,
@@ -151,7 +151,7 @@ def build_datasets(
 
 def encode_datasets(
     data: DataConfig,
-    template: Template,
+    template: ChatTemplate,
     tokenizer,
     seed: int,
     report: DataReport,
@@ -192,7 +192,7 @@ def encode_datasets(
 
 
 def encoding_key(
-    parts: dict[str, list], data: DataConfig, template: Template, tokenizer, stage: str
+    parts: dict[str, list], data: DataConfig, template: ChatTemplate, tokenizer, stage: str
 ) -> str:
     """Everything the encoded tokens depend on; see cache.py."""
     settings = {k: v for k, v in vars(data).items() if k not in RUNTIME_KEYS}
@@ -226,7 +226,7 @@ class SampleEncoder:
     The only call into encode.py, so encoding options live in one place. Picklable, so a
     worker process can receive it."""
 
-    template: Template
+    template: ChatTemplate
     tokenizer: Any
     data: DataConfig
 
@@ -294,19 +294,17 @@ def _windows(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield window
 
 
-def dropped_reasoning_note(samples: Sequence, template) -> str | None:
+def dropped_reasoning_note(samples: Sequence, template: ChatTemplate) -> str | None:
     """Reasoning in the data that the template will not render (a template without a reasoning
     block, or enable_thinking: false), counted so it is never dropped silently."""
-    thinking = getattr(template, "thinking", None)
-    options = getattr(template, "options", None)
-    if thinking is not None and getattr(options, "enable_thinking", None) is not False:
+    thinking = template.thinking
+    if thinking is not None and template.options.enable_thinking is not False:
         return None
     count = sum(1 for sample in samples if _has_reasoning(sample))
     if not count:
         return None
-    name = getattr(template, "name", "?")
     if thinking is None:
-        why = f"template `{name}` has no reasoning block"
+        why = f"template `{template.name}` has no reasoning block"
         fix = "use a reasoning template (qwen3, deepseekr1; see docs/thinking.md) to train it"
     else:
         why = "enable_thinking is false"

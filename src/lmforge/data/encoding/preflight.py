@@ -17,7 +17,8 @@ import logging
 
 from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.templates.auto import AutoTemplate, hf_messages
+from lmforge.data.templates.auto import hf_messages
+from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -32,20 +33,19 @@ PROBE = [
 _FIX = "pick the template the model was trained with (see docs/templates.md), or `template: auto`"
 
 
-def check_template(template, tokenizer) -> None:
-    if not isinstance(template, AutoTemplate):
-        check_special_tokens(template, tokenizer)
+def check_template(template: ChatTemplate, tokenizer) -> None:
+    check_special_tokens(template, tokenizer)
     encoded = encode_sample(Sample(PROBE, PROBE_SYSTEM), template, tokenizer, cutoff_len=1 << 30)
     check_bos(template, tokenizer, encoded.input_ids)
     check_end_of_turn(template, tokenizer, encoded.labels)
-    if isinstance(template, AutoTemplate):
+    if template.renders_with_jinja:
         check_auto_ids(template, tokenizer, encoded.input_ids)
     elif template.jinja:
         check_jinja_text(template, tokenizer)
 
 
-def check_special_tokens(template, tokenizer) -> None:
-    for word in dict.fromkeys(template.special_tokens + template.stop_words):
+def check_special_tokens(template: ChatTemplate, tokenizer) -> None:
+    for word in template.required_tokens():
         token = _resolve(word, tokenizer, template.name)
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
@@ -103,7 +103,7 @@ def check_end_of_turn(template, tokenizer, labels: list[int]) -> None:
         )
 
 
-def check_auto_ids(template: AutoTemplate, tokenizer, ids: list[int]) -> None:
+def check_auto_ids(template: ChatTemplate, tokenizer, ids: list[int]) -> None:
     chat = hf_messages(PROBE, PROBE_SYSTEM)
     kwargs = {"enable_thinking": True} if "enable_thinking" in template.jinja else {}
     rendered = tokenizer.apply_chat_template(

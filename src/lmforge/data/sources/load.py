@@ -37,8 +37,8 @@ SKIP_EXAMPLES = 5
 
 
 def inline_entries(data: DataConfig) -> dict[str, Any]:
-    """The YAML's `datasets:` mapping (inline dataset entries), once the config has the key."""
-    value = getattr(data, "datasets", None) or getattr(data, "dataset_specs", None)
+    """The YAML's `datasets:` mapping (inline dataset entries)."""
+    value = data.datasets
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -5,14 +5,22 @@ or stream, as `datasets.save_to_disk` writes), .txt (one record `{"text": line}`
 line, for pre-training). A folder is read as all its files of one type, a glob as all matches,
 both in sorted order. JSON is parsed here rather than by `datasets` so a syntax error is
 reported as file:line:column.
+
+Text files are UTF-8, or UTF-16/UTF-32 told by their byte order mark (or, without one, by the
+NUL bytes around ASCII, as JSON's RFC 8259 does); a byte that does not decode is an error naming
+the file, line and byte offset. A line of JSON lines (or a CSV row) that is not a record is
+yielded as a `MalformedLine` and reading goes on, so every bad line is reported as a problem of
+its record (and `skip_invalid` can skip it); `read_records` raises it instead.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,18 @@ SUFFIXES = {
 SUPPORTED_SUFFIXES = tuple(SUFFIXES)
 
 RawRecord = tuple[str, int, Any]  # (file it came from, 0-based index in that file, record)
+
+
+@dataclass(frozen=True)
+class MalformedLine:
+    """A line that should have been a record but cannot be read as one (1-based `line`)."""
+
+    line: int
+    reason: str
+    fix: str
+
+    def error(self, source: str) -> UserError:
+        return UserError(self.reason, where=f"{source}:{self.line}", fix=self.fix)
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
@@ -104,15 +124,94 @@ def iter_records(paths: list[Path]) -> Iterator[RawRecord]:
 
 
 def read_records(path: Path) -> list[Any]:
-    """All records of one file or folder (as earlier versions: a list)."""
-    return [record for _, _, record in iter_records([path])]
+    """All records of one file or folder (as earlier versions: a list); a malformed line is
+    raised as an error."""
+    records = []
+    for source, _, record in iter_records([path]):
+        if isinstance(record, MalformedLine):
+            raise record.error(source)
+        records.append(record)
+    return records
+
+
+# ---- text: encoding, lines ------------------------------------------------------------------
+
+_BOMS = (  # UTF-32 first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_CHUNK = 1 << 20
+
+
+def detect_encoding(head: bytes) -> tuple[str, int]:
+    """(codec, length of the byte order mark) from the first 4 bytes of a text file."""
+    for bom, codec in _BOMS:
+        if head.startswith(bom):
+            return codec, len(bom)
+    if len(head) >= 2 and b"\x00" in head[:4]:  # ASCII in UTF-16/32 without a BOM
+        return json.detect_encoding(head), 0
+    return "utf-8", 0
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its line end) of a text file, decoded as it is encoded,
+    a chunk at a time; a byte that does not decode is a UserError naming line and offset."""
+    with path.open("rb") as handle:
+        codec, offset = detect_encoding(handle.read(4))
+        handle.seek(offset)
+        decoder = codecs.getincrementaldecoder(codec)()
+        lineno, tail = 1, ""
+        while True:
+            chunk = handle.read(_CHUNK)
+            pending = decoder.getstate()[0]  # bytes of a character split across chunks
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                start = offset - len(pending)
+                raise _decode_error(path, codec, pending + chunk, exc, start, lineno) from None
+            offset += len(chunk)
+            lines = (tail + text).split("\n")
+            tail = lines.pop()
+            for line in lines:
+                yield lineno, line + "\n"
+                lineno += 1
+            if not chunk:
+                break
+        if tail:
+            yield lineno, tail
+
+
+def read_text(path: Path) -> str:
+    return "".join(line for _, line in text_lines(path))
+
+
+def _decode_error(path, codec, data, exc, start, lineno) -> UserError:
+    """Where the undecodable byte is: the line (`lineno` plus the line ends decoded before it
+    in `data`, which starts at byte offset `start`) and the byte offset."""
+    line = lineno + data[: exc.start].decode(codec, errors="replace").count("\n")
+    bad = " ".join(f"0x{byte:02x}" for byte in data[exc.start : exc.end])
+    name = codec.upper().replace("-LE", " little-endian").replace("-BE", " big-endian")
+    fix = (
+        "save the file as UTF-8 (from Latin-1/Windows-1252: `iconv -f cp1252 -t utf-8 IN > OUT`); "
+        "UTF-16 and UTF-32 files are read when they start with a byte order mark (BOM)"
+        if codec == "utf-8"
+        else "re-save the file as UTF-8 (the bytes there are not valid " + name + ")"
+    )
+    return UserError(
+        f"not valid {name}: {bad} at byte offset {start + exc.start} ({exc.reason})",
+        where=f"{path}:{line}",
+        fix=fix,
+    )
 
 
 def _json_records(path: Path) -> Iterator[Any]:
     if path.suffix.lower() == ".jsonl":
         yield from _json_lines(path)
         return
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -144,30 +243,29 @@ def _first_line_is_object(text: str) -> bool:
 
 
 def _json_lines(path: Path) -> Iterator[Any]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue  # blank lines separate nothing; they are not records
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"not valid JSON ({exc.msg})",
-                    where=f"{path}:{lineno}:{exc.colno}",
-                    fix="each line must be one complete JSON object; repair that line",
-                ) from None
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue  # blank lines separate nothing; they are not records
+        try:
+            yield json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            yield MalformedLine(
+                lineno,
+                f"not valid JSON ({exc.msg} at column {exc.colno})",
+                "each line must be one complete JSON object; repair that line",
+            )
 
 
-def _csv_records(path: Path) -> Iterator[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            if None in row:  # more cells than the header has columns
-                raise UserError(
-                    f"a row has more cells than the header has columns ({len(reader.fieldnames)})",
-                    where=f"{path}:{reader.line_num}",
-                    fix="quote cells that contain commas, or add the missing header columns",
-                )
+def _csv_records(path: Path) -> Iterator[dict[str, str] | MalformedLine]:
+    reader = csv.DictReader(line for _, line in text_lines(path))
+    for row in reader:
+        if None in row:  # more cells than the header has columns
+            yield MalformedLine(
+                reader.line_num,
+                f"a row has more cells than the header has columns ({len(reader.fieldnames)})",
+                "quote cells that contain commas, or add the missing header columns",
+            )
+        else:
             yield row
 
 
@@ -206,7 +304,6 @@ def _arrow_records(path: Path) -> Iterator[dict]:
 
 
 def _text_records(path: Path) -> Iterator[dict[str, str]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for line in handle:
-            if line.strip():
-                yield {"text": line.rstrip("\r\n")}
+    for _, line in text_lines(path):
+        if line.strip():
+            yield {"text": line.rstrip("\r\n")}

@@ -10,7 +10,6 @@ openai`, `file_name` as a list, folder or glob, `revision`, and `placeholders` (
 
 from __future__ import annotations
 
-import difflib
 import glob
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import UserError
+from lmforge.suggest import closest, did_you_mean
 
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 COLUMN_KEYS = tuple(
@@ -59,7 +59,6 @@ OPENAI_TAGS = {
     "function_tag": "function_call",
     "system_tag": "system",
 }
-DEFAULT_TAGS = SHAREGPT_TAGS  # kept for older imports
 INFO_FILE = "dataset_info.json"
 
 
@@ -337,8 +336,7 @@ def _has_source(entry: Any) -> bool:
 
 def _unknown_dataset(name: str, info_path: Path, registry: dict, inline: dict) -> UserError:
     known = sorted(set(registry) | set(inline))
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean `{close[0]}`? " if close else ""
+    hint = did_you_mean(name, known)
     listed = ", ".join(known) or "(none)"
     return UserError(
         f"dataset `{name}` is not in {info_path}",
@@ -356,8 +354,7 @@ def _check_keys(given: dict, known: tuple[str, ...], where: str, what: str) -> N
         if key in known:
             continue
         if what == "key":  # LLaMA-Factory ignores unknown entry keys; we only catch likely typos
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
-            if not close:
+            if closest(str(key), known, cutoff=0.8) is None:
                 continue
         raise UserError(
             f"unknown {what} `{key}`",
@@ -367,8 +364,8 @@ def _check_keys(given: dict, known: tuple[str, ...], where: str, what: str) -> N
 
 
 def _did_you_mean(value: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(value), known, n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+    hint = did_you_mean(str(value), known).strip()
+    return f" ({hint})" if hint else ""
 
 
 def _as_list(value: Any, key: str, where: str) -> list[str]:

@@ -13,15 +13,13 @@ growing prefixes of the conversation:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from lmforge.data.templates.named import RenderOptions, Segment, Thinking, check_roles
-from lmforge.data.templates.tools import call_parts, parse_tools
+from lmforge.data.templates.base import ChatTemplate, RenderOptions, Segment, Thinking
+from lmforge.data.templates.tools import call_parts
 from lmforge.errors import UserError
 
-_UNSET: Any = object()
 _PROBE = ("lmforge-probe-user-1", "lmforge-probe-answer", "lmforge-probe-user-2")
 _FIX = (
     "set `template` to the named template of this model family (see docs/templates.md), "
@@ -30,10 +28,15 @@ _FIX = (
 
 
 @dataclass(frozen=True)
-class AutoTemplate:
+class AutoTemplate(ChatTemplate):
     chat_template: str
     options: RenderOptions = field(default_factory=RenderOptions)
     name: str = "auto"
+
+    renders_with_jinja: ClassVar[bool] = True
+    # The Jinja writes tools its own way; answers are read as `qwen` (<tool_call> JSON), the
+    # format of most chat templates that have tools, unless the config sets tool_format.
+    tool_format: ClassVar[str] = "qwen"
 
     @property
     def jinja(self) -> str:
@@ -45,36 +48,19 @@ class AutoTemplate:
             return Thinking("<think>\n", "\n</think>\n\n")
         return None
 
-    def thinking_markers(self) -> tuple[str, str] | None:
-        return ("<think>", "</think>") if self.thinking else None
-
-    def with_options(self, **options: Any) -> AutoTemplate:
-        return dataclasses.replace(self, options=dataclasses.replace(self.options, **options))
-
-    def render(
-        self,
-        tokenizer,
-        messages: list[dict],
-        system: str | None = None,
-        tools: str | list | None = None,
-        *,
-        add_generation_prompt: bool = False,
-        enable_thinking: Any = _UNSET,
-    ) -> list[Segment]:
-        check_roles(messages)
-        mode = self.options.enable_thinking if enable_thinking is _UNSET else enable_thinking
+    def _render(self, tokenizer, messages, system, tools, generation, mode) -> list[Segment]:
         if mode is False:  # thinking off: no reasoning anywhere, as named templates do
             messages = [{**m, "reasoning": None} for m in messages]
-        chat = hf_messages(messages, system or self.options.default_system)
+        chat = hf_messages(messages, system)
         offset = len(chat) - len(messages)
-        kwargs = self._kwargs(messages, mode, add_generation_prompt)
-        tool_list = parse_tools(tools) or None
+        kwargs = self._kwargs(messages, mode, generation)
+        tool_list = tools or None
 
-        def render(part: list[dict], generation: bool) -> str:
-            return self._apply(tokenizer, part, tool_list, generation, kwargs)
+        def render(part: list[dict], add_generation_prompt: bool) -> str:
+            return self._apply(tokenizer, part, tool_list, add_generation_prompt, kwargs)
 
-        full = render(chat, add_generation_prompt)
-        if add_generation_prompt:
+        full = render(chat, generation)
+        if generation:
             return [Segment(full)]
         segments, position = [], 0
         for k, message in enumerate(messages):
@@ -98,35 +84,9 @@ class AutoTemplate:
         segments.append(Segment(full[position:]))
         return [s for s in segments if s.text]
 
-    def encode_prompt(
-        self,
-        tokenizer,
-        messages: list[dict],
-        system: str | None = None,
-        tools: str | list | None = None,
-        *,
-        enable_thinking: Any = _UNSET,
-    ) -> list[int]:
-        if not messages or messages[-1]["role"] == "assistant":
-            raise UserError("a generation prompt must end with a user message (or tool results)")
-        segments = self.render(
-            tokenizer,
-            messages,
-            system,
-            tools,
-            add_generation_prompt=True,
-            enable_thinking=enable_thinking,
-        )
-        return tokenizer.encode(segments[0].text, add_special_tokens=False)
-
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    def stop_texts(self, tokenizer) -> list[str]:
         marker = (self.end_of_turn(tokenizer) or "").strip()
-        if marker:
-            marker_ids = tokenizer.encode(marker, add_special_tokens=False)
-            if len(marker_ids) == 1 and marker_ids[0] not in ids:
-                ids.append(marker_ids[0])
-        return ids
+        return [marker] if marker else []
 
     def end_of_turn(self, tokenizer) -> str | None:
         """The text the template writes after an answer, whether or not another turn follows

@@ -1,17 +1,10 @@
-"""Chat templates: a conversation -> text segments, each marked trained or not.
+"""Named chat templates: a conversation -> text segments, each marked trained or not.
 
 Named templates are data (data/templates/NAME.yaml, see docs/templates.md for the keys) and
 render the same text as the vendor's Jinja chat template (tests/data/test_template_vendor.py).
-`template: auto` (template_auto.py) renders with the tokenizer's own Jinja instead. Both give
-the same interface, which encode.py, the inference engine and the pre-flight checks use:
-
-    render(tokenizer, messages, system=None, tools=None, *, add_generation_prompt=False)
-        -> list[Segment]
-    encode_prompt(tokenizer, messages, system=None, tools=None, *, enable_thinking=...)
-        -> list[int]
-    stop_token_ids(tokenizer) -> list[int]
-    with_options(**RenderOptions fields) -> a copy bound to the data settings
-    name, jinja (written into the saved tokenizer), thinking (Thinking | None)
+`template: auto` (auto.py) renders with the tokenizer's own Jinja instead. Both implement
+`ChatTemplate` (base.py), the interface encode.py, the inference engine, export and the
+pre-flight checks use.
 """
 
 from __future__ import annotations
@@ -25,42 +18,32 @@ from typing import Any
 
 import yaml
 
-from lmforge.data.templates.tools import get_tool_format, parse_tools
+from lmforge.data.templates.base import (
+    ChatTemplate,
+    RenderOptions,
+    Segment,
+    Thinking,
+    check_roles,
+)
+from lmforge.data.templates.tools import get_tool_format
 from lmforge.errors import UserError
 
+__all__ = [
+    "RenderOptions",
+    "Segment",
+    "Template",
+    "Thinking",
+    "available_templates",
+    "check_roles",
+    "get_template",
+    "template_options",
+]
+
 ROLES = ("user", "assistant", "tool")
-_UNSET: Any = object()
 
 
 @dataclass(frozen=True)
-class Segment:
-    text: str
-    trained: bool = False
-    turn: int = -1  # index of the assistant message the text belongs to; -1 for prompt text
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """The data settings that change how a conversation is rendered (DataConfig keys)."""
-
-    enable_thinking: bool | None = True  # None: mixed, each sample decides
-    preserve_thinking: bool = False
-    default_system: str | None = None
-    tool_format: str | None = None
-
-
-@dataclass(frozen=True)
-class Thinking:
-    """Reasoning markers: a reasoning block is `open + reasoning + close`; an empty block is
-    `open + close`. `prompt_opens`: the generation prompt already ends with `open` (DeepSeek-R1)."""
-
-    open: str
-    close: str
-    prompt_opens: bool = False
-
-
-@dataclass(frozen=True)
-class Template:
+class Template(ChatTemplate):
     name: str
     description: str
     user: str
@@ -87,31 +70,13 @@ class Template:
     models: str = ""
     options: RenderOptions = field(default_factory=RenderOptions)
 
-    # -- the shared interface -------------------------------------------------------------
+    # -- ChatTemplate -----------------------------------------------------------------------
 
-    def with_options(self, **options: Any) -> Template:
-        return dataclasses.replace(self, options=dataclasses.replace(self.options, **options))
-
-    def render(
-        self,
-        tokenizer,
-        messages: list[dict],
-        system: str | None = None,
-        tools: str | list | None = None,
-        *,
-        add_generation_prompt: bool = False,
-        enable_thinking: Any = _UNSET,
-    ) -> list[Segment]:
-        check_roles(messages)
-        opts = self.options
-        thinking_mode = opts.enable_thinking if enable_thinking is _UNSET else enable_thinking
+    def _render(self, tokenizer, messages, system, tools, generation, mode) -> list[Segment]:
         out = _Builder(self, _specials(tokenizer))
         out.add(self.prefix)
-        if not system:
-            system = opts.default_system if opts.default_system is not None else self.default_system
-        tool_list = parse_tools(tools)
-        fmt = get_tool_format(opts.tool_format or self.tool_format)
-        parts = fmt.system_parts(system, tool_list) if tool_list else ([system] if system else [])
+        fmt = get_tool_format(self.tool_format_name())
+        parts = fmt.system_parts(system, tools) if tools else ([system] if system else [])
         folded = None
         if self.system is not None:
             for part in parts:
@@ -140,51 +105,23 @@ class Template:
                 out.add_text(text + out.fill(self.observation_group[1]))
                 i = run[-1]
             else:
-                self._assistant(out, messages, i, last_user, thinking_mode, fmt)
+                self._assistant(out, messages, i, last_user, mode, fmt)
             i += 1
-        if add_generation_prompt:
+        if generation:
             out.add(self.generation)
-            out.add_text(self.generation_thinking(thinking_mode))
+            out.add_text(self.generation_thinking(mode))
         elif messages and messages[-1]["role"] == "assistant":
             if self.efficient_eos:
                 out.add(self.closing, trained=True, turn=len(messages) - 1)
             out.add(self.suffix)
         return out.segments
 
-    def encode_prompt(
-        self,
-        tokenizer,
-        messages: list[dict],
-        system: str | None = None,
-        tools: str | list | None = None,
-        *,
-        enable_thinking: Any = _UNSET,
-    ) -> list[int]:
-        """The ids that ask the model for the next answer (messages end with a user/tool turn)."""
-        if not messages or messages[-1]["role"] == "assistant":
-            raise UserError("a generation prompt must end with a user message (or tool results)")
-        segments = self.render(
-            tokenizer,
-            messages,
-            system,
-            tools,
-            add_generation_prompt=True,
-            enable_thinking=enable_thinking,
-        )
-        return tokenizer.encode("".join(s.text for s in segments), add_special_tokens=False)
+    def stop_texts(self, tokenizer) -> list[str]:
+        specials = _specials(tokenizer)
+        return [_fill(word, specials) for word in self.stop_words]
 
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """EOS plus each stop word that is one token: generation ends at any of them."""
-        ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        for word in self.stop_words:
-            word_ids = tokenizer.encode(_fill(word, _specials(tokenizer)), add_special_tokens=False)
-            if len(word_ids) == 1 and word_ids[0] not in ids:
-                ids.append(word_ids[0])
-        return ids
-
-    def thinking_markers(self) -> tuple[str, str] | None:
-        """(open, close) without surrounding newlines, for parsing generated answers."""
-        return (self.thinking.open.strip(), self.thinking.close.strip()) if self.thinking else None
+    def required_tokens(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.special_tokens + self.stop_words))
 
     def generation_thinking(self, enable_thinking: bool | None) -> str:
         """What follows the generation prompt: the open marker when the vendor's prompt opens the
@@ -194,13 +131,9 @@ class Template:
             return ""
         if enable_thinking is False:
             return th.open + th.close
-        return th.open if th.prompt_opens else ""
+        return th.open if self.prompt_opens_thinking(enable_thinking) else ""
 
     # -- compatibility with the first template API -----------------------------------------
-
-    @property
-    def bos(self) -> bool:
-        return "{bos}" in self.prefix
 
     def render_pairs(
         self, messages: list[dict], system: str | None = None
@@ -326,26 +259,6 @@ class _NoSpecials:
 def _text(message: dict) -> str:
     content = message.get("content")
     return content if isinstance(content, str) else ""
-
-
-def check_roles(messages: list[dict]) -> None:
-    """user first; an answer follows a user turn or tool results; tool results follow an
-    answer; a user turn follows an answer (or tool results)."""
-    allowed = {None: ("user",), "user": ("assistant",), "assistant": ("user", "tool")}
-    allowed["tool"] = ("tool", "assistant", "user")
-    previous = None
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        expected = allowed[previous]
-        if role not in expected:
-            names = " or ".join(f"`{r}`" for r in expected)
-            raise UserError(
-                f"message {i} has role `{role}` where {names} was expected",
-                fix="conversations alternate user and assistant, starting with user; tool "
-                "results follow the assistant turn that called the tools (the system prompt "
-                "is given separately)",
-            )
-        previous = role
 
 
 # -- the catalogue of named templates ----------------------------------------------------------

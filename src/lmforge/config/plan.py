@@ -1,0 +1,74 @@
+"""The run plan: what lmforge derived from the user's config and this machine.
+
+The config stays exactly as the user wrote it (it is saved as run_config.yaml); everything worked
+out from it - precision the device can run, LoRA alpha's default, the evaluation schedule that
+early stopping needs, the checkpoint to resume, the template chosen - lives here, frozen, and is
+saved next to it as run_plan.yaml. Consumers read derived values from the plan only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How weights are kept and computed."""
+
+    bf16: bool = False  # bf16 mixed precision (autocast)
+    fp16: bool = False  # fp16 mixed precision (CUDA only)
+    pure_bf16: bool = False  # weights themselves in bf16
+
+    def describe(self) -> str:
+        if self.pure_bf16:
+            return "pure bf16"
+        return "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "fp32"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """When evaluation runs and what happens with its results."""
+
+    strategy: str = "no"  # transformers' eval_strategy: no | steps | epoch
+    load_best_model_at_end: bool = False
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Which checkpoint the run continues from."""
+
+    checkpoint: str | None = None  # a checkpoint-N folder, or None for a fresh start
+    auto: bool = False  # the user asked for `auto` (so a fresh start in a used folder is fine)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Derived settings of one training run; built by `config.resolve.resolve_for_training`."""
+
+    lora_alpha: int
+    precision: Precision
+    evaluation: Evaluation
+    resume: Resume
+    notes: tuple[str, ...] = ()  # what was changed from the config, and why
+    template: str | None = None  # filled in once the tokenizer is loaded
+
+    def with_template(self, name: str) -> RunPlan:
+        return replace(self, template=name)
+
+    def with_note(self, note: str) -> RunPlan:
+        return replace(self, notes=(*self.notes, note))
+
+    def to_dict(self) -> dict:
+        """The plan as written to run_plan.yaml (flat where the config has the same key)."""
+        return {
+            "template": self.template,
+            "lora_alpha": self.lora_alpha,
+            "bf16": self.precision.bf16,
+            "fp16": self.precision.fp16,
+            "pure_bf16": self.precision.pure_bf16,
+            "precision": self.precision.describe(),
+            "eval_strategy": self.evaluation.strategy,
+            "load_best_model_at_end": self.evaluation.load_best_model_at_end,
+            "resume_from_checkpoint": self.resume.checkpoint,
+            "notes": list(self.notes),
+        }
