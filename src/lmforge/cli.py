@@ -39,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("config", help="inference YAML (model, adapter(s), template, ...)")
         serve.add_argument("--host", help=f"address to listen on (default {default.split(':')[0]})")
         serve.add_argument("--port", type=int, help=f"port (default {default.split(':')[1]})")
+        if name == "api":
+            serve.add_argument(
+                "--cors",
+                metavar="ORIGINS",
+                help="web page origins allowed to call the API, comma-separated, or * "
+                "(default: none; requests with another Origin header get a 403)",
+            )
+            serve.add_argument(
+                "--max-request-tokens",
+                type=int,
+                metavar="N",
+                help="most tokens one request may process, prompts x n x (prompt + max_tokens) "
+                "(default 65536, or the model's context if longer)",
+            )
 
     data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -150,7 +164,13 @@ def cmd_api(args, extra: list[str]) -> int:
     from lmforge.config import load_config
     from lmforge.infer.api import serve
 
-    serve(load_config(args.config, extra), args.host, args.port)
+    serve(
+        load_config(args.config, extra),
+        args.host,
+        args.port,
+        cors=args.cors,
+        max_request_tokens=args.max_request_tokens,
+    )
     return 0
 
 

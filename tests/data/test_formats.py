@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from lmforge.data.sources.formats import check_stage, to_sample, to_samples
 from lmforge.data.problems import RecordCheck
-from lmforge.data.sources.readers import read_records
+from lmforge.data.sources.formats import check_stage, to_sample, to_samples
+from lmforge.data.sources.readers import MalformedLine, read_records
 from lmforge.data.sources.registry import resolve_datasets
 from lmforge.errors import UserError
 
@@ -69,12 +69,58 @@ def test_alpaca_columns_given_reads_only_those(tmp_path):
     assert sample.messages[0]["content"] == "Question"
 
 
-def test_alpaca_number_output_and_tools(tmp_path):
-    record = {"instruction": "Add 2 and 3.", "output": 5, "tools": [{"name": "add"}]}
+def test_alpaca_tools(tmp_path):
+    record = {"instruction": "Add 2 and 3.", "output": "5", "tools": [{"name": "add"}]}
     entry = {"columns": {"prompt": "instruction", "response": "output", "tools": "tools"}}
     (sample,) = registry(tmp_path, entry, [record])
     assert sample.messages[-1] == {"role": "assistant", "content": "5"}
     assert json.loads(sample.tools) == [{"name": "add"}]
+
+
+def test_a_number_where_text_is_expected_is_a_problem_not_converted(tmp_path):
+    # alpaca: an integer instruction and output are reported, not turned into "5" with str().
+    record = {"instruction": 5, "output": 2.5}
+    assert problems(tmp_path, {}, record) == [
+        "d.json:record 0:instruction: must be text, not a number (5)",
+        "d.json:record 0:output: must be text, not a number (2.5)",
+    ]
+    check = RecordCheck("d.json", 0)
+    spec = resolve_datasets(["d"], tmp_path)[0]
+    to_sample(spec, record, check)
+    assert check.problems[0].fix.startswith('write it as a JSON string ("5" instead of 5)')
+    assert check.problems[0].kind == "wrong type"
+    # sharegpt: an integer value in a turn, or in the system turn.
+    turns = [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]
+    assert problems(tmp_path, SHAREGPT, {"conversations": turns}) == [
+        "d.json:record 0:conversations: message 0: `value` must be text, not a number (7)"
+    ]
+    turns = [{"from": "system", "value": True}] + turns[1:]
+    assert problems(tmp_path, SHAREGPT, {"conversations": turns}) == [
+        "d.json:record 0:conversations: the system message: `value` must be text, not true/false"
+    ]
+    # openai: an integer content; a preference answer that is a number.
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": 42}]
+    assert problems(tmp_path, OPENAI, {"messages": messages}) == [
+        "d.json:record 0:messages: message 1: `content` must be text, not a number (42)"
+    ]
+    ranking = {"formatting": "sharegpt", "ranking": True}
+    ranking["columns"] = {"messages": "conversations", "chosen": "c", "rejected": "r"}
+    record = {"conversations": [{"from": "human", "value": "Q"}], "c": 1, "r": "B"}
+    assert problems(tmp_path, ranking, record, "dpo") == [
+        "d.json:record 0:c: must be a message or text, not a number (1)"
+    ]
+
+
+def test_a_malformed_line_is_a_problem_of_its_record(tmp_path):
+    (tmp_path / "d.jsonl").write_text("{}")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.jsonl"}}))
+    spec = resolve_datasets(["d"], tmp_path)[0]
+    check = RecordCheck("d.jsonl", 3)
+    bad = MalformedLine(5, "not valid JSON (Expecting value at column 1)", "repair that line")
+    assert to_sample(spec, bad, check) is None
+    (problem,) = check.problems
+    assert str(problem) == "d.jsonl:5: not valid JSON (Expecting value at column 1)"
+    assert (problem.record, problem.kind, problem.fix) == (3, "malformed line", "repair that line")
 
 
 def test_alpaca_preference_pairs_from_columns_and_from_response_list(tmp_path):
@@ -222,8 +268,8 @@ def test_sharegpt_preference_without_mapped_answers_names_the_columns_to_map(tmp
     assert 'Fix: add "chosen": "chosen", "rejected": "rejected" to its "columns"' in message
     # Record by record (as without the dataset check), the fix names the column, never None.
     assert problems(tmp_path, entry, record, "dpo") == [
-        "d.json:record 0:chosen: missing or not a message",
-        "d.json:record 0:rejected: missing or not a message",
+        "d.json:record 0:chosen: missing",
+        "d.json:record 0:rejected: missing",
     ]
     check = RecordCheck("d.json", 0)
     to_sample(spec, record, check, "dpo")

@@ -48,7 +48,9 @@ def test_lists_every_problem_of_every_dataset(tmp_path):
     assert len(lines) == 7 and not result.ok
     assert result.records == {"a": 3, "chat": 2}  # max_samples is not applied: all checked
     assert result.invalid_records == 4
-    assert result.lines()[-1] == "7 problems in 4 of 5 records"
+    assert result.lines()[-1] == (
+        "7 problems: 5 in 4 of 5 records, 2 about a whole dataset (not read, or not all of it)"
+    )
     assert all(p.fix for p in result.problems)
 
 
@@ -71,3 +73,31 @@ def test_clean_data(tmp_path):
 def test_no_dataset_is_a_problem_not_a_crash(tmp_path):
     result = validate_data(DataConfig(dataset_dir=str(tmp_path)))
     assert "no dataset given" in str(result.problems[0])
+
+
+def test_every_malformed_line_is_listed_and_counted(tmp_path):
+    good = json.dumps({"instruction": "Q", "output": "A"})
+    lines = [good, "{oops}", good, '{"instruction": "x",', "", json.dumps({"instruction": 5})]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.jsonl"}}))
+    result = validate_data(DataConfig(dataset="a", dataset_dir=str(tmp_path)))
+    path = tmp_path / "a.jsonl"
+    assert result.lines() == [
+        f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{path}:4: not valid JSON (Expecting property name enclosed in double quotes at "
+        "column 21)",
+        f"{path}:record 4:instruction: must be text, not a number (5)",
+        f"{path}:record 4:output: missing or empty (columns present: instruction)",
+        "4 problems in 3 of 5 records",
+    ]
+    assert all(p.fix for p in result.problems)
+
+
+def test_undecodable_file_is_a_problem_naming_line_and_offset(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b'{"instruction": "Q", "output": "A"}\n{"x": "\xff"}\n')
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.jsonl"}}))
+    result = validate_data(DataConfig(dataset="a", dataset_dir=str(tmp_path)))
+    assert result.lines() == [
+        f"{tmp_path / 'a.jsonl'}:2: not valid UTF-8: 0xff at byte offset 43 (invalid start byte)",
+        "1 problem, about a whole dataset (not read, or not all of it); 0 records checked",
+    ]

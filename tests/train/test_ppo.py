@@ -13,10 +13,10 @@ from conftest import write_alpaca_dataset
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
-from lmforge.train.trainers.ppo import CRITIC_FILE
-from lmforge.train.rewards.functions import RewardBatch
 from lmforge.train.losses.rl import clipped_policy_loss, gae, token_rewards
+from lmforge.train.rewards.functions import RewardBatch
 from lmforge.train.run import run_training
+from lmforge.train.trainers.ppo import CRITIC_FILE
 
 # The reward model learns: lowercase letters good, capitals and digits bad.
 PAIRS = [

@@ -1,6 +1,8 @@
 """A run killed with SIGKILL mid-training, started again with the same command
-(`resume_from_checkpoint: auto`), ends with the same losses and weights as a run never
-interrupted; a checkpoint whose save never finished is never picked up."""
+(`resume_from_checkpoint: auto`), ends with the same losses, train_loss and weights as a run
+never interrupted; a checkpoint whose save never finished is never picked up. A run stopped with
+SIGINT (Ctrl-C) saves a checkpoint at the step it stopped, prints the command that resumes, and
+resumes as exactly."""
 
 import json
 import os
@@ -78,12 +80,37 @@ def slower_model_dir(tmp_path_factory):
     return path
 
 
-def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_dir):
-    tiny_model_dir = slower_model_dir
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    path, straight = write_config(tmp_path, tiny_model_dir, "straight")
-    subprocess.run(command(path), env=env, check=True, capture_output=True, timeout=600)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, slower_model_dir):
+    """The run never interrupted, to compare with."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    path, output_dir = write_config(tmp_path, slower_model_dir, "straight")
+    subprocess.run(command(path), env=ENV, check=True, capture_output=True, timeout=600)
+    return output_dir
+
+
+def train_loss(output_dir):
+    return json.loads((output_dir / "all_results.json").read_text())["train_loss"]
+
+
+def assert_same_run(straight, resumed):
+    straight_log, resumed_log = log_lines(straight), log_lines(resumed)
+    assert [r["current_steps"] for r in resumed_log] == list(range(1, 17))
+    for a, b in zip(straight_log, resumed_log):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)
+    # The final train_loss covers the whole run, not only the steps after the resume.
+    assert abs(train_loss(straight) - train_loss(resumed)) < 1e-6
+    a, b = load_model(straight).state_dict(), load_model(resumed).state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_dir, straight):
+    tiny_model_dir = slower_model_dir
+    env = ENV
     path, killed = write_config(tmp_path, tiny_model_dir, "killed")
     process = subprocess.Popen(
         command(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -104,13 +131,42 @@ def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_
     result = subprocess.run(command(path), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resume from:" in result.stderr
-    straight_log, resumed_log = log_lines(straight), log_lines(killed)
-    assert [r["current_steps"] for r in resumed_log] == list(range(1, 17))
-    for a, b in zip(straight_log, resumed_log):
-        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)
-    a, b = load_model(straight).state_dict(), load_model(killed).state_dict()
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert_same_run(straight, killed)
+
+
+def test_sigint_saves_at_the_step_and_resumes_exactly(tmp_path, slower_model_dir, straight):
+    path, stopped = write_config(tmp_path, slower_model_dir, "stopped")
+    process = subprocess.Popen(
+        command(path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not log_lines(stopped) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)  # after the first logged step
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "SIGINT: stopping after this step to save a checkpoint" in stderr
+    step = log_lines(stopped)[-1]["current_steps"]
+    assert 1 <= step < 16  # stopped mid-run, at a step boundary
+    # A checkpoint at the step it stopped (save_steps is 3: not one of the regular saves).
+    assert latest_checkpoint(stopped).name == f"checkpoint-{step}"
+    assert not (stopped / ".staging").exists()
+    assert not (stopped / "all_results.json").exists()  # no final save: the run is not over
+    assert f"Interrupted: stopped at step {step} of 16 and saved {stopped}/checkpoint-{step}" in (
+        " ".join(stderr.split())
+    )
+    assert f"lmforge train {path} resume_from_checkpoint=auto" in stderr
+
+    result = subprocess.run(
+        [*command(path), "resume_from_checkpoint=auto"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resume from: {stopped}/checkpoint-{step}" in result.stderr
+    assert_same_run(straight, stopped)
 
 
 def test_an_unfinished_save_is_never_resumed_from(tmp_path):

@@ -12,8 +12,13 @@ from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import UserError
 from lmforge.model.load import load_model
-from lmforge.train.trainers.preference import ValueHead, last_token_scores, load_value_head
 from lmforge.train.run import run_training
+from lmforge.train.trainers.value_head import (
+    ModelWithValueHead,
+    ValueHead,
+    last_token_scores,
+    load_value_head,
+)
 
 LF_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "llamafactory_data"
 PAIRS = [
@@ -116,7 +121,7 @@ def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
     ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
     with torch.no_grad():
-        chosen, rejected = last_token_scores(model, head, ids, mask).tolist()
+        chosen, rejected = last_token_scores(ModelWithValueHead(model, head), ids, mask).tolist()
     assert chosen > rejected
 
 

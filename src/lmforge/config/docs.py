@@ -27,6 +27,15 @@ def config_reference_markdown() -> str:
         "command line with `key=value` or `--key value` (`key=null` unsets an optional key).",
         "Other `transformers.TrainingArguments` keys are passed through unchanged.",
         "",
+        "Every file and value is checked before anything is loaded; a problem stops the command",
+        "with one paragraph (what, where, the fix) and exit code 2: a missing file or a folder",
+        "(with the YAML file in it suggested), text that is not UTF-8 (the byte, its offset and",
+        "line; UTF-16/UTF-32 with a byte order mark is read), invalid YAML (line and column), a",
+        "key given twice (both lines), aliases that expand past 100,000 values or refer to",
+        "themselves, an unknown key (with the closest known one), a value of the wrong type, not",
+        "one of a key's choices, or outside its allowed values (the `Allowed` ranges below,",
+        "naming the key, the value, and the file or command line that set it).",
+        "",
     ]
     for section_name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
@@ -37,6 +46,8 @@ def config_reference_markdown() -> str:
             doc = f.metadata["help"]
             if f.metadata.get("choices"):
                 doc += f" One of: {', '.join(f.metadata['choices'])}."
+            if f.metadata.get("bounds"):
+                doc += f" Allowed: {f.metadata['bounds'].describe()}."
             lines.append(f"| `{f.name}` | {_type_text(hints[f.name])} | `{default}` | {doc} |")
         lines.append("")
     return "\n".join(lines)

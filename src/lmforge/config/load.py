@@ -7,18 +7,19 @@ types name the key, value and expected type) before anything heavy happens.
 
 from __future__ import annotations
 
-import difflib
 import functools
+import math
+import reprlib
 import types
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lmforge.config.schema import SECTIONS, Config, key_index
+from lmforge.config.schema import SECTIONS, Bounds, Config, key_index
+from lmforge.config.yaml_file import parse_yaml, read_yaml_mapping
 from lmforge.errors import UserError
+from lmforge.suggest import did_you_mean
 
 # Keys whose relative values name something that must already exist: resolved against the YAML
 # file's folder when it exists there, else left for the working directory (LLaMA-Factory's rule).
@@ -44,32 +45,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = build_config(flat, origins, where=str(path) if path else "command line")
     config.source = str(path) if path else None
     return config
-
-
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(
-            f"config file {path} does not exist",
-            fix="check the path; example configs are under examples/",
-        )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(
-            f"{path} is not valid YAML{line}: {problem}",
-            fix="write one `key: value` per line (quote values that contain ': ' or '#')",
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{path} must be a mapping of `key: value` lines, not a {type(data).__name__}",
-            fix="see examples/quickstart/train.yaml for the shape",
-        )
-    return {str(k): v for k, v in data.items()}
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -103,8 +78,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def _parse_scalar(raw: str) -> Any:
     # YAML rules, so `null`, `true` and numbers mean the same as in the file.
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        return parse_yaml(raw, "command line") if raw.strip() else None
+    except UserError:
         return raw
 
 
@@ -112,28 +87,60 @@ def build_config(flat: dict[str, Any], origins: dict[str, Path | None], *, where
     config = Config()
     index = key_index()
     for key, value in flat.items():
+        source = where if origins.get(key) is not None else "command line"
         if key in index:
             section_name, f = index[key]
             hint = _type_hints(SECTIONS[section_name])[f.name]
-            value = coerce(key, value, hint, f.metadata.get("choices"), where=where)
+            given, value = value, coerce(key, value, hint, f.metadata.get("choices"), where=source)
+            bounds = f.metadata.get("bounds")
+            check_bounds(key, value, bounds, f.default, where=source, given=given)
             if f.metadata.get("path") and value is not None:
                 value = _resolve_path(key, value, origins.get(key))
             setattr(getattr(config, section_name), f.name, value)
         elif key in _training_arguments_keys():
             config.passthrough[key] = value
         else:
-            raise unknown_key_error(key, where=where)
+            raise unknown_key_error(key, where=source)
     config.given = frozenset(flat)
     return config
 
 
 def unknown_key_error(key: str, *, where: str) -> UserError:
     known = list(key_index()) + sorted(_training_arguments_keys())
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    fix = f"did you mean `{close[0]}`?" if close else "remove it, or see docs/config.md"
-    if close:
-        fix += " (docs/config.md lists every key)"
+    hint = did_you_mean(key, known).strip()
+    fix = f"{hint} (docs/config.md lists every key)" if hint else "remove it, or see docs/config.md"
     return UserError(f"unknown key `{key}`", where=where, fix=fix)
+
+
+def check_bounds(
+    key: str, value: Any, bounds: Bounds | None, default: Any, *, where: str, given: Any = None
+) -> None:
+    """A number outside the key's allowed values: the key, the value (`given`: as written),
+    where it was set and what is allowed, before anything is loaded."""
+    if bounds is None or value is None or bounds.allows(value):
+        return
+    allowed = bounds.describe()
+    if allowed.startswith(("a ", "any ")):
+        fix = f"give `{key}` {allowed}"
+    else:
+        fix = f"set `{key}` to a value that is {allowed}"
+    if default is not None and not isinstance(default, (list, dict)):
+        fix += f" (the default is {default})"
+    raise UserError(
+        f"`{key}: {_show(value if given is None else given)}` is out of range: {key} must be "
+        f"{allowed}",
+        where=where,
+        fix=fix,
+    )
+
+
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
+
+
+def _show(value: Any) -> str:
+    """A value for a message, shortened (a value can be a huge structure)."""
+    return _REPR.repr(value)
 
 
 def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None, *, where: str) -> Any:
@@ -149,11 +156,17 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None, *, 
         result = _convert(value, base)
     except (TypeError, ValueError):
         raise UserError(
-            f"`{key}: {value!r}` is not a valid {_type_name(base)}",
+            f"`{key}: {_show(value)}` is not a valid {_type_name(base)}",
             where=where,
             fix=f"give `{key}` a {_type_name(base)}"
             + (f" (for example {_example(base)})" if _example(base) else ""),
         ) from None
+    if isinstance(result, float) and not math.isfinite(result):
+        raise UserError(
+            f"`{key}: {_show(value)}` is not a finite number",
+            where=where,
+            fix=f"give `{key}` a number (for example {_example(base)})",
+        )
     if choices and result not in choices:
         raise UserError(
             f"`{key}: {result}` is not one of {', '.join(choices)}",

@@ -2,11 +2,13 @@
 
 Keys are LLaMA-Factory's flat YAML keys, so its users' files load as they are. Each field's
 `help` feeds `--help`, the web UI and docs/config.md. A field marked `path` is resolved against
-the folder of the YAML file it came from.
+the folder of the YAML file it came from. A number field's `bounds` are the values it accepts,
+checked when the config is loaded (before any model), and listed in docs/config.md.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -15,9 +17,73 @@ STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 FINETUNING_TYPES = ("lora", "freeze", "full")
 
 
-def opt(default: Any, help: str, *, path: bool = False, choices: tuple[str, ...] | None = None):
-    """A config field with its one-line doc (and, for some, path resolution or choices)."""
-    metadata = {"help": help, "path": path, "choices": choices}
+@dataclass(frozen=True)
+class Bounds:
+    """The values a number key accepts: from `low` to `high` (each included unless `*_open`);
+    `or_count` also accepts any whole number >= 1 (a share or a count), `nonzero` refuses 0."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    or_count: bool = False
+    nonzero: bool = False
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value) or (self.nonzero and value == 0):
+            return False
+        if self.or_count and value >= 1 and float(value).is_integer():
+            return True
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (
+            value > self.high or (self.high_open and value == self.high)
+        )
+
+    def describe(self) -> str:
+        """The allowed values in words: "greater than 0", "from 0 to 1", ..."""
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            text = {
+                (False, False): f"from {low} to {high}",
+                (False, True): f"from {low} up to (not including) {high}",
+                (True, False): f"greater than {low} and at most {high}",
+                (True, True): f"between {low} and {high} (both excluded)",
+            }[self.low_open, self.high_open]
+        elif self.low is not None:
+            text = f"greater than {low}" if self.low_open else f"at least {low}"
+        elif self.high is not None:
+            text = f"less than {high}" if self.high_open else f"at most {high}"
+        else:
+            text = "any number"
+        if self.nonzero:
+            text = "any whole number except 0" if text == "any number" else text + ", not 0"
+        if self.or_count:
+            text = f"a fraction {text}, or a whole count of at least 1"
+        return text
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+POSITIVE_INT = Bounds(low=1)
+POSITIVE = Bounds(low=0, low_open=True)
+NON_NEGATIVE = Bounds(low=0)
+SHARE = Bounds(low=0, high=1)  # 0 to 1, both included
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    path: bool = False,
+    choices: tuple[str, ...] | None = None,
+    bounds: Bounds | None = None,
+):
+    """A config field with its one-line doc (and, for some, path resolution, choices or the
+    bounds of a number)."""
+    metadata = {"help": help, "path": path, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -66,14 +132,18 @@ class MethodConfig:
     finetuning_type: str = opt(
         "lora", "lora, freeze (train the last layers) or full.", choices=FINETUNING_TYPES
     )
-    lora_rank: int = opt(8, "LoRA rank r.")
-    lora_alpha: int | None = opt(None, "LoRA alpha. Default: 2 x lora_rank.")
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
+    lora_rank: int = opt(8, "LoRA rank r.", bounds=POSITIVE_INT)
+    lora_alpha: int | None = opt(None, "LoRA alpha. Default: 2 x lora_rank.", bounds=POSITIVE_INT)
+    lora_dropout: float = opt(
+        0.0, "Dropout on the LoRA branch.", bounds=Bounds(low=0, high=1, high_open=True)
+    )
     lora_target: str = opt(
         "all", "Modules that get LoRA: `all` linear layers, or comma-separated module names."
     )
     freeze_trainable_layers: int = opt(
-        2, "freeze: number of trainable layers; n>0 the last n, n<0 the first |n|."
+        2,
+        "freeze: number of trainable layers; n>0 the last n, n<0 the first |n|.",
+        bounds=Bounds(nonzero=True),
     )
     freeze_trainable_modules: str = opt(
         "all",
@@ -89,7 +159,9 @@ class MethodConfig:
     use_dora: bool = opt(False, "lora: weight-decomposed LoRA (DoRA).")
     pissa_init: bool = opt(False, "lora: initialise from the principal singular vectors (PiSSA).")
     loraplus_lr_ratio: float | None = opt(
-        None, "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16)."
+        None,
+        "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16).",
+        bounds=POSITIVE,
     )
     create_new_adapter: bool = opt(
         False, "lora: with adapter_name_or_path, merge it and train a new adapter on top."
@@ -98,22 +170,30 @@ class MethodConfig:
         None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA only)."
     )
     pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
-    pref_beta: float = opt(0.1, "dpo/kto: beta, how far the policy may move from the reference.")
-    pref_ftx: float = opt(0.0, "dpo: weight of an added SFT loss on the chosen answers.")
+    pref_beta: float = opt(
+        0.1, "dpo/kto: beta, how far the policy may move from the reference.", bounds=POSITIVE
+    )
+    pref_ftx: float = opt(
+        0.0, "dpo: weight of an added SFT loss on the chosen answers.", bounds=NON_NEGATIVE
+    )
     pref_loss: str = opt(
         "sigmoid",
         "dpo: sigmoid (DPO), hinge, ipo, orpo or simpo (the last two need no reference model).",
         choices=("sigmoid", "hinge", "ipo", "orpo", "simpo"),
     )
-    simpo_gamma: float = opt(0.5, "simpo: target reward margin gamma.")
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin gamma.", bounds=NON_NEGATIVE)
     ref_model: str | None = opt(
         None,
         "dpo/kto/ppo/grpo: reference model. Default: the base with LoRA disabled (LoRA), or a "
         "frozen copy of the starting model (full/freeze).",
         path=True,
     )
-    kto_chosen_weight: float = opt(1.0, "kto: weight of desirable examples' loss.")
-    kto_rejected_weight: float = opt(1.0, "kto: weight of undesirable examples' loss.")
+    kto_chosen_weight: float = opt(
+        1.0, "kto: weight of desirable examples' loss.", bounds=NON_NEGATIVE
+    )
+    kto_rejected_weight: float = opt(
+        1.0, "kto: weight of undesirable examples' loss.", bounds=NON_NEGATIVE
+    )
     reward_model: str | None = opt(
         None, "ppo/grpo: output_dir of an `rm` run (its value head is loaded with it).", path=True
     )
@@ -124,12 +204,20 @@ class MethodConfig:
     )
     answer_column: str = opt("answer", "grpo: the dataset column holding the reference answer.")
     reward_regex: str | None = opt(None, "grpo regex_match: pattern the completion must match.")
-    num_generations: int = opt(4, "grpo: completions sampled per prompt (the group).")
-    max_completion_length: int = opt(128, "grpo/ppo: maximum tokens generated per completion.")
-    ppo_epochs: int = opt(1, "ppo/grpo: optimisation passes over each batch of rollouts.")
-    ppo_clip: float = opt(0.2, "ppo/grpo: clipping range of the policy ratio.")
+    num_generations: int = opt(
+        4, "grpo: completions sampled per prompt (the group).", bounds=POSITIVE_INT
+    )
+    max_completion_length: int = opt(
+        128, "grpo/ppo: maximum tokens generated per completion.", bounds=POSITIVE_INT
+    )
+    ppo_epochs: int = opt(
+        1, "ppo/grpo: optimisation passes over each batch of rollouts.", bounds=POSITIVE_INT
+    )
+    ppo_clip: float = opt(0.2, "ppo/grpo: clipping range of the policy ratio.", bounds=POSITIVE)
     ppo_kl_coef: float = opt(
-        0.05, "ppo/grpo: weight of the KL penalty to the reference model (GRPO's beta)."
+        0.05,
+        "ppo/grpo: weight of the KL penalty to the reference model (GRPO's beta).",
+        bounds=NON_NEGATIVE,
     )
     ppo_whiten_rewards: bool = opt(False, "ppo: normalise rewards within each batch.")
 
@@ -155,9 +243,17 @@ class DataConfig:
     dataset_dir: str = opt(
         "data", "Folder holding dataset_info.json and the data files.", path=True
     )
-    cutoff_len: int = opt(2048, "Maximum tokens per sample after tokenization.")
-    max_samples: int | None = opt(None, "Use at most this many records of each dataset.")
-    val_size: float = opt(0.0, "Held-out share for evaluation: a fraction < 1 or a record count.")
+    cutoff_len: int = opt(
+        2048, "Maximum tokens per sample after tokenization.", bounds=POSITIVE_INT
+    )
+    max_samples: int | None = opt(
+        None, "Use at most this many records of each dataset.", bounds=POSITIVE_INT
+    )
+    val_size: float = opt(
+        0.0,
+        "Held-out share for evaluation: a fraction < 1 or a record count.",
+        bounds=Bounds(low=0, high=1, high_open=True, or_count=True),
+    )
     mix_strategy: str = opt(
         "concat",
         "How several datasets are mixed: concat, interleave_under (stop at the shortest) or "
@@ -168,7 +264,7 @@ class DataConfig:
         None, "Sampling probabilities of the datasets when interleaving, comma-separated."
     )
     streaming: bool = opt(False, "Read the data as a stream (needs max_steps).")
-    buffer_size: int = opt(16384, "Shuffle buffer size when streaming.")
+    buffer_size: int = opt(16384, "Shuffle buffer size when streaming.", bounds=POSITIVE_INT)
     train_on_prompt: bool = opt(False, "Also train on the prompt tokens (not only the answers).")
     mask_history: bool = opt(False, "Train only on the last assistant turn of each conversation.")
     enable_thinking: bool | None = opt(
@@ -191,7 +287,9 @@ class DataConfig:
         "samples per step and the same loss, no compute spent on padding (no attention across "
         "samples).",
     )
-    preprocessing_num_workers: int | None = opt(None, "Processes used to tokenize the data.")
+    preprocessing_num_workers: int | None = opt(
+        None, "Processes used to tokenize the data.", bounds=POSITIVE_INT
+    )
     overwrite_cache: bool = opt(False, "Re-tokenize even if a cached encoding exists.")
     tokenized_path: str | None = opt(
         None, "Folder to save the encoded dataset to, or load it from.", path=True
@@ -210,29 +308,49 @@ class TrainConfig:
         None, "Where the adapter/model, logs and checkpoints go.", path=True
     )
     overwrite_output_dir: bool = opt(False, "Allow writing into a non-empty output_dir.")
-    per_device_train_batch_size: int = opt(1, "Samples per device per step.")
-    per_device_eval_batch_size: int = opt(1, "Samples per device per evaluation step.")
-    gradient_accumulation_steps: int = opt(1, "Steps whose gradients add up before an update.")
-    learning_rate: float = opt(5e-5, "Peak learning rate.")
-    num_train_epochs: float = opt(3.0, "Passes over the training data (ignored if max_steps > 0).")
-    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
+    per_device_train_batch_size: int = opt(1, "Samples per device per step.", bounds=POSITIVE_INT)
+    per_device_eval_batch_size: int = opt(
+        1, "Samples per device per evaluation step.", bounds=POSITIVE_INT
+    )
+    gradient_accumulation_steps: int = opt(
+        1, "Steps whose gradients add up before an update.", bounds=POSITIVE_INT
+    )
+    learning_rate: float = opt(5e-5, "Peak learning rate.", bounds=POSITIVE)
+    num_train_epochs: float = opt(
+        3.0, "Passes over the training data (ignored if max_steps > 0).", bounds=NON_NEGATIVE
+    )
+    max_steps: int = opt(
+        -1,
+        "Stop after this many optimizer steps (-1: use num_train_epochs).",
+        bounds=Bounds(low=-1),
+    )
     lr_scheduler_type: str = opt("linear", "Learning-rate schedule: linear, cosine, constant, ...")
-    warmup_steps: int = opt(0, "Linear warm-up steps.")
-    warmup_ratio: float = opt(0.0, "Warm-up as a share of all steps (used when warmup_steps=0).")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.")
-    logging_steps: int = opt(10, "Log loss and speed every this many steps.")
-    save_steps: int = opt(500, "Write a checkpoint every this many steps.")
-    save_total_limit: int | None = opt(None, "Keep at most this many checkpoints.")
+    warmup_steps: int = opt(0, "Linear warm-up steps.", bounds=NON_NEGATIVE)
+    warmup_ratio: float = opt(
+        0.0, "Warm-up as a share of all steps (used when warmup_steps=0).", bounds=SHARE
+    )
+    weight_decay: float = opt(0.0, "AdamW weight decay.", bounds=NON_NEGATIVE)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", bounds=NON_NEGATIVE)
+    logging_steps: int = opt(10, "Log loss and speed every this many steps.", bounds=POSITIVE_INT)
+    save_steps: int = opt(500, "Write a checkpoint every this many steps.", bounds=POSITIVE_INT)
+    save_total_limit: int | None = opt(
+        None, "Keep at most this many checkpoints.", bounds=POSITIVE_INT
+    )
     eval_strategy: str = opt(
         "no",
         "When to evaluate on val_size data: no, steps or epoch.",
         choices=("no", "steps", "epoch"),
     )
-    eval_steps: int | None = opt(None, "Evaluate every this many steps (default: logging_steps).")
+    eval_steps: int | None = opt(
+        None, "Evaluate every this many steps (default: logging_steps).", bounds=POSITIVE_INT
+    )
     bf16: bool = opt(False, "bfloat16 mixed precision (falls back to fp32 where unsupported).")
     fp16: bool = opt(False, "float16 mixed precision (CUDA only).")
-    seed: int = opt(42, "Random seed for initialisation, shuffling and dropout.")
+    seed: int = opt(
+        42,
+        "Random seed for initialisation, shuffling and dropout.",
+        bounds=Bounds(low=0, high=2**32 - 1),
+    )
     plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
     report_to: str = opt(
         "none", "Experiment tracker: none, tensorboard, wandb, ... (comma-separated)."
@@ -249,7 +367,9 @@ class TrainConfig:
     )
     compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
     early_stopping_patience: int | None = opt(
-        None, "Stop after this many evaluations without a better eval loss (keeps the best)."
+        None,
+        "Stop after this many evaluations without a better eval loss (keeps the best).",
+        bounds=POSITIVE_INT,
     )
     load_best_model_at_end: bool = opt(
         False,
@@ -262,12 +382,18 @@ class TrainConfig:
 class GenerateConfig:
     """Text generation for chat, API and evaluation."""
 
-    max_new_tokens: int = opt(512, "Maximum tokens generated per answer.")
-    temperature: float = opt(0.95, "Sampling temperature.")
-    top_p: float = opt(0.7, "Nucleus sampling: keep the smallest set of tokens with this mass.")
-    top_k: int = opt(50, "Sample among the k most likely tokens.")
+    max_new_tokens: int = opt(512, "Maximum tokens generated per answer.", bounds=POSITIVE_INT)
+    temperature: float = opt(0.95, "Sampling temperature.", bounds=NON_NEGATIVE)
+    top_p: float = opt(
+        0.7,
+        "Nucleus sampling: keep the smallest set of tokens with this mass.",
+        bounds=Bounds(low=0, high=1, low_open=True),
+    )
+    top_k: int = opt(50, "Sample among the k most likely tokens.", bounds=NON_NEGATIVE)
     do_sample: bool = opt(True, "Sample; false means greedy decoding.")
-    repetition_penalty: float = opt(1.0, "Penalty > 1 discourages repeated tokens.")
+    repetition_penalty: float = opt(
+        1.0, "Penalty > 1 discourages repeated tokens.", bounds=POSITIVE
+    )
 
 
 @dataclass
@@ -291,17 +417,46 @@ class InferConfig:
         "Default: the adapter's or model's folder name.",
     )
     api_host: str = opt("127.0.0.1", "Address `lmforge api` listens on (env API_HOST).")
-    api_port: int = opt(8000, "Port `lmforge api` listens on (env API_PORT).")
+    api_port: int = opt(
+        8000, "Port `lmforge api` listens on (env API_PORT).", bounds=Bounds(low=0, high=65535)
+    )
     api_key: str | None = opt(
         None, "Require `Authorization: Bearer KEY` on API requests (env API_KEY wins)."
     )
-    max_concurrent: int = opt(
-        8, "Requests generated together (round-robin, token by token); more wait in line."
+    api_cors: str | None = opt(
+        None,
+        "Web page origins allowed to call the API, comma-separated (e.g. http://localhost:3000), "
+        "or *. Requests with any other Origin header are refused (flag --cors).",
     )
-    vllm_maxlen: int = opt(4096, "vllm: maximum sequence length (prompt + answer).")
-    vllm_gpu_util: float = opt(0.9, "vllm: share of GPU memory vLLM may use.")
+    api_max_request_tokens: int | None = opt(
+        None,
+        "Most tokens one API request may process: prompts x n x (prompt + max_tokens). "
+        "Default: 65536, or the model's context if longer (flag --max-request-tokens).",
+        bounds=POSITIVE_INT,
+    )
+    api_max_body_mb: float = opt(
+        4.0, "Largest API request body in MiB; larger ones get a 413.", bounds=POSITIVE
+    )
+    api_max_connections: int | None = opt(
+        None,
+        "Open connections `lmforge api` accepts. Default: 512, or half the open-file limit.",
+        bounds=POSITIVE_INT,
+    )
+    max_concurrent: int = opt(
+        8,
+        "Requests generated together (round-robin, token by token); more wait in line.",
+        bounds=POSITIVE_INT,
+    )
+    vllm_maxlen: int = opt(
+        4096, "vllm: maximum sequence length (prompt + answer).", bounds=POSITIVE_INT
+    )
+    vllm_gpu_util: float = opt(
+        0.9, "vllm: share of GPU memory vLLM may use.", bounds=Bounds(low=0, high=1, low_open=True)
+    )
     vllm_enforce_eager: bool = opt(False, "vllm: disable CUDA graphs (less memory, slower).")
-    vllm_max_lora_rank: int = opt(32, "vllm: largest LoRA rank among the served adapters.")
+    vllm_max_lora_rank: int = opt(
+        32, "vllm: largest LoRA rank among the served adapters.", bounds=POSITIVE_INT
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -3,8 +3,12 @@
 Endpoints: GET /health, GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
 POST /v1/completions. Every error is OpenAI's error JSON with a 4xx status when the request is
 at fault; anything unexpected is logged with its traceback and answered with a short 500.
-Handlers never block the event loop: generation runs on the engine's worker thread and chunks
-come back through an asyncio queue (see infer/scheduler.py), so many requests stream at once.
+Handlers never block the event loop: parsing and tokenizing run in a thread, generation runs on
+the engine's worker thread and chunks come back through an asyncio queue (see
+infer/scheduler.py), so many requests stream at once. Before anything is queued, a request's
+cost is checked against its budget (infer/limits.py); a client that disconnects, streaming or
+not, has its sequences cancelled. Browser and size checks are middleware (infer/guards.py);
+connection limits and timeouts are the server's (infer/http_server.py).
 """
 
 import asyncio
@@ -18,6 +22,13 @@ from typing import Any
 
 from lmforge.errors import UserError
 from lmforge.infer.engine import BaseEngine
+from lmforge.infer.guards import RequestGuard
+from lmforge.infer.limits import (
+    ServerLimits,
+    check_request_cost,
+    check_request_count,
+    limits_from_config,
+)
 from lmforge.infer.openai_protocol import (
     APIError,
     ChatCompletionRequest,
@@ -40,17 +51,32 @@ from lmforge.infer.sampling import SamplingParams
 logger = logging.getLogger(__name__)
 
 
-def create_app(engine: BaseEngine, *, api_key: str | None = None):
+def create_app(
+    engine: BaseEngine, *, api_key: str | None = None, limits: ServerLimits | None = None
+):
     try:
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, StreamingResponse
+        from fastapi.responses import JSONResponse, Response, StreamingResponse
+        from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException
+        from starlette.middleware.cors import CORSMiddleware
     except ImportError:
         raise UserError(
             "`lmforge api` needs FastAPI and uvicorn", fix="pip install 'lmforge[api]'"
         ) from None
 
+    limits = limits or ServerLimits()
+    budget = limits.request_budget(engine.max_length)
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
+    if limits.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    app.add_middleware(RequestGuard, limits=limits)  # added last: runs first
     created = int(time.time())
 
     @app.exception_handler(APIError)
@@ -86,7 +112,7 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None):
         except LookupError:
             raise APIError(
                 404,
-                f"the model `{name}` does not exist; this server has: "
+                f"the model `{name[:100]}` does not exist; this server has: "
                 + ", ".join(engine.model_names),
                 param="model",
                 code="model_not_found",
@@ -113,23 +139,44 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None):
         check_model(name)
         return model_card(name)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        authorize(request)
-        req: ChatCompletionRequest = parse_request(await request.body(), ChatCompletionRequest)
-        check_model(req.model)
-        overrides = req.sampling_overrides()
+    def encode_chat(req: ChatCompletionRequest, overrides: dict[str, Any]):
+        """(prompt, sampling params); runs in a thread (templates and tokenizers are slow)."""
         try:
             prompt = engine.encode_chat(
                 req.canonical_messages(),
                 tools=req.tool_dicts(),
-                tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+                tool_choice=req.tool_choice_value(),
                 enable_thinking=req.thinking(),
             )
-            params = engine.sampling_params(**overrides)
+            return prompt, engine.sampling_params(**overrides)
         except UserError as exc:
             raise APIError(400, exc.format(), param="messages") from None
+
+    def encode_prompts(texts: list[str | list[int]]) -> list[tuple[str, list[int]]]:
+        """(text, ids) of each completion prompt; runs in a thread."""
+        prompts = []
+        vocab = len(engine.tokenizer)
+        for p in texts:
+            ids = p if isinstance(p, list) else engine.tokenizer.encode(p)
+            if not ids:
+                raise APIError(400, "a prompt is empty", param="prompt")
+            if not all(0 <= i < vocab for i in ids):
+                raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+            prompts.append((p if isinstance(p, str) else engine.tokenizer.decode(ids), ids))
+        return prompts
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = await request.body()
+        req: ChatCompletionRequest = await run_in_threadpool(
+            parse_request, body, ChatCompletionRequest
+        )
+        check_model(req.model)
+        overrides = req.sampling_overrides()
+        prompt, params = await run_in_threadpool(encode_chat, req, overrides)
         params = fit_context(engine, len(prompt.ids), params, explicit=overrides["max_tokens"])
+        check_request_cost([len(prompt.ids)], req.n, [params.max_tokens], budget)
         stream = engine.submit(
             prompt.ids, params, model=req.model, n=req.n, loop=asyncio.get_running_loop()
         )
@@ -138,7 +185,10 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None):
         if req.stream:
             events = stream_chat(stream, parsers, rid, req.model, req.include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        texts, reasons, tokens = await collect(stream, req.n)
+        done = await unless_disconnected(request, collect(stream, req.n), [stream])
+        if done is None:
+            return Response(status_code=204)  # nobody is listening; generation was cancelled
+        texts, reasons, tokens = done
         choices = []
         for i, parser in enumerate(parsers):
             answer = parser.parse(texts[i])
@@ -150,39 +200,40 @@ def create_app(engine: BaseEngine, *, api_key: str | None = None):
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
-        req: CompletionRequest = parse_request(await request.body(), CompletionRequest)
+        body = await request.body()
+        req: CompletionRequest = await run_in_threadpool(parse_request, body, CompletionRequest)
         check_model(req.model)
         overrides = req.sampling_overrides()
         params = engine.sampling_params(**overrides)
-        loop = asyncio.get_running_loop()
-        prompts = []
-        vocab = len(engine.tokenizer)
-        for p in req.prompts():
-            ids = p if isinstance(p, list) else engine.tokenizer.encode(p)
-            if not ids:
-                raise APIError(400, "a prompt is empty", param="prompt")
-            if not all(0 <= i < vocab for i in ids):
-                raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
-            prompts.append((p if isinstance(p, str) else engine.tokenizer.decode(ids), ids))
+        texts = req.prompts()
+        check_request_count(len(texts), req.n, budget)  # before tokenizing them all
+        prompts = await run_in_threadpool(encode_prompts, texts)
         fitted = [
             fit_context(engine, len(ids), params, explicit=overrides["max_tokens"])
             for _, ids in prompts
         ]
+        lengths = [len(ids) for _, ids in prompts]
+        check_request_cost(lengths, req.n, [f.max_tokens for f in fitted], budget)
+        loop = asyncio.get_running_loop()
         streams = [
             engine.submit(ids, fit, model=req.model, n=req.n, loop=loop)
             for (_, ids), fit in zip(prompts, fitted)
         ]
         rid = new_id("cmpl")
-        prompt_tokens = sum(len(ids) for _, ids in prompts)
+        prompt_tokens = sum(lengths)
         if req.stream:
             events = stream_text(streams, prompts, req, rid, prompt_tokens)
             return StreamingResponse(events, media_type="text/event-stream")
+        done = await unless_disconnected(
+            request, asyncio.gather(*(collect(s, req.n) for s in streams)), streams
+        )
+        if done is None:
+            return Response(status_code=204)
         choices, completion_tokens = [], 0
-        for p, stream in enumerate(streams):
-            texts, reasons, tokens = await collect(stream, req.n)
+        for p, (texts_p, reasons, tokens) in enumerate(done):
             completion_tokens += sum(tokens)
             for i in range(req.n):
-                text = (prompts[p][0] if req.echo else "") + texts[i]
+                text = (prompts[p][0] if req.echo else "") + texts_p[i]
                 choices.append(
                     {
                         "index": p * req.n + i,
@@ -214,6 +265,32 @@ def fit_context(
         )
     room = limit - prompt_len
     return params if params.max_tokens <= room else replace(params, max_tokens=room)
+
+
+async def unless_disconnected(request, work, streams) -> Any:
+    """`work`'s result; None if the client disconnected first, after cancelling `streams` (the
+    scheduler then drops their sequences at its next round, as for a dropped stream)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            for stream in streams:
+                stream.cancel()
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    return None if task.cancelled() else task.result()
+
+
+async def _disconnected(receive) -> None:
+    # After the body, an ASGI server's receive() waits until the client disconnects.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def collect(stream, n: int) -> tuple[list[str], list[str | None], list[int]]:
@@ -341,24 +418,43 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def serve(config, host: str | None = None, port: int | None = None) -> None:
-    """Load the engine, then serve until interrupted."""
+def serve(
+    config,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    cors: str | None = None,
+    max_request_tokens: int | None = None,
+) -> None:
+    """Load the engine, then serve until interrupted. `cors` and `max_request_tokens` (the
+    command-line flags) win over api_cors and api_max_request_tokens."""
     try:
         import uvicorn
     except ImportError:
         raise UserError("`lmforge api` needs uvicorn", fix="pip install 'lmforge[api]'") from None
     from lmforge.infer.engine import create_engine
+    from lmforge.infer.http_server import quiet_repeats, server_config
 
     host, port = server_address(config, host, port)
+    limits = limits_from_config(config, host, cors=cors, max_request_tokens=max_request_tokens)
     check_port_free(host, port)
     key = api_key_from(config)
     engine = create_engine(config)
-    app = create_app(engine, api_key=key)
+    app = create_app(engine, api_key=key, limits=limits)
     models = ", ".join(engine.model_names)
     logger.info(
         "serving %s on http://%s:%d/v1%s", models, host, port, " (API key required)" if key else ""
     )
+    logger.info(
+        "limits: %d tokens per request, %g MiB per body, %d connections; browser origins: %s",
+        limits.request_budget(engine.max_length),
+        limits.max_body_bytes / 2**20,
+        limits.connection_limit(),
+        ", ".join(limits.cors_origins) or "none",
+    )
+    server = uvicorn.Server(server_config(app, host, port, limits, log_level="info"))
+    quiet_repeats()  # after uvicorn has configured its loggers
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        server.run()
     finally:
         engine.close()

@@ -1,8 +1,12 @@
 """OpenAI's request and response shapes: validated requests in, plain JSON dicts out.
 
 Unknown request fields are accepted and ignored (clients such as LangChain send their own), but
-a field we cannot honour (logprobs, a JSON response_format, images) is refused with a 400 that
-says so, rather than silently giving a different result.
+a field we cannot honour (logprobs, logit_bias, best_of, a JSON response_format, images) is
+refused with a 400 that says so, rather than silently giving a different result. Every value
+that could break generation is bounded here, so client input is a 400, never a 500: JSON
+nested deeper than MAX_JSON_DEPTH, text that is not valid Unicode (a lone surrogate such as
+"\\ud800"), temperatures and repetition penalties that overflow float32 logits, tool schemas
+whose parts are not the JSON Schema objects the templates read.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmforge.infer.tool_parser import ToolCall
 
@@ -20,6 +24,13 @@ MAX_N = 16
 # OpenAI's bounds for `seed` (a signed 64-bit integer); choice i of n uses seed + i, which
 # still fits torch's generator (it takes -2**63 .. 2**64 - 1).
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# Below this, logits / temperature overflows float32 (1e-40 is already subnormal there); vLLM
+# treats temperatures under the same 1e-5 as greedy. 0 means greedy here.
+MIN_TEMPERATURE = 1e-5
+# transformers' multiplicative penalty divides logits by it: outside this range they overflow.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+MAX_STOP_LENGTH = 1024  # characters; each generated token is compared with every stop string
+MAX_JSON_DEPTH = 64  # nested arrays/objects in a request body
 
 
 class APIError(Exception):
@@ -67,10 +78,45 @@ class FunctionDef(_Request):
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _schema_shape(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The parts of a JSON Schema the tool formats read must have JSON Schema's types.
+
+        Checked, not converted: the dict is passed on as sent, so the prompt shows the schema
+        with the client's key order."""
+        if schema is None:
+            return None
+        properties = schema.get("properties")
+        if properties is not None and not isinstance(properties, dict):
+            raise ValueError("`properties` must be an object mapping names to schemas")
+        for name, prop in (properties or {}).items():
+            if not isinstance(prop, dict):
+                raise ValueError(f"properties.{name} must be an object (a JSON Schema)")
+            if prop.get("enum") is not None and not isinstance(prop["enum"], list):
+                raise ValueError(f"properties.{name}.enum must be an array")
+            if prop.get("items") is not None and not isinstance(prop["items"], dict):
+                raise ValueError(f"properties.{name}.items must be an object (a JSON Schema)")
+        required = schema.get("required")
+        if required is not None and not (
+            isinstance(required, list) and all(isinstance(r, str) for r in required)
+        ):
+            raise ValueError("`required` must be an array of property names")
+        return schema
+
 
 class Tool(_Request):
     type: Literal["function"] = "function"
     function: FunctionDef
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class ToolChoiceFunction(_Request):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class Sampling(_Request):
@@ -90,7 +136,48 @@ class Sampling(_Request):
     logprobs: bool | int | None = None
     # vLLM's extra sampling fields, which clients pass with extra_body.
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(
+        None, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1]
+    )
+
+    # Fields this server cannot honour, with the values that ask for nothing (those pass).
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "logit_bias": ({},),
+        "best_of": (1,),
+    }
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(
+                f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}; smaller values overflow "
+                "the logits"
+            )
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _short_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_LENGTH} characters")
+        return value
+
+    def refuse_unsupported(self) -> None:
+        extra = self.model_extra or {}
+        for name, harmless in self.UNSUPPORTED.items():
+            value = extra.get(name)
+            if value is not None and not any(
+                value == h and type(value) is type(h) for h in harmless
+            ):
+                raise APIError(
+                    400,
+                    f"`{name}` is not supported by this server (it would be ignored, changing "
+                    "the result); remove it",
+                    param=name,
+                    code="unsupported_parameter",
+                )
 
     def sampling_overrides(self) -> dict[str, Any]:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -98,6 +185,7 @@ class Sampling(_Request):
             raise APIError(400, "`stop` takes at most 4 sequences", param="stop")
         if self.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        self.refuse_unsupported()
         return {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
@@ -119,10 +207,21 @@ class ChatCompletionRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     response_format: dict[str, Any] | None = None
     enable_thinking: bool | None = None  # like vLLM's chat_template_kwargs.enable_thinking
     chat_template_kwargs: dict[str, Any] | None = None
+
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **Sampling.UNSUPPORTED,
+        "top_logprobs": (0,),
+        "functions": ([],),  # the legacy form of `tools`
+        "function_call": ("none", "auto"),
+        "modalities": (["text"],),
+        "audio": (),
+        "prediction": (),
+        "web_search_options": (),
+    }
 
     def sampling_overrides(self) -> dict[str, Any]:
         overrides = super().sampling_overrides()
@@ -137,7 +236,37 @@ class ChatCompletionRequest(Sampling):
 
     def thinking(self) -> bool | None:
         kwargs = self.chat_template_kwargs or {}
-        return kwargs.get("enable_thinking", self.enable_thinking)
+        value = kwargs.get("enable_thinking", self.enable_thinking)
+        if value is not None and not isinstance(value, bool):
+            raise APIError(
+                400,
+                "chat_template_kwargs.enable_thinking must be true, false or null",
+                param="chat_template_kwargs.enable_thinking",
+            )
+        return value
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice_shape(cls, value: Any) -> Any:
+        named = (
+            isinstance(value, dict)
+            and value.get("type", "function") == "function"
+            and isinstance(value.get("function"), dict)
+            and isinstance(value["function"].get("name"), str)
+        )
+        if value is None or value in ("none", "auto", "required") or named:
+            return value
+        raise ValueError(
+            'must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}'
+        )
+
+    def tool_choice_value(self) -> str | dict[str, Any]:
+        """What the prompt builder takes: "none", "auto", "required" or OpenAI's dict."""
+        if self.tool_choice is None:
+            return "auto"
+        if isinstance(self.tool_choice, str):
+            return self.tool_choice
+        return self.tool_choice.model_dump()
 
     def canonical_messages(self) -> list[dict]:
         """OpenAI messages -> lmforge's message dicts (see infer/prompt.py)."""
@@ -194,21 +323,103 @@ def _text(content: str | list[dict[str, Any]] | None, index: int) -> str:
     return "".join(parts)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_request(raw: bytes, cls: type[_Request]) -> Any:
     """Bytes of a request body -> a validated request, or a 400 that says what is wrong."""
     try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw or b"null", parse_constant=_no_constant)
+    except RecursionError:
+        raise APIError(
+            400, f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} deep"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, a 5000-digit number
         raise APIError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
+    check_json_tree(data)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = _dotted(_location(data, first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise APIError(400, f"{where}: {first['msg']}{more}", param=where or None) from None
+        raise APIError(400, f"{where}: {message}{more}", param=where or None) from None
+
+
+def _location(data: Any, loc: tuple) -> tuple:
+    """pydantic's error location without the names of union members ("str", "list[str]"),
+    which are not in the request: only the keys and indices that lead to the bad value."""
+    path, value = [], data
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        elif isinstance(value, (dict, list)) and not _is_member_tag(part):
+            path.append(part)  # a missing field: named, though it is not in the request
+            value = None
+            continue
+        else:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _is_member_tag(part: Any) -> bool:
+    """A union member's tag in a pydantic location, e.g. "list[str]" or "function-after[...]"."""
+    return isinstance(part, str) and ("[" in part or part[:1].isupper() or part in _SCALARS)
+
+
+_SCALARS = ("str", "int", "float", "bool", "dict", "list", "none")
+
+
+def check_json_tree(data: Any) -> None:
+    """400 for JSON nested deeper than MAX_JSON_DEPTH, or with text that is not valid Unicode
+    (JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer or UTF-8 encoder
+    takes). Iterative, so the depth of the input cannot exhaust the stack."""
+    stack: list[tuple[Any, int, tuple]] = [(data, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(
+                400,
+                f"the request body nests arrays/objects more than {MAX_JSON_DEPTH} deep",
+                param=_dotted(path) or None,
+            )
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_text(key, path)
+            stack.append((item, depth + 1, (*path, key)))
+
+
+def _check_text(text: str, path: tuple) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = _dotted(path)
+        raise APIError(
+            400,
+            f"{where + ': ' if where else ''}the text contains a lone UTF-16 surrogate "
+            f"({text[exc.start]!a}), which is not valid Unicode; send whole characters "
+            "(a surrogate pair, or the character itself)",
+            param=where or None,
+        ) from None
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
 
 
 # -- responses --------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ OpenAI's presence and frequency penalties are additive and count only generated 
     logit[t] -= frequency_penalty * count[t] + presence_penalty * (count[t] > 0)
 They are not transformers' multiplicative `repetition_penalty` (which also covers the prompt);
 that one stays available from the config as a separate knob.
+
+The API bounds temperature and repetition_penalty so float32 logits cannot overflow, but a
+config can still set extreme values: the sampler never raises on inf/NaN scores. Scores of +inf
+(a vanishing temperature) mean "the most likely tokens", picked among uniformly; NaN scores
+count as ruled out; if every token is ruled out, the raw logits' argmax is taken.
 """
 
 from __future__ import annotations
@@ -88,10 +93,18 @@ class TokenSampler:
 
     def __call__(self, token_ids: list[int], logits: torch.Tensor) -> int:
         """Next token after `token_ids` (prompt + generated so far), from last-position logits."""
-        scores = logits.float().view(1, -1)
+        raw = logits.float().view(1, -1)
+        scores = raw
         if self.processors:
             input_ids = torch.tensor([token_ids], device=scores.device)
             scores = self.processors(input_ids, scores)
+        scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"))
+        top = torch.isposinf(scores)
+        if top.any():  # overflowed: the limit of these scores is uniform over the +inf tokens
+            scores = torch.where(top, 0.0, float("-inf"))
+        if torch.isneginf(scores).all():  # everything ruled out: fall back to the model's pick
+            scores = torch.nan_to_num(raw, nan=float("-inf"))
+            return int(scores.argmax(dim=-1))
         if self.params.greedy:
             return int(scores.argmax(dim=-1))
         probs = torch.softmax(scores, dim=-1)

@@ -5,8 +5,12 @@ the worker touches it, so adapter switches can never interleave with another req
 pass, and no lock is held across a generation. Why round-robin: each round gives every active
 sequence one step (one new token, or one chunk of its prompt), so a short request admitted
 behind a long one finishes after a few of its own steps instead of waiting for the long one.
-Up to `max_active` sequences run together; later ones wait in arrival order (never refused).
-Within a round, sequences are grouped by adapter so each adapter is switched to at most once.
+Up to `max_active` sequences run together; later ones wait (never refused here: the API bounds
+a request's size before it is queued). Free slots go to waiting *requests* in turn, one sequence
+each, so a request with many sequences (n=16, or many prompts) cannot take every slot from the
+requests queued behind it. A cancelled request's waiting sequences are dropped without being
+admitted. Within a round, sequences are grouped by adapter so each adapter is switched to at
+most once.
 """
 
 from __future__ import annotations
@@ -139,7 +143,10 @@ class Scheduler:
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_active = max(1, max_active)
-        self._waiting: collections.deque[Sequence] = collections.deque()
+        # Waiting sequences per request (stream), in arrival order of the requests.
+        self._waiting: collections.OrderedDict[int, collections.deque[Sequence]] = (
+            collections.OrderedDict()
+        )
         self._active: list[Sequence] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -174,7 +181,7 @@ class Scheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the generation worker has stopped")
-            self._waiting.extend(seqs)
+            self._waiting[id(stream)] = collections.deque(seqs)
             self._wake.notify()
         return stream
 
@@ -182,7 +189,7 @@ class Scheduler:
         with self._wake:
             return {
                 "active": len(self._active),
-                "waiting": len(self._waiting),
+                "waiting": sum(len(q) for q in self._waiting.values()),
                 "max_active": self.max_active,
             }
 
@@ -198,12 +205,27 @@ class Scheduler:
             while not self._closed and not self._active and not self._waiting:
                 self._wake.wait()
             if self._closed:
-                for seq in self._active + list(self._waiting):
+                waiting = [seq for q in self._waiting.values() for seq in q]
+                for seq in self._active + waiting:
                     seq.stream.put(RuntimeError("the server is shutting down"))
                 return False
             while self._waiting and len(self._active) < self.max_active:
-                self._active.append(self._waiting.popleft())
+                seq = self._next_waiting()
+                if seq.stream.cancelled.is_set():
+                    self._finish(seq, "", "cancelled")  # never admitted: no slot, no cache
+                else:
+                    self._active.append(seq)
             return True
+
+    def _next_waiting(self) -> Sequence:
+        """One sequence of the longest-waiting request; that request then goes to the back."""
+        key, queue_ = next(iter(self._waiting.items()))
+        seq = queue_.popleft()
+        if queue_:
+            self._waiting.move_to_end(key)
+        else:
+            del self._waiting[key]
+        return seq
 
     def _loop(self) -> None:
         while self._admit():

@@ -98,10 +98,29 @@ def inherit_training_settings(config: Config) -> list[str]:
     return taken
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_folder(model_folder: str | Path) -> Path:
+    """Where a model folder's tokenizer is: training checkpoints (output_dir/checkpoint-N) hold
+    none, it is saved once in the run folder above them."""
+    folder = Path(model_folder)
+    if folder.name.startswith("checkpoint-") and not _has_tokenizer(folder):
+        if _has_tokenizer(folder.parent):
+            return folder.parent
+    return folder
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES)
+
+
 def prepare_model_setup(config: Config) -> ModelSetup:
     model = config.model
     resolved = resolve_model(model.model_name_or_path, revision=model.model_revision)
-    tokenizer = load_tokenizer(resolved.path, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(
+        tokenizer_folder(resolved.path), trust_remote_code=model.trust_remote_code
+    )
     name = choose_template_name(config, resolved, tokenizer)
     template = load_template(name, tokenizer, config.data)
     check_template(template, tokenizer)

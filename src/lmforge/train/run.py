@@ -6,7 +6,6 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,14 @@ from lmforge.model.setup import prepare_model_setup
 from lmforge.model.varlen_attention import NAME as VARLEN_ATTENTION
 from lmforge.model.varlen_attention import restore_attention
 from lmforge.train.callbacks import JsonlLogCallback
+from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_steps
+from lmforge.train.interrupt import raise_if_interrupted
 from lmforge.train.launch import is_launched, is_main_process
 from lmforge.train.monitor import OverfitWarningCallback, check_trackers
+from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
 from lmforge.train.stages import get_stage
 from lmforge.train.stages.base import StageContext
-from lmforge.train.trainers.base import STAGING
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,21 @@ def run_training(config: Config) -> TrainingRun:
         cuda=torch.cuda.is_available(),
         check_output_dir=main_process,  # other ranks would see rank 0's first files
     )
+    choose_checkpoint(config)  # a whole checkpoint (`auto`: the newest whole one), else UserError
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     stage = get_stage(config.method.stage)
     getattr(stage, "check", lambda _config: None)(config)  # e.g. grpo's reward functions
     setup = prepare_model_setup(config)
+    if main_process:
+        check_output_dir(config, setup.resolved.path)  # writable, not the model's folder
     train_set, eval_set, report = stage.datasets(config, setup)
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
     args = training_arguments(config, has_eval=bool(eval_set))
+    if (done := completed_run(config, args, report.train_rows)) is not None:  # nothing to do
+        _end_distributed()
+        return TrainingRun(Path(config.train.output_dir), None, done.train_loss)
 
     from transformers import set_seed
 
@@ -96,10 +103,12 @@ def run_training(config: Config) -> TrainingRun:
         logger.info(line)
 
     if main_process:
-        _prepare_output_dir(config, output_dir)
+        steps = planned_steps(args, report.train_rows)
+        prepare_output_dir(config, output_dir, model=ctx.model, setup=setup, steps=steps)
         write_run_config(config, output_dir)
     trainer = stage.trainer(ctx)
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+    raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
     # Packing turns the KV cache and per-sample attention on for training; the saved model
     # generates with the cache and plain sdpa.
     trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -296,15 +305,6 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         lines.append(f"  passed to TrainingArguments: {passed}")
     lines += [f"  note: {note}" for note in config.notes]
     return lines
-
-
-def _prepare_output_dir(config: Config, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a save that never finished
-    if config.train.overwrite_output_dir and not config.train.resume_from_checkpoint:
-        # A fresh run: old checkpoints would otherwise be picked up by `resume: auto` later.
-        for old in output_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
 
 
 def write_run_config(config: Config, output_dir: Path) -> Path:

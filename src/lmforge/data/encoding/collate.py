@@ -1,6 +1,8 @@
 """Encoded samples (or packed rows) -> tensors for the model.
 
 PadCollator: one sample per row, right padding, an attention mask.
+PairCollator, KTOCollator: preference data (dpo, rm; kto), right padding.
+PromptCollator: prompts for ppo/grpo, left padding (generation continues every row together).
 PackedCollator: rows holding one or more samples; position ids restart at each sample and the
 label of each sample's first token is -100 (it would be predicted from the previous sample's
 last token). No attention_mask: transformers builds the per-sample mask from the position ids
@@ -40,6 +42,77 @@ class PadCollator:
             "input_ids": torch.from_numpy(input_ids),
             "labels": torch.from_numpy(labels),
             "attention_mask": torch.from_numpy(attention),
+        }
+
+
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    length = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long)
+
+
+class PairCollator:
+    """Chosen rows first, then rejected rows, in one padded batch."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [f["chosen_input_ids"] for f in features] + [
+            f["rejected_input_ids"] for f in features
+        ]
+        labels = [f["chosen_labels"] for f in features] + [f["rejected_labels"] for f in features]
+        input_ids = pad_rows(ids, self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": pad_rows([[1] * len(r) for r in ids], 0),
+            "labels": pad_rows(labels, IGNORE_INDEX),
+        }
+
+
+class KTOCollator:
+    """Each completion, plus a mismatched one (the next sample's answer to this prompt) whose
+    log-ratio estimates KL(policy || reference) for the batch, as in the KTO paper."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        n = len(features)
+        ids = [f["input_ids"] for f in features]
+        labels = [f["labels"] for f in features]
+        for i, f in enumerate(features):
+            other = features[(i + 1) % n]
+            ids.append(f["prompt_ids"] + other["answer_ids"])
+            labels.append([IGNORE_INDEX] * len(f["prompt_ids"]) + other["answer_ids"])
+        return {
+            "input_ids": pad_rows(ids, self.pad_token_id),
+            "attention_mask": pad_rows([[1] * len(r) for r in ids], 0),
+            "labels": pad_rows(labels, IGNORE_INDEX),
+            "desirable": torch.tensor([bool(f["kto_label"]) for f in features]),
+        }
+
+
+class PromptCollator:
+    """Left-padded prompt ids (generation continues every row at the same position), plus
+    the rows themselves for the rewards."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        length = max(len(f["prompt_ids"]) for f in features)
+        ids = [
+            [self.pad_token_id] * (length - len(f["prompt_ids"])) + f["prompt_ids"]
+            for f in features
+        ]
+        mask = [
+            [0] * (length - len(f["prompt_ids"])) + [1] * len(f["prompt_ids"]) for f in features
+        ]
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "index": torch.tensor([f["index"] for f in features], dtype=torch.long),
+            "rows": features,
         }
 
 

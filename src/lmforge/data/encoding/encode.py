@@ -185,6 +185,22 @@ def encode_pairwise(sample: Sample, template, tokenizer, cutoff_len: int) -> Enc
     return EncodedPair(prompt, chosen, rejected, cut)
 
 
+def encode_pair_row(sample: Sample, template, tokenizer, cutoff_len: int) -> dict | None:
+    """A preference pair as the row PairCollator reads (dpo and rm); None when either answer
+    has no token left to train on."""
+    pair = encode_pairwise(sample, template, tokenizer, cutoff_len)
+    if not pair.chosen_ids or not pair.rejected_ids:
+        return None
+    (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = pair.chosen(), pair.rejected()
+    return {
+        "chosen_input_ids": chosen_ids,
+        "chosen_labels": chosen_labels,
+        "rejected_input_ids": rejected_ids,
+        "rejected_labels": rejected_labels,
+        "truncated": pair.truncated,
+    }
+
+
 def encode_kto(sample: Sample, template, tokenizer, cutoff_len: int) -> EncodedKTO:
     """KTO: the conversation's last message is the judged answer, `sample.kto_label` says
     whether it is desirable."""

@@ -19,8 +19,10 @@ from typing import Any
 from lmforge.data.problems import RecordCheck
 from lmforge.data.sources.record_fields import (
     column_text,
+    describe,
     parse_tool_calls,
     split_reasoning,
+    text_fix,
 )
 from lmforge.data.sources.registry import DatasetSpec
 
@@ -53,7 +55,7 @@ def conversation(
     if isinstance(turns[0], dict) and turns[0].get(tags["role_tag"]) in _system_roles(spec):
         system = turns[0].get(tags["content_tag"])
         if not isinstance(system, str):
-            check.problem(column, "the system message has no text", _content_fix(spec), "no text")
+            _no_text(check, spec, column, "the system message", system)
             return None, []
         start = 1
     else:
@@ -119,12 +121,7 @@ def convert_turn(
         content = "" if content is None else content
     content = _text_parts(content)
     if not isinstance(content, str):
-        check.problem(
-            column,
-            f"message {position} has no text in `{tags['content_tag']}`",
-            _content_fix(spec),
-            "no text",
-        )
+        _no_text(check, spec, column, f"message {position}", content)
         return None
     message: dict[str, Any] = {"role": role, "content": content}
     if role == "assistant":
@@ -145,12 +142,13 @@ def answer_message(check: RecordCheck, spec: DatasetSpec, record: dict, key: str
     if isinstance(value, str) and value:
         return {"role": "assistant", "content": value}
     if not isinstance(value, dict):
+        missing = value in (None, "")
         check.problem(
             column or key,
-            "missing or not a message",
+            "missing" if missing else f"must be a message or text, not {describe(value)}",
             f'give every record "{column or key}": {{"{spec.tags["role_tag"]}": '
             f'"{spec.tags["assistant_tag"]}", "{spec.tags["content_tag"]}": "..."}}',
-            "missing column",
+            "missing column" if missing else "wrong type",
         )
         return None
     message = convert_turn(check, spec, column, value, 0)
@@ -232,6 +230,20 @@ def _system_roles(spec: DatasetSpec) -> tuple[str, ...]:
 def _tag_for(spec: DatasetSpec, role: str) -> str:
     key = {"user": "user_tag", "assistant": "assistant_tag", "tool": "observation_tag"}[role]
     return spec.tags[key]
+
+
+def _no_text(check: RecordCheck, spec: DatasetSpec, column: str, what: str, content) -> None:
+    """A message whose content is missing, or is not text (a number is not turned into text)."""
+    tag = spec.tags["content_tag"]
+    if content is None:
+        check.problem(column, f"{what} has no text in `{tag}`", _content_fix(spec), "no text")
+        return
+    check.problem(
+        column,
+        f"{what}: `{tag}` must be text, not {describe(content)}",
+        text_fix(content),
+        "wrong type",
+    )
 
 
 def _content_fix(spec: DatasetSpec) -> str:

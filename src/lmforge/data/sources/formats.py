@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmforge.data.sources.chat_formats import answer_message, conversation
 from lmforge.data.problems import RecordCheck
+from lmforge.data.sample import Sample
+from lmforge.data.sources.chat_formats import answer_message, conversation
+from lmforge.data.sources.readers import MalformedLine
 from lmforge.data.sources.record_fields import column_kto_label, column_text, column_tools
 from lmforge.data.sources.registry import DatasetSpec
-from lmforge.data.sample import Sample
 from lmforge.errors import UserError
 
 PREFERENCE_STAGES = ("rm", "dpo")
@@ -105,6 +106,9 @@ def to_sample(
     spec: DatasetSpec, record: Any, check: RecordCheck, stage: str = "sft"
 ) -> Sample | None:
     """The record as a Sample, or None with its problems recorded in `check`."""
+    if isinstance(record, MalformedLine):  # a line of the file that is not a record
+        check.unreadable(record.line, record.reason, record.fix)
+        return None
     if not isinstance(record, dict):
         check.problem(
             None,

@@ -1,7 +1,8 @@
 """Which records are used: datasets resolved, read, converted to Samples, mixed and split.
 
-Every record is converted and checked before training starts. Invalid records stop the run with
-the first problem and a count (`UserError`), unless `skip_invalid: true`, in which case they are
+Every record is converted and checked before training starts. Invalid records (a line of a
+data file that is not even a record, such as broken JSON, included) stop the run with the first
+few problems and a count (`UserError`), unless `skip_invalid: true`, in which case they are
 skipped and counted in the report (`skipped`, `skip_reasons`, `skip_examples`). With
 `streaming: true` records are read lazily while training consumes them (max_steps required), so
 a bad record is met, and reported the same way, only when it is reached.

@@ -163,25 +163,27 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
         codec, offset = detect_encoding(handle.read(4))
         handle.seek(offset)
         decoder = codecs.getincrementaldecoder(codec)()
-        lineno, tail = 1, ""
-        while True:
-            chunk = handle.read(_CHUNK)
+        lineno, pieces = 1, []  # pieces: the line read so far (a long line spans chunks)
+        while chunk := handle.read(_CHUNK):
             pending = decoder.getstate()[0]  # bytes of a character split across chunks
             try:
-                text = decoder.decode(chunk, final=not chunk)
+                lines = decoder.decode(chunk).split("\n")
             except UnicodeDecodeError as exc:
                 start = offset - len(pending)
                 raise _decode_error(path, codec, pending + chunk, exc, start, lineno) from None
             offset += len(chunk)
-            lines = (tail + text).split("\n")
-            tail = lines.pop()
-            for line in lines:
-                yield lineno, line + "\n"
-                lineno += 1
-            if not chunk:
-                break
-        if tail:
-            yield lineno, tail
+            for line in lines[:-1]:
+                yield lineno, "".join(pieces) + line + "\n"
+                lineno, pieces = lineno + 1, []
+            pieces.append(lines[-1])
+        try:
+            pieces.append(decoder.decode(b"", final=True))
+        except UnicodeDecodeError as exc:  # the file ends inside a character
+            pending = decoder.getstate()[0]
+            start = offset - len(pending)
+            raise _decode_error(path, codec, pending, exc, start, lineno) from None
+        if "".join(pieces):
+            yield lineno, "".join(pieces)
 
 
 def read_text(path: Path) -> str:

@@ -31,17 +31,19 @@ def column_text(
                 "missing column",
             )
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)  # `"output": 5` means the text "5"
-    if not isinstance(value, str):
-        check.problem(
-            column,
-            f"must be text, not {_type(value)}",
-            "write the value as a JSON string",
-            "wrong type",
-        )
+    if not isinstance(value, str):  # a number too: `"output": 5` is not turned into "5"
+        check.problem(column, f"must be text, not {describe(value)}", text_fix(value), "wrong type")
         return None
     return value
+
+
+def text_fix(value: Any) -> str:
+    """How to write a non-text value as the text a field needs."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (
+            f'write it as a JSON string ("{value}" instead of {value}), or fix the column mapping'
+        )
+    return "write the value as a JSON string, or fix the column mapping"
 
 
 def column_tools(check: RecordCheck, spec: DatasetSpec, record: dict) -> str | None:
@@ -134,7 +136,7 @@ def parse_tool_calls(value: Any) -> tuple[list[dict] | None, str | None]:
             except json.JSONDecodeError as exc:
                 return None, f"the arguments of `{name}` are not valid JSON ({exc.msg})"
         if not isinstance(arguments, dict):
-            return None, f"the arguments of `{name}` must be an object, not {_type(arguments)}"
+            return None, f"the arguments of `{name}` must be an object, not {describe(arguments)}"
         result.append({"name": name, "arguments": arguments})
     return result, None
 
@@ -150,7 +152,9 @@ def split_reasoning(content: str) -> tuple[str | None, str]:
     return (reasoning or None), answer.lstrip("\n")
 
 
-def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "true/false"}.get(
-        type(value), type(value).__name__
-    )
+def describe(value: Any) -> str:
+    """A value's JSON type for a message: "a number (5)", "a list", "null", ..."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"a number ({value!r})"
+    names = {dict: "an object", list: "a list", bool: "true/false", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmforge.config.schema import DataConfig
-from lmforge.data.sources.formats import check_stage
 from lmforge.data.problems import Problem
-from lmforge.data.sources.registry import resolve_datasets
+from lmforge.data.sources.formats import check_stage
 from lmforge.data.sources.load import (
     dataset_names,
     eval_dataset_names,
     inline_entries,
     read_dataset,
 )
+from lmforge.data.sources.registry import resolve_datasets
 from lmforge.errors import UserError
 
 
@@ -43,14 +43,34 @@ class ValidationResult:
         lines = [str(p) for p in shown]
         if len(self.problems) > len(shown):
             lines.append(f"... and {len(self.problems) - len(shown)} more")
-        total = sum(self.records.values())
-        records = f"{total} record{'' if total == 1 else 's'}"
-        lines.append(
-            f"{len(self.problems)} problems in {self.invalid_records} of {records}"
-            if self.problems
-            else f"no problems in {records}"
-        )
+        lines.append(self.summary())
         return lines
+
+    def summary(self) -> str:
+        """How many problems in how many of the records, and how many concern a whole dataset
+        (one that could not be read, or not to its end)."""
+        records = _count(sum(self.records.values()), "record")
+        if not self.problems:
+            return f"no problems in {records}"
+        whole = sum(1 for p in self.problems if p.record is None)
+        if not whole:
+            return f"{_count(len(self.problems), 'problem')} in {self.invalid_records} of {records}"
+        in_records = len(self.problems) - whole
+        datasets = f"{whole} about a whole dataset (not read, or not all of it)"
+        if not in_records:
+            what = "a whole dataset" if whole == 1 else "whole datasets"
+            return (
+                f"{_count(whole, 'problem')}, about {what} (not read, or not all of it); "
+                f"{records} checked"
+            )
+        return (
+            f"{_count(len(self.problems), 'problem')}: {in_records} in {self.invalid_records} of "
+            f"{records}, {datasets}"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def validate_data(data: DataConfig, stage: str = "sft", seed: int = 42) -> ValidationResult:

@@ -1,28 +1,14 @@
-"""Losses written out, with the formulas in view: sequence log-probabilities and the pairwise
-preference objectives (DPO sigmoid, hinge, IPO, ORPO, SimPO), KTO and Bradley-Terry."""
+"""Losses written out, with the formulas in view: the pairwise preference objectives (DPO
+sigmoid, hinge, IPO, ORPO, SimPO), KTO and Bradley-Terry. Sequence log-probabilities are in
+logps.py."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from lmforge.data.encoding.encode import IGNORE_INDEX
-
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 REFERENCE_FREE = ("orpo", "simpo")
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p(token) over each row's trained tokens, and how many there are.
-
-    logits[:, t] predicts labels[:, t + 1]; labels are -100 where nothing is trained.
-    """
-    logits = logits[:, :-1].float()
-    labels = labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    safe = labels.masked_fill(~mask, 0)
-    token_logps = torch.gather(logits.log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
 def preference_loss(

@@ -17,8 +17,14 @@ import yaml
 from lmforge.data.encoding.encode import prompt_and_answer
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
-from lmforge.train.trainers.preference import VALUE_HEAD_FILE, ValueHead
 from lmforge.train.rewards.functions import RewardBatch
+from lmforge.train.trainers.value_head import (
+    VALUE_HEAD_FILE,
+    ModelWithValueHead,
+    ValueHead,
+    last_token_scores,
+    load_value_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,6 @@ class RewardModelScorer:
     def __init__(self, path: str, data_config, *, trust_remote_code: bool = False, batch: int = 8):
         from lmforge.data.templates.auto import load_template
         from lmforge.model.load import load_tokenizer
-        from lmforge.train.trainers.preference import load_value_head
 
         folder = check_reward_model_dir(path)
         settings = _run_settings(folder)
@@ -80,15 +85,14 @@ class RewardModelScorer:
         name = settings.get("template") or "auto"
         self.template = load_template(name, self.tokenizer, data_config)
         self.cutoff_len = int(settings.get("cutoff_len") or data_config.cutoff_len)
-        self.model = _load_body(folder, settings, trust_remote_code).eval().requires_grad_(False)
-        hidden = self.model.config.get_text_config().hidden_size
-        self.head = load_value_head(ValueHead(hidden), folder).eval().requires_grad_(False)
+        body = _load_body(folder, settings, trust_remote_code)
+        head = load_value_head(ValueHead(body.config.get_text_config().hidden_size), folder)
+        self.model = ModelWithValueHead(body, head).eval().requires_grad_(False)
         self.batch = batch
         logger.info("Reward model: %s (template %s)", folder, self.template.name)
 
     def to(self, device) -> RewardModelScorer:
         self.model.to(device)
-        self.head.to(device)
         return self
 
     def encode(self, conversation: dict, completion: str) -> list[int]:
@@ -103,7 +107,7 @@ class RewardModelScorer:
     @torch.no_grad()
     def score(self, batch: RewardBatch) -> list[float]:
         rows = [self.encode(c, text) for c, text in zip(batch.conversations, batch.completions)]
-        device = self.head.summary.weight.device
+        device = self.model.value_head.summary.weight.device
         pad = self.tokenizer.pad_token_id or 0
         scores: list[float] = []
         for start in range(0, len(rows), self.batch):
@@ -113,16 +117,5 @@ class RewardModelScorer:
             mask = torch.tensor(
                 [[1] * len(r) + [0] * (length - len(r)) for r in chunk], device=device
             )
-            scores += self._last_token_scores(ids, mask).float().tolist()
+            scores += last_token_scores(self.model, ids, mask).float().tolist()
         return scores
-
-    def _last_token_scores(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """preference.last_token_scores, computing the logits of one position only (the
-        vocabulary x sequence logits it would otherwise build are never used)."""
-        out = self.model(
-            input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1
-        )
-        hidden = out.hidden_states[-1]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, mask.sum(-1) - 1]
-        return self.head(last.to(self.head.summary.weight.dtype))

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-from lmforge.data.encoding.encode import encode_pairwise
+from lmforge.data.encoding.collate import PairCollator
+from lmforge.data.encoding.encode import encode_pair_row
 from lmforge.train.losses.preference import REFERENCE_FREE
-from lmforge.train.trainers.preference import PairCollator, PairwisePreferenceTrainer
 from lmforge.train.stages.base import StageContext, encode_stage_samples
-from lmforge.train.stages.reference import load_reference_model
-
-
-def encode_pair(config, setup):
-    def encode(sample):
-        pair = encode_pairwise(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
-        (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = (
-            pair.chosen(),
-            pair.rejected(),
-        )
-        if not pair.chosen_ids or not pair.rejected_ids:
-            return None
-        return {
-            "chosen_input_ids": chosen_ids,
-            "chosen_labels": chosen_labels,
-            "rejected_input_ids": rejected_ids,
-            "rejected_labels": rejected_labels,
-            "truncated": pair.truncated,
-        }
-
-    return encode
+from lmforge.train.trainers.preference import PairwisePreferenceTrainer
+from lmforge.train.trainers.reference import load_reference_model
 
 
 class DPOStage:
     name = "dpo"
 
     def datasets(self, config, setup):
-        return encode_stage_samples(config, setup, encode_pair(config, setup), "pairs")
+        def encode(sample):
+            return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
+
+        return encode_stage_samples(config, setup, encode, "pairs")
 
     def prepare(self, ctx: StageContext) -> None:
         ctx.trainer_kwargs["data_collator"] = PairCollator(ctx.setup.tokenizer.pad_token_id)

@@ -3,9 +3,9 @@ answer, the user's functions and/or a reward model (see train/rewards/functions.
 
 from __future__ import annotations
 
-from lmforge.train.trainers.grpo import GRPOTrainer
 from lmforge.train.stages.base import StageContext
 from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
+from lmforge.train.trainers.grpo import GRPOTrainer
 
 
 class GRPOStage:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from lmforge.data.encoding.collate import KTOCollator
 from lmforge.data.encoding.encode import encode_kto
-from lmforge.train.trainers.preference import KTOCollator, KTOTrainer
 from lmforge.train.stages.base import StageContext, encode_stage_samples
-from lmforge.train.stages.reference import load_reference_model
+from lmforge.train.trainers.preference import KTOTrainer
+from lmforge.train.trainers.reference import load_reference_model
 
 
 def encode_kto_row(config, setup):

@@ -3,9 +3,9 @@ has no PPOTrainer (see train/trainers/ppo.py)."""
 
 from __future__ import annotations
 
-from lmforge.train.trainers.ppo import PPOTrainer, new_critic
 from lmforge.train.stages.base import StageContext
 from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
+from lmforge.train.trainers.ppo import PPOTrainer, with_critic
 
 
 class PPOStage:
@@ -19,9 +19,9 @@ class PPOStage:
         return encode_prompts(config, setup)
 
     def prepare(self, ctx: StageContext) -> None:
-        prepare_rl(ctx, needs_reference=True)
-        hidden = ctx.model.config.get_text_config().hidden_size
-        ctx.trainer_kwargs["critic"] = new_critic(hidden)
+        prepare_rl(ctx, needs_reference=True)  # a reference copy, if any, has no critic
+        # Policy and critic as one module: DDP/DeepSpeed wrap (and synchronise) both.
+        ctx.model = with_critic(ctx.model)
 
     def trainer(self, ctx: StageContext):
         return PPOTrainer(

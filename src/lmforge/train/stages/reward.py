@@ -3,22 +3,28 @@ Bradley-Terry loss; saved as the adapter/model plus value_head.safetensors for p
 
 from __future__ import annotations
 
-from lmforge.train.trainers.preference import PairCollator, RewardModelTrainer, ValueHead
+from lmforge.data.encoding.collate import PairCollator
+from lmforge.data.encoding.encode import encode_pair_row
 from lmforge.train.stages.base import StageContext, encode_stage_samples
-from lmforge.train.stages.dpo import encode_pair
+from lmforge.train.trainers.preference import RewardModelTrainer
+from lmforge.train.trainers.value_head import ModelWithValueHead, ValueHead
 
 
 class RewardStage:
     name = "rm"
 
     def datasets(self, config, setup):
-        return encode_stage_samples(config, setup, encode_pair(config, setup), "pairs")
+        def encode(sample):
+            return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
+
+        return encode_stage_samples(config, setup, encode, "pairs")
 
     def prepare(self, ctx: StageContext) -> None:
         ctx.trainer_kwargs["data_collator"] = PairCollator(ctx.setup.tokenizer.pad_token_id)
-        hidden = ctx.model.config.get_text_config().hidden_size
-        ctx.trainer_kwargs["value_head"] = ValueHead(hidden)
         ctx.args.prediction_loss_only = True
+        # One module: DDP/DeepSpeed wrap (and synchronise) the head with the body.
+        hidden = ctx.model.config.get_text_config().hidden_size
+        ctx.model = ModelWithValueHead(ctx.model, ValueHead(hidden))
 
     def trainer(self, ctx: StageContext):
         return RewardModelTrainer(

@@ -4,13 +4,14 @@ the rewards, the reference model and the trainer settings."""
 from __future__ import annotations
 
 from lmforge.config.schema import Config
+from lmforge.data.encoding.collate import PromptCollator
 from lmforge.errors import UserError
-from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
 from lmforge.train.rewards.functions import RewardTerm, build_reward_terms
-from lmforge.train.trainers.rollout_base import RLSettings
-from lmforge.train.trainers.rollout import PromptCollator, prompt_row, record_columns
+from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
 from lmforge.train.stages.base import StageContext, encode_stage_samples
-from lmforge.train.stages.reference import load_reference_model
+from lmforge.train.trainers.reference import load_reference_model
+from lmforge.train.trainers.rollout import prompt_row, record_columns
+from lmforge.train.trainers.rollout_base import RLSettings
 
 
 def check_rl_config(config: Config) -> list[RewardTerm]:

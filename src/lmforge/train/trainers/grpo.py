@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.train.rewards.functions import RewardTerm, score_terms
 from lmforge.train.losses.rl import group_advantages, grpo_loss
+from lmforge.train.rewards.functions import RewardTerm, score_terms
+from lmforge.train.trainers.rollout import completion_logps, sample_completions
 from lmforge.train.trainers.rollout_base import Rollout, RolloutTrainer
-from lmforge.train.trainers.rollout import completion_logps, reference_logps, sample_completions
 
 
 class GRPOTrainer(RolloutTrainer):
@@ -17,10 +17,10 @@ class GRPOTrainer(RolloutTrainer):
         self.reward_terms = reward_terms
 
     def make_rollout(self, model, inputs: dict) -> Rollout:
-        settings, policy = self.settings, self.unwrapped(model)
+        settings = self.settings
         group = settings.num_generations
         seqs = sample_completions(
-            policy,
+            self.policy(model),
             inputs["input_ids"],
             inputs["attention_mask"],
             num_generations=group,
@@ -37,7 +37,7 @@ class GRPOTrainer(RolloutTrainer):
             if settings.epochs > 1:  # later passes compare with the policy that sampled
                 old_logps = completion_logps(model, seqs)[0]
             if settings.kl_coef > 0:
-                ref_logps = reference_logps(policy, self.ref_model, seqs)
+                ref_logps = self.reference_logps(model, seqs)
         metrics = {
             "reward": rewards,
             "reward_std": rewards.view(-1, group).std(-1) if group > 1 else rewards * 0,

@@ -1,18 +1,17 @@
 """PPO with a reward model from stage rm (Ouyang et al., 2022; the TRL 0.x recipe).
 
-One completion per prompt, scored by the reward model (plus any reward_funcs); per-token rewards are the KL penalty to
-the reference plus the score at the last token; a critic (a value head on the policy's hidden
-states, trained with it) gives GAE advantages; the clipped policy and value losses are
-optimised `ppo_epochs` times over each batch of rollouts. The critic is saved beside the
-adapter as critic_head.safetensors (not value_head: this folder is no reward model).
+One completion per prompt, scored by the reward model (plus any reward_funcs); per-token
+rewards are the KL penalty to the reference plus the score at the last token; a critic (a value
+head on the policy's hidden states, trained with it) gives GAE advantages; the clipped policy and value losses are
+optimised `ppo_epochs` times over each batch of rollouts. Policy and critic are one module
+(ModelWithValueHead); the critic is saved beside the adapter as critic_head.safetensors (not
+value_head: this folder is no reward model).
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmforge.train.trainers.preference import ValueHead
-from lmforge.train.rewards.functions import RewardTerm, score_terms
 from lmforge.train.losses.rl import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -21,10 +20,17 @@ from lmforge.train.losses.rl import (
     masked_whiten,
     token_rewards,
 )
+from lmforge.train.rewards.functions import RewardTerm, score_terms
+from lmforge.train.trainers.rollout import completion_logps, sample_completions
 from lmforge.train.trainers.rollout_base import Rollout, RolloutTrainer
-from lmforge.train.trainers.rollout import completion_logps, reference_logps, sample_completions
+from lmforge.train.trainers.value_head import (
+    CRITIC_FILE,
+    ModelWithValueHead,
+    ValueHead,
+    ValueHeadTrainerMixin,
+)
 
-CRITIC_FILE = "critic_head.safetensors"
+__all__ = ["CRITIC_FILE", "PPOTrainer", "new_critic", "with_critic"]
 
 
 def new_critic(hidden_size: int) -> ValueHead:
@@ -35,27 +41,24 @@ def new_critic(hidden_size: int) -> ValueHead:
     return head
 
 
-class PPOTrainer(RolloutTrainer):
-    def __init__(self, *args, reward_terms: list[RewardTerm], critic: ValueHead, **kwargs):
+def with_critic(model) -> ModelWithValueHead:
+    """The policy and a fresh critic as one module, the model PPOTrainer trains."""
+    hidden = model.config.get_text_config().hidden_size
+    return ModelWithValueHead(model, new_critic(hidden), head_file=CRITIC_FILE)
+
+
+class PPOTrainer(ValueHeadTrainerMixin, RolloutTrainer):
+    """The model is a ModelWithValueHead (see with_critic): policy and critic are trained, kept
+    in sync across processes and checkpointed together."""
+
+    def __init__(self, *args, reward_terms: list[RewardTerm], **kwargs):
         super().__init__(*args, **kwargs)
-        self.reward_terms, self.critic = reward_terms, critic
-        self.critic.to(self.args.device)
-
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        head = [p for p in self.critic.parameters() if id(p) not in known]
-        if head:
-            optimizer.add_param_group({"params": head, "weight_decay": 0.0})
-        return optimizer
-
-    def _values(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.critic(hidden.to(self.critic.summary.weight.dtype)).float()
+        self.reward_terms = reward_terms
 
     def make_rollout(self, model, inputs: dict) -> Rollout:
-        settings, policy = self.settings, self.unwrapped(model)
+        settings = self.settings
         seqs = sample_completions(
-            policy,
+            self.policy(model),
             inputs["input_ids"],
             inputs["attention_mask"],
             num_generations=1,
@@ -72,9 +75,9 @@ class PPOTrainer(RolloutTrainer):
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         mask = seqs.completion_mask
         with torch.no_grad():
-            old_logps, hidden = completion_logps(model, seqs, with_hidden=True)
-            old_values = self._values(hidden) * mask
-            ref_logps = reference_logps(policy, self.ref_model, seqs)
+            old_logps, old_values = completion_logps(model, seqs, with_values=True)
+            old_values = old_values * mask
+            ref_logps = self.reference_logps(model, seqs)
         rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, settings.kl_coef)
         advantages, returns = gae(rewards, old_values, mask, settings.gamma, settings.lam)
         metrics = {
@@ -101,8 +104,7 @@ class PPOTrainer(RolloutTrainer):
 
     def rollout_loss(self, model, rollout: Rollout) -> tuple[torch.Tensor, dict]:
         settings, mask = self.settings, rollout.seqs.completion_mask
-        logps, hidden = completion_logps(model, rollout.seqs, with_hidden=True)
-        values = self._values(hidden)
+        logps, values = completion_logps(model, rollout.seqs, with_values=True)
         policy_tokens, clipped = clipped_policy_loss(
             logps, rollout.old_logps, rollout.advantages, settings.clip
         )
@@ -118,19 +120,3 @@ class PPOTrainer(RolloutTrainer):
             "approx_kl": masked_mean(0.5 * (logps.detach() - rollout.old_logps) ** 2, mask),
         }
         return loss, metrics
-
-    # -- the critic is saved with the adapter and restored on resume -------------------------
-
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        from safetensors.torch import save_file
-
-        output_dir = output_dir or self.args.output_dir
-        head = {k: v.detach().cpu().contiguous() for k, v in self.critic.state_dict().items()}
-        save_file(head, f"{output_dir}/{CRITIC_FILE}")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from safetensors.torch import load_file
-
-        self.critic.load_state_dict(load_file(f"{resume_from_checkpoint}/{CRITIC_FILE}"))

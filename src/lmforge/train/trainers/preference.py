@@ -13,62 +13,16 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.train.losses.logps import sequence_logps
 from lmforge.train.losses.preference import (
     REFERENCE_FREE,
     bradley_terry_loss,
     kto_loss,
     preference_loss,
-    sequence_logps,
 )
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
-
-
-def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
-    length = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (length - len(r)) for r in rows], dtype=torch.long)
-
-
-class PairCollator:
-    """Chosen rows first, then rejected rows, in one padded batch."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        ids = [f["chosen_input_ids"] for f in features] + [
-            f["rejected_input_ids"] for f in features
-        ]
-        labels = [f["chosen_labels"] for f in features] + [f["rejected_labels"] for f in features]
-        input_ids = pad_rows(ids, self.pad_token_id)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": pad_rows([[1] * len(r) for r in ids], 0),
-            "labels": pad_rows(labels, IGNORE_INDEX),
-        }
-
-
-class KTOCollator:
-    """Each completion, plus a mismatched one (the next sample's answer to this prompt) whose
-    log-ratio estimates KL(policy || reference) for the batch, as in the KTO paper."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        n = len(features)
-        ids = [f["input_ids"] for f in features]
-        labels = [f["labels"] for f in features]
-        for i, f in enumerate(features):
-            other = features[(i + 1) % n]
-            ids.append(f["prompt_ids"] + other["answer_ids"])
-            labels.append([IGNORE_INDEX] * len(f["prompt_ids"]) + other["answer_ids"])
-        return {
-            "input_ids": pad_rows(ids, self.pad_token_id),
-            "attention_mask": pad_rows([[1] * len(r) for r in ids], 0),
-            "labels": pad_rows(labels, IGNORE_INDEX),
-            "desirable": torch.tensor([bool(f["kto_label"]) for f in features]),
-        }
+from lmforge.train.trainers.reference import reference_model
+from lmforge.train.trainers.value_head import ValueHeadTrainerMixin, last_token_scores
 
 
 class _MetricsMixin:
@@ -90,23 +44,15 @@ class _MetricsMixin:
 
 
 class _ReferenceMixin:
-    """Reference log-probabilities: a frozen copy when given, else the model with its LoRA
-    adapters disabled (the base is the reference, without a second copy in memory)."""
+    """Reference logits: a frozen copy when given, else the model with its LoRA adapters
+    disabled (the base is the reference, without a second copy in memory)."""
 
     ref_model: nn.Module | None = None
 
     @torch.no_grad()
     def reference_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.ref_model is not None:
-            return self.ref_model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-        unwrapped = self.accelerator.unwrap_model(model)
-        disable = getattr(unwrapped, "disable_adapter", None)
-        if disable is None:
-            raise RuntimeError("full fine-tuning needs a reference model copy")
-        with disable():
-            return model(
+        with reference_model(self.accelerator.unwrap_model(model), self.ref_model) as reference:
+            return reference(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
 
@@ -210,54 +156,13 @@ class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
-VALUE_HEAD_FILE = "value_head.safetensors"
-
-
-class ValueHead(nn.Module):
-    """hidden state of the last real token -> one scalar reward."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.summary = nn.Linear(hidden_size, 1)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden).squeeze(-1)
-
-
-def last_token_scores(model, value_head: ValueHead, input_ids, attention_mask) -> torch.Tensor:
-    """The reward of each row: the value head on the hidden state of its last real token."""
-    outputs = model(  # logits for one position only: the scores need hidden states, not logits
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        output_hidden_states=True,
-        logits_to_keep=1,
-    )
-    hidden = outputs.hidden_states[-1]
-    last = attention_mask.sum(-1) - 1  # right padding: the last real position of each row
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return value_head(hidden[rows, last].to(value_head.summary.weight.dtype))
-
-
-class RewardModelTrainer(_MetricsMixin, AtomicCheckpointTrainer):
-    """Pairwise Bradley-Terry reward model: the value head and the (LoRA) body learn together."""
-
-    def __init__(self, *args, value_head: ValueHead, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.value_head = value_head
-
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        head = [p for p in self.value_head.parameters() if id(p) not in known]
-        if head:
-            optimizer.add_param_group({"params": head, "weight_decay": 0.0})
-        return optimizer
+class RewardModelTrainer(ValueHeadTrainerMixin, _MetricsMixin, AtomicCheckpointTrainer):
+    """Pairwise Bradley-Terry reward model: the model is a ModelWithValueHead, so the value
+    head and the (LoRA) body learn together (and stay in sync across processes); saved as the
+    adapter/model plus value_head.safetensors."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.value_head.to(inputs["input_ids"].device)
-        scores = last_token_scores(
-            model, self.value_head, inputs["input_ids"], inputs["attention_mask"]
-        )
+        scores = last_token_scores(model, inputs["input_ids"], inputs["attention_mask"])
         half = scores.shape[0] // 2
         chosen, rejected = scores[:half], scores[half:]
         split = "" if model.training else "eval_"
@@ -271,22 +176,3 @@ class RewardModelTrainer(_MetricsMixin, AtomicCheckpointTrainer):
         )
         loss = bradley_terry_loss(chosen, rejected).mean()
         return (loss, {"scores": scores}) if return_outputs else loss
-
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        from safetensors.torch import save_file
-
-        output_dir = output_dir or self.args.output_dir
-        head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
-        save_file(head, f"{output_dir}/{VALUE_HEAD_FILE}")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_value_head(self.value_head, resume_from_checkpoint)
-
-
-def load_value_head(value_head: ValueHead, folder) -> ValueHead:
-    from safetensors.torch import load_file
-
-    value_head.load_state_dict(load_file(f"{folder}/{VALUE_HEAD_FILE}"))
-    return value_head

@@ -16,6 +16,7 @@ import torch
 
 from lmforge.data.sample import Sample
 from lmforge.data.sources.load import eval_dataset_names, resolve_specs, spec_records
+from lmforge.train.losses.logps import token_logps
 
 # ---- prompts from the data ------------------------------------------------------------------
 
@@ -64,30 +65,6 @@ def prompt_row(
         "columns": columns,
         "truncated": truncated,
     }
-
-
-class PromptCollator:
-    """Left-padded prompt ids (generation continues every row at the same position), plus
-    the rows themselves for the rewards."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        length = max(len(f["prompt_ids"]) for f in features)
-        ids = [
-            [self.pad_token_id] * (length - len(f["prompt_ids"])) + f["prompt_ids"]
-            for f in features
-        ]
-        mask = [
-            [0] * (length - len(f["prompt_ids"])) + [1] * len(f["prompt_ids"]) for f in features
-        ]
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "attention_mask": torch.tensor(mask, dtype=torch.long),
-            "index": torch.tensor([f["index"] for f in features], dtype=torch.long),
-            "rows": features,
-        }
 
 
 class RepeatedChunkSampler(torch.utils.data.Sampler):
@@ -195,11 +172,11 @@ def sample_completions(
 
 
 def completion_logps(
-    model, seqs: Sequences, *, with_hidden: bool = False
+    model, seqs: Sequences, *, with_values: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(token) of each completion token [N, T], and with `with_hidden` the last hidden
-    states at the positions that predict them (for a value head). Only the completion's logits
-    are computed (logits_to_keep): the vocabulary can be large."""
+    """log p(token) of each completion token [N, T], and with `with_values` (a
+    ModelWithValueHead) the value head at the positions that predict them [N, T]. Only the
+    completion's logits are computed (logits_to_keep): the vocabulary can be large."""
     steps = seqs.completion_length
     positions = (seqs.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -207,25 +184,9 @@ def completion_logps(
         attention_mask=seqs.attention_mask,
         position_ids=positions,
         logits_to_keep=steps + 1,
-        output_hidden_states=with_hidden,
         use_cache=False,
+        **({"values_at": steps + 1} if with_values else {}),
     )
-    logits = out.logits[:, :-1].float()
-    targets = seqs.completion_ids.unsqueeze(-1)
-    # gather - logsumexp: one [N, T, V] tensor fewer than log_softmax
-    logps = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)
-    hidden = out.hidden_states[-1][:, -steps - 1 : -1] if with_hidden else None
-    return logps, hidden
-
-
-@torch.no_grad()
-def reference_logps(model, ref_model, seqs: Sequences) -> torch.Tensor:
-    """Log-probabilities under the reference: `ref_model` when there is one, else the model
-    with its LoRA adapters disabled (the base is the reference, without a second copy)."""
-    if ref_model is not None:
-        return completion_logps(ref_model, seqs)[0]
-    disable = getattr(model, "disable_adapter", None)
-    if disable is None:
-        raise RuntimeError("full or freeze tuning needs a reference model copy")
-    with disable():
-        return completion_logps(model, seqs)[0]
+    logps = token_logps(out.logits[:, :-1], seqs.completion_ids)
+    values = out.head_values[:, :-1].float() if with_values else None
+    return logps, values

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.train.trainers.preference import _MetricsMixin
 from lmforge.train.rewards.functions import RewardBatch
-from lmforge.train.trainers.rollout import RepeatedChunkSampler, Sequences
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
+from lmforge.train.trainers.preference import _MetricsMixin
+from lmforge.train.trainers.reference import reference_model
+from lmforge.train.trainers.rollout import RepeatedChunkSampler, Sequences, completion_logps
+from lmforge.train.trainers.value_head import body_of
 
 
 @dataclass
@@ -110,8 +112,15 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def unwrapped(self, model):
-        return self.accelerator.unwrap_model(model)
+    def policy(self, model):
+        """The causal LM being trained, unwrapped from DDP/DeepSpeed (without PPO's value
+        head): it samples, and with its adapters disabled it is the reference."""
+        return body_of(self.accelerator.unwrap_model(model))
+
+    @torch.no_grad()
+    def reference_logps(self, model, seqs: Sequences) -> torch.Tensor:
+        with reference_model(self.policy(model), self.ref_model) as reference:
+            return completion_logps(reference, seqs)[0]
 
     def reward_batch(self, rows: list[dict], seqs: Sequences, repeats: int) -> RewardBatch:
         """Rows repeated for their completions, and the completions as text (without the stop

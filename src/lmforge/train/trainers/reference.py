@@ -1,16 +1,22 @@
-"""The reference model of DPO, KTO and PPO, without a second copy where LoRA allows it."""
+"""The reference model of DPO, KTO, PPO and GRPO, without a second copy where LoRA allows it:
+which model it is (load_reference_model, when the stage prepares) and how its outputs are
+computed during training (reference_model)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
 
 from lmforge.model.load import load_model
 
 logger = logging.getLogger(__name__)
 
 
-def load_reference_model(config, model):
+def load_reference_model(config, model) -> nn.Module | None:
     """`ref_model` when given; None with LoRA (the trainer disables the adapters to get the
     base, which is the reference); else a frozen copy of the starting model (full/freeze)."""
     if config.method.ref_model:
@@ -30,3 +36,18 @@ def load_reference_model(config, model):
         logger.info("Reference model: a frozen copy of the starting model")
         reference = copy.deepcopy(model)
     return reference.eval().requires_grad_(False)
+
+
+@contextmanager
+def reference_model(model: nn.Module, ref_model: nn.Module | None) -> Iterator[nn.Module]:
+    """The module whose outputs are the reference's: `ref_model` when there is one, else
+    `model` (unwrapped from DDP/DeepSpeed, a causal LM) with its LoRA adapters disabled, for as
+    long as the block runs. Call it without gradients."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        raise RuntimeError("full or freeze tuning needs a reference model copy")
+    with disable():
+        yield model
