@@ -8,8 +8,8 @@ from test_encode_helpers import CharTokenizer
 
 from lmforge.data.encoding.encode import encode_sample
 from lmforge.data.sample import Sample
-from lmforge.data.templates.named import get_template
 from lmforge.data.templates.auto import auto_template, load_template
+from lmforge.data.templates.named import get_template
 from lmforge.errors import UserError
 from lmforge.model.setup import choose_template_name
 
@@ -22,6 +22,26 @@ SPECIALS = {
     "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"],
     "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
 }
+LLAMA31 = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
+MISTRAL = ["[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]"]
+MISTRAL += ["[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+DEEPSEEK = ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>", "<think>", "</think>"]
+DEEPSEEK += [
+    f"<｜tool▁{t}｜>" for t in ("calls▁begin", "calls▁end", "call▁begin", "call▁end", "sep")
+]
+DEEPSEEK += [
+    f"<｜tool▁{t}｜>" for t in ("outputs▁begin", "outputs▁end", "output▁begin", "output▁end")
+]
+SPECIALS.update(
+    {
+        "llama3_1": LLAMA31,
+        "mistral": MISTRAL,
+        "mistral_nemo": MISTRAL,
+        "deepseek3_0324": DEEPSEEK,
+        "deepseek_r1": DEEPSEEK,
+        "yi": ["<|im_start|>", "<|im_end|>"],
+    }
+)
 CONVERSATION = [
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello!", "reasoning": "Greet."},
@@ -113,3 +133,65 @@ def test_auto_is_the_default_when_the_tokenizer_has_a_chat_template():
     assert choose_template_name(_config(), catalogue, without) == "gemma"
     with pytest.raises(UserError, match="no chat template is known"):
         choose_template_name(_config(), SimpleNamespace(template=None), without)
+
+
+@pytest.mark.parametrize(
+    "fixture, fmt",
+    [
+        ("qwen", "qwen"),
+        ("qwen3", "qwen"),
+        ("glm4", "glm4"),
+        ("llama3_1", "llama3"),
+        ("llama3_2", "llama3"),
+        ("mistral", "mistral"),
+        ("mistral_nemo", "mistral_nemo"),
+        ("deepseek3_0324", "deepseek3"),
+        ("deepseek_r1", "deepseek3"),
+        ("gemma", "qwen"),  # no tool format in the Jinja: Hermes-style <tool_call> is read
+    ],
+)
+def test_auto_reads_the_tool_format_its_jinja_writes(fixture, fmt):
+    text = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+    template = auto_template(CharTokenizer(chat_template=text))
+    assert template.tool_format_name() == fmt
+    assert template.with_options(tool_format="default").tool_format_name() == "default"
+
+
+@pytest.mark.parametrize(
+    "fixture, name, system",
+    [
+        ("llama3_1", "llama3.1", "Be brief."),
+        ("llama3_1", "llama3.1", None),
+        ("mistral_nemo", "mistral_nemo", None),
+        ("yi", "yi", "Be brief."),
+    ],
+)
+def test_auto_trains_what_the_new_named_templates_train(fixture, name, system):
+    tok = tokenizer_with(fixture)
+    plain = [{k: v for k, v in m.items() if k != "reasoning"} for m in CONVERSATION]
+    sample = Sample(plain, system=system)
+    auto = encode_sample(sample, auto_template(tok), tok, 4096)
+    named = encode_sample(sample, get_template(name), tok, 4096)
+    assert (auto.input_ids, auto.labels) == (named.input_ids, named.labels)
+
+
+@pytest.mark.parametrize(
+    "fixture, name, with_schemas",
+    [
+        ("llama3_1", "llama3.1", True),
+        ("mistral", "mistral", True),
+        ("mistral_nemo", "mistral_nemo", True),
+        # DeepSeek's Jinja writes no tool list (lmforge's system text): compared without one.
+        ("deepseek3_0324", "deepseek3", False),
+        ("deepseek_r1", "deepseekr1", False),
+    ],
+)
+def test_auto_native_tool_calls_match_the_named_template(fixture, name, with_schemas):
+    """auto gives Mistral's Jinja the call ids it requires and DeepSeek's the arguments as
+    JSON text, and trains what the named template trains."""
+    tok = tokenizer_with(fixture)
+    sample = Sample(TOOL_TURNS, tools=TOOLS if with_schemas else None)
+    auto = encode_sample(sample, auto_template(tok), tok, 4096)
+    named = encode_sample(sample, get_template(name), tok, 4096)
+    assert tok.decode(auto.input_ids) == tok.decode(named.input_ids)
+    assert (auto.input_ids, auto.labels) == (named.input_ids, named.labels)

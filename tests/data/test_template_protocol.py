@@ -150,3 +150,24 @@ def test_preflight_asks_the_interface_not_the_kind():
     assert named.required_tokens() == ("<start_of_turn>", "<end_of_turn>")
     check_template(named, tok)
     check_template(auto, tok)
+
+
+NEW_SPECIALS = {
+    "llama3.1": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"],
+    "mistral": ["[INST]", "[/INST]"],
+    "mistral_nemo": ["[INST]", "[/INST]"],
+    "yi": ["<|im_start|>", "<|im_end|>"],
+    "deepseek3": ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"],
+    "deepseekr1": ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>", "<think>"],
+    "glm4": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_SPECIALS))
+def test_preflight_passes_for_the_added_and_changed_templates(name):
+    """Their Jinja (written into the saved tokenizer) renders what training renders."""
+    tok = CharTokenizer(NEW_SPECIALS[name])
+    check_template(get_template(name), tok)
+    if name == "llama3.1":
+        for date in ("today", "01 Jan 2025"):
+            check_template(get_template(name).with_options(date_string=date), tok)

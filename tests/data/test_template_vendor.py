@@ -5,24 +5,29 @@ rendered with transformers' own chat-template renderer, as `apply_chat_template`
 """
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from lmforge.data.templates.named import available_templates, get_template
-from lmforge.data.templates.tools import parse_tools
+from lmforge.data.templates.tools import get_tool_format, parse_tools
+from lmforge.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "templates"
 VENDOR = {
     "chatml": "chatml",
-    "yi": "chatml",
+    "yi": "yi",
     "qwen": "qwen",
     "qwen3": "qwen3",
     "qwen3_nothink": "qwen3_nothink",
     "llama2": "llama2",
     "llama3": "llama3",
+    "llama3.1": "llama3_1",
     "mistral": "mistral",
+    "mistral_nemo": "mistral_nemo",
     "mixtral": "mixtral",
     "gemma": "gemma",
     "glm4": "glm4",
@@ -34,19 +39,37 @@ VENDOR = {
     "intern2": "intern2",
 }
 NO_SYSTEM = {"mixtral"}  # the vendor template refuses a system message
-SYSTEM_ONLY_BEFORE_PROMPT = {"mistral"}  # the vendor drops it unless the last turn is the user's
-TOOLS = {"qwen", "qwen3", "qwen3_nothink", "glm4"}  # templates whose vendor writes tool calls
+# The vendor drops it unless the last turn is the user's
+SYSTEM_ONLY_BEFORE_PROMPT = {"mistral", "mistral_nemo"}
+# Templates whose vendor writes tool calls, and the vendor Jinja that writes them when it is not
+# the one above (DeepSeek's earlier revisions render calls without their closing marker).
+TOOLS = {
+    "qwen": "qwen",
+    "qwen3": "qwen3",
+    "qwen3_nothink": "qwen3_nothink",
+    "glm4": "glm4",
+    "llama3.1": "llama3_1",
+    "mistral": "mistral",
+    "mistral_nemo": "mistral_nemo",
+    "deepseek3": "deepseek3_0324",
+    "deepseekr1": "deepseek_r1",
+}
+DEEPSEEK = {"deepseek3", "deepseekr1"}  # the vendor writes no tool list (lmforge's system text)
 
 
 class Tok:
     bos_token, eos_token = "<s>", "</s>"
 
 
-def vendor_render(name, messages, system=None, tools=None, generation=False, **kwargs):
-    chat = ([{"role": "system", "content": system}] if system else []) + [
-        _vendor_message(m) for m in messages
-    ]
+def vendor_render(
+    name, messages, system=None, tools=None, generation=False, fixture=None, **kwargs
+):
     schemas = parse_tools(tools) or None  # the OpenAI wrapping the vendors expect
+    if name in DEEPSEEK and schemas:  # its Jinja ignores `tools`: the system text lmforge writes
+        system = get_tool_format("deepseek3").system_parts(system, schemas)[0]
+    chat = ([{"role": "system", "content": system}] if system else []) + [
+        _vendor_message(m, string_arguments=name in DEEPSEEK) for m in messages
+    ]
     if name == "glm4" and schemas:  # GLM-4 reads tools from a message, not from `tools`
         if chat and chat[0]["role"] == "system":
             chat[0] = {**chat[0], "tools": schemas}
@@ -55,7 +78,7 @@ def vendor_render(name, messages, system=None, tools=None, generation=False, **k
         schemas = None
     if name == "glm4":
         chat = [_glm4_message(m) for m in chat]
-    text = (FIXTURES / f"{VENDOR[name]}.jinja").read_text(encoding="utf-8")
+    text = (FIXTURES / f"{fixture or VENDOR[name]}.jinja").read_text(encoding="utf-8")
     rendered, _ = render_jinja_template(
         [chat],
         tools=schemas,
@@ -68,12 +91,20 @@ def vendor_render(name, messages, system=None, tools=None, generation=False, **k
     return rendered[0]
 
 
-def _vendor_message(message):
+def _vendor_message(message, string_arguments=False):
     out = {"role": message["role"], "content": message.get("content", "")}
     if message.get("reasoning"):
         out["reasoning_content"] = message["reasoning"]
+    if message.get("tool_call_id"):
+        out["tool_call_id"] = message["tool_call_id"]
     if message.get("tool_calls"):
-        out["tool_calls"] = [{"type": "function", "function": c} for c in message["tool_calls"]]
+        out["tool_calls"] = []
+        for c in message["tool_calls"]:
+            function = {"name": c["name"], "arguments": c["arguments"]}
+            if string_arguments:  # DeepSeek's Jinja concatenates the JSON text
+                function["arguments"] = json.dumps(c["arguments"], ensure_ascii=False)
+            call = {"type": "function", "function": function}
+            out["tool_calls"].append({**call, "id": c["id"]} if "id" in c else call)
     return out
 
 
@@ -147,6 +178,68 @@ def test_qwen2_is_qwen_with_its_default_system():
         assert ours("qwen", messages, generation=generation, default_system=default) == qwen2[0]
 
 
+def test_qwen15_is_qwen_with_its_default_system():
+    """Qwen1.5-Chat's template: Qwen2.5's markup, default system prompt without a full stop."""
+    default = "You are a helpful assistant"
+    for messages, generation in ((ONE_TURN, False), (MULTI_TURN, False), (ASKING, True)):
+        for system in (None, SYSTEM):
+            expected = vendor_render(
+                "qwen", messages, system, generation=generation, fixture="qwen1_5"
+            )
+            got = ours("qwen", messages, system, generation=generation, default_system=default)
+            assert got == expected
+    text = ours("qwen", ONE_TURN, default_system=default)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant<|im_end|>\n")
+
+
+LLAMA_CONVERSATIONS = [(ONE_TURN, False), (MULTI_TURN, False), (ASKING, True)]
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM])
+def test_llama32_is_llama31_with_todays_date(system):
+    """Llama 3.2's template stamps today's date (`date_string: today`); 3.1 and 3.3 write
+    26 Jul 2024 unless `date_string` is given, as their template's own variable."""
+    today = datetime.now().strftime("%d %b %Y")
+    for messages, generation in LLAMA_CONVERSATIONS:
+        expected = vendor_render("llama3.1", messages, system, None, generation, fixture="llama3_2")
+        got = ours("llama3.1", messages, system, generation=generation, date_string="today")
+        assert got == expected and f"Today Date: {today}\n\n" in got
+        expected = vendor_render(
+            "llama3.1", messages, system, None, generation, date_string="01 Jan 2025"
+        )
+        assert (
+            ours("llama3.1", messages, system, generation=generation, date_string="01 Jan 2025")
+            == expected
+        )
+    got = ours("llama3.1", TOOL_CONVERSATION, system, TOOL_SCHEMAS, date_string="today")
+    assert got == vendor_render(
+        "llama3.1", TOOL_CONVERSATION, system, TOOL_SCHEMAS, fixture="llama3_2"
+    )
+
+
+@pytest.mark.parametrize("date", [None, "today", "01 Jan 2025"])
+def test_llama31_saved_jinja_writes_the_trained_date(date):
+    """The Jinja written into the saved tokenizer renders the date training used."""
+    template = get_template("llama3.1").with_options(date_string=date)
+    assert template.date() == (
+        datetime.now().strftime("%d %b %Y") if date == "today" else date or "26 Jul 2024"
+    )
+    for messages, generation in LLAMA_CONVERSATIONS:
+        rendered, _ = render_jinja_template(
+            [[{"role": "system", "content": SYSTEM}] + messages],
+            chat_template=template.jinja,
+            add_generation_prompt=generation,
+            bos_token=Tok.bos_token,
+        )
+        got = "".join(
+            s.text
+            for s in template.render(Tok(), messages, SYSTEM, add_generation_prompt=generation)
+        )
+        assert got == rendered[0]
+    again = template.with_options(date_string=None).with_options(date_string="26 Jul 2024")
+    assert again.jinja == get_template("llama3.1").jinja
+
+
 @pytest.mark.parametrize("generation", [False, True])
 def test_gemma_1_and_2_equal_their_vendor_template(generation):
     """gemma-*-it and gemma-2-*-it ship one template (gemma2.jinja), Gemma 3's without a system
@@ -197,22 +290,128 @@ PARALLEL = [
 ]
 
 
+def vendor_tools(name, messages, system=None, generation=False, ours_text="", **kwargs):
+    """The vendor's rendering of a tool conversation. Mistral's needs 9-character call ids that
+    samples do not carry: it is given the ids lmforge wrote (`ours_text`), in order."""
+    if name in ("mistral", "mistral_nemo"):
+        messages = with_ids(messages, ours_text)
+    return vendor_render(
+        name, messages, system, TOOL_SCHEMAS, generation, fixture=TOOLS[name], **kwargs
+    )
+
+
+def with_ids(messages, text):
+    call_ids = re.findall(r'"id": "(\w+)"', text)
+    result_ids = re.findall(r'"call_id": "(\w+)"', text)
+    assert all(re.fullmatch(r"[A-Za-z0-9]{9}", i) for i in call_ids + result_ids)
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [{**c, "id": call_ids.pop(0)} for c in m["tool_calls"]]
+            m = {**m, "tool_calls": calls}
+        elif m["role"] == "tool":
+            m = {**m, "tool_call_id": result_ids.pop(0)}
+        out.append(m)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(TOOLS))
 @pytest.mark.parametrize("system", [None, SYSTEM])
 def test_tool_calls_equal_vendor(name, system):
-    expected = vendor_render(name, TOOL_CONVERSATION, system, TOOL_SCHEMAS)
+    if system and name in SYSTEM_ONLY_BEFORE_PROMPT:
+        pytest.skip("the vendor template drops the system prompt here")
+    got = ours(name, TOOL_CONVERSATION, system, TOOL_SCHEMAS)
+    expected = vendor_tools(name, TOOL_CONVERSATION, system, ours_text=got)
     if name == "qwen3":  # its final answer always carries a (here empty) reasoning block
         assert "<think>\n\n</think>\n\nIt is 21" in expected
-    assert ours(name, TOOL_CONVERSATION, system, TOOL_SCHEMAS) == expected + closing(name)
+    assert got == expected + closing(name)
     asking = TOOL_CONVERSATION[:3]
-    expected = vendor_render(name, asking, system, TOOL_SCHEMAS, generation=True)
-    assert ours(name, asking, system, TOOL_SCHEMAS, generation=True) == expected
+    got = ours(name, asking, system, TOOL_SCHEMAS, generation=True)
+    assert got == vendor_tools(name, asking, system, generation=True, ours_text=got)
 
 
-@pytest.mark.parametrize("name", ["qwen", "qwen3", "qwen3_nothink"])
+@pytest.mark.parametrize(
+    "name", ["qwen", "qwen3", "qwen3_nothink", "mistral", "mistral_nemo", "deepseek3", "deepseekr1"]
+)
 def test_parallel_tool_calls_and_grouped_results_equal_vendor(name):
-    expected = vendor_render(name, PARALLEL, None, TOOL_SCHEMAS)
-    assert ours(name, PARALLEL, None, TOOL_SCHEMAS) == expected
+    got = ours(name, PARALLEL, None, TOOL_SCHEMAS)
+    assert got == vendor_tools(name, PARALLEL, ours_text=got)
+
+
+def test_native_tool_formats_write_the_vendors_markers():
+    """What each native format looks like (the tests above compare whole conversations)."""
+    text = ours("llama3.1", TOOL_CONVERSATION, None, TOOL_SCHEMAS)
+    assert "Environment: ipython\nCutting Knowledge Date" in text
+    assert '\n\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in text
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n"{\\"temp\\": 21}"' in text
+    text = ours("mistral", TOOL_CONVERSATION, None, TOOL_SCHEMAS)
+    assert text.startswith('<s>[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "g')
+    assert (
+        '[/INST][TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id"' in text
+    )
+    text = ours("mistral_nemo", TOOL_CONVERSATION, None, TOOL_SCHEMAS)
+    assert '[/INST][TOOL_CALLS][{"name": "get_weather"' in text and "[TOOL_RESULTS]{" in text
+    text = ours("deepseek3", TOOL_CONVERSATION, None, TOOL_SCHEMAS)
+    assert (
+        "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+        '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>'
+    ) in text
+    assert "<｜tool▁outputs▁end｜>It is 21 degrees.<｜end▁of▁sentence｜>" in text
+
+
+def test_mistral_call_ids_pair_calls_with_results():
+    """Samples carry no call ids: each call gets a 9-character id and its result the same one;
+    a call's own id is kept when it is 9 characters, and an OpenAI id maps to the same id in the
+    call and in the result that names it."""
+    text = ours("mistral", PARALLEL, None, TOOL_SCHEMAS)
+    calls = re.findall(r'"id": "(\w+)"', text)
+    assert len(set(calls)) == 2 and re.findall(r'"call_id": "(\w+)"', text) == calls
+    named = [dict(m) for m in PARALLEL]
+    named[1] = {
+        **named[1],
+        "tool_calls": [{**TOOL_CALL[0], "id": "call_x"}, {**TOOL_CALL[0], "id": "abcDEF123"}],
+    }
+    named[2] = {**named[2], "tool_call_id": "abcDEF123"}
+    named[3] = {**named[3], "tool_call_id": "call_x"}
+    text = ours("mistral_nemo", named, None, TOOL_SCHEMAS)
+    first, second = re.findall(r'"id": "(\w+)"', text)
+    assert second == "abcDEF123" and re.findall(r'"call_id": "(\w+)"', text) == [second, first]
+    assert text == vendor_tools("mistral_nemo", named, ours_text=text)
+
+
+def test_llama31_refuses_parallel_calls_as_its_vendor_does():
+    with pytest.raises(UserError, match="one call per answer"):
+        ours("llama3.1", PARALLEL, None, TOOL_SCHEMAS)
+
+
+REASONED_TOOLS = [
+    TOOL_CONVERSATION[0],
+    {**TOOL_CONVERSATION[1], "reasoning": "Look it up."},
+    TOOL_CONVERSATION[2],
+    {**TOOL_CONVERSATION[3], "reasoning": "Say it."},
+]
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_deepseekr1_tool_calls_with_reasoning_equal_vendor(thinking):
+    """R1's template keeps an answer's text (its reasoning included) in the turns after the last
+    user message and opens no reasoning block after tool results."""
+    got = ours("deepseekr1", REASONED_TOOLS, None, TOOL_SCHEMAS, enable_thinking=thinking)
+    messages = [dict(m) for m in REASONED_TOOLS]
+    if thinking:
+        for m in messages:
+            if m.get("reasoning"):
+                m["content"] = f"<think>\n{m.pop('reasoning')}\n</think>\n\n{m['content']}"
+    else:
+        messages = [{k: v for k, v in m.items() if k != "reasoning"} for m in messages]
+    assert got == vendor_tools("deepseekr1", messages)
+    asking = REASONED_TOOLS[:3]
+    got = ours("deepseekr1", asking, None, TOOL_SCHEMAS, generation=True, enable_thinking=thinking)
+    assert got.endswith("<｜tool▁outputs▁end｜>")
+    assert got == vendor_tools("deepseekr1", messages[:3], generation=True)
+    r1 = get_template("deepseekr1")
+    assert not r1.prompt_opens_thinking(thinking, asking)  # the answer does not start inside
+    assert r1.prompt_opens_thinking(thinking, asking[:1]) == thinking
 
 
 REASONED = [

@@ -70,11 +70,22 @@ def test_64_prompts_with_n_16_are_refused_naming_the_budget(server, shared_engin
     assert shared_engine.stats()["waiting"] == 0  # nothing was queued
 
 
-def test_the_budget_is_checked_before_tokenizing_many_prompts(server):
-    body = {"model": "tiny", "prompt": ["Hi"] * 40000, "max_tokens": 1}
-    r = httpx.post(f"{server}/v1/completions", json=body, timeout=60)
+def test_the_budget_is_checked_before_tokenizing_many_prompts(shared_engine, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from lmforge.infer.api import create_app
+
+    encoded = []
+    encode = shared_engine.tokenizer.encode
+    monkeypatch.setattr(
+        shared_engine.tokenizer, "encode", lambda *a, **k: encoded.append(1) or encode(*a, **k)
+    )
+    app = create_app(shared_engine, limits=ServerLimits(max_request_tokens=100))
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"model": "tiny", "prompt": ["Hi"] * 60})
     assert r.status_code == 400
-    assert r.json()["error"]["message"].startswith("this request may process 80000 tokens")
+    assert r.json()["error"]["message"].startswith("this request may process 120 tokens")
+    assert encoded == []
 
 
 def test_a_chat_request_over_a_small_budget(shared_engine):
@@ -170,19 +181,28 @@ def test_cancelled_requests_waiting_for_a_slot_are_dropped(shared_engine):
         list(stream)
 
 
-def test_free_slots_go_to_requests_in_turn(shared_engine):
+def test_free_slots_go_to_requests_in_turn(shared_engine, monkeypatch):
     """A request with n=16 does not take every slot from the request queued after it."""
     from lmforge.infer.sampling import SamplingParams
 
     scheduler = shared_engine.scheduler
+    admitted = []
+    next_waiting = scheduler._next_waiting
+
+    def recording():
+        seq = next_waiting()
+        admitted.append(seq.stream)
+        return seq
+
+    monkeypatch.setattr(scheduler, "_next_waiting", recording)
     ids = shared_engine.encode_chat(HI).ids
     hold = [scheduler.submit(ids, SamplingParams(max_tokens=400)) for _ in range(8)]
     big = scheduler.submit(ids, SamplingParams(max_tokens=400), n=16)
     small = scheduler.submit(ids, SamplingParams(max_tokens=2))
     hold[0].cancel()  # one slot frees: big's first sequence takes it
     hold[1].cancel()  # the next goes to small, not to big's second sequence
-    assert list(small)[-1].finish_reason == "length"
-    assert scheduler.stats()["waiting"] == 15  # big's other sequences still wait
+    assert list(small)[-1].finish_reason == "length"  # long before big's 16 x 400 tokens
+    assert admitted[8:10] == [big, small]
     for stream in [*hold, big]:
         stream.cancel()
         list(stream)

@@ -18,6 +18,18 @@ QWEN = (
 )
 REACT = 'Thought: I need the weather.\nAction: get_weather\nAction Input: {"city": "Paris"}'
 GLM4 = 'get_weather\n{"city": "Paris"}'
+LLAMA3 = '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}'
+MISTRAL = (
+    'Let me check.[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": '
+    '"c"}, "id": "abcDEF123"}, {"name": "get_time", "arguments": {"tz": "CET"}}]'
+)
+NEMO_STRIPPED = '[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]'
+DEEPSEEK = (
+    "Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+    '```json\n{"city": "Paris", "unit": "c"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function'
+    '<｜tool▁sep｜>get_time\n```json\n{"tz": "CET"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
+)
+WEATHER = ("get_weather", {"city": "Paris", "unit": "c"})
 
 
 def random_cuts(text: str, seed: int) -> list[str]:
@@ -48,6 +60,12 @@ def streamed(parser: AnswerParser, pieces: list[str]) -> Answer:
         ),
         ("default", REACT, "Thought: I need the weather.\n", [("get_weather", {"city": "Paris"})]),
         ("glm4", GLM4, "", [("get_weather", {"city": "Paris"})]),
+        ("llama3", LLAMA3, "", [WEATHER]),
+        ("llama3", "<|python_tag|>" + LLAMA3 + "; " + LLAMA3, "", [WEATHER, WEATHER]),
+        ("mistral", MISTRAL, "Let me check.", [WEATHER, ("get_time", {"tz": "CET"})]),
+        ("mistral_nemo", NEMO_STRIPPED, "", [WEATHER]),  # [TOOL_CALLS] skipped when decoding
+        ("mistral", " " + NEMO_STRIPPED, "", [WEATHER]),
+        ("deepseek3", DEEPSEEK, "Let me check.", [WEATHER, ("get_time", {"tz": "CET"})]),
     ],
 )
 def test_each_format_parses_whole_and_streamed(fmt, text, content, calls):
@@ -69,6 +87,11 @@ def test_each_format_parses_whole_and_streamed(fmt, text, content, calls):
         ("qwen", '<tool_call>\n{"name": "f", "arguments": {"a": '),  # cut off
         ("default", "Action: f\nAction Input: {oops"),
         ("glm4", "Just an answer, no call."),
+        ("llama3", "Sure: {not a call}"),
+        ("llama3", '{"city": "Paris"}'),  # JSON, but not a call
+        ("mistral", "[1, 2] are numbers"),
+        ("mistral", "[TOOL_CALLS] [oops"),
+        ("deepseek3", "<｜tool▁calls▁begin｜>no call here<｜tool▁calls▁end｜>"),
     ],
 )
 def test_text_that_is_not_a_valid_call_stays_content(fmt, text):
@@ -123,3 +146,33 @@ def test_marker_splitter_holds_partial_markers():
     assert s.feed("a>y</") == [(False, ""), (True, "y")]
     assert s.feed("a>z") == [(True, ""), (False, "z")]
     assert s.flush() == []
+
+
+def test_mistral_keeps_the_call_id_the_model_wrote():
+    _, calls = get_tool_parser("mistral").parse(MISTRAL)
+    assert calls[0].id == "abcDEF123" and calls[1].id.startswith("call_")
+
+
+def test_deepseek_reads_v31_calls_and_calls_cut_off_at_eos():
+    v31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"tz": "CET"}<｜tool▁call▁end｜>'
+    _, calls = get_tool_parser("deepseek3").parse(v31)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_time", {"tz": "CET"})]
+    _, calls = get_tool_parser("deepseek3").parse(DEEPSEEK.split("<｜tool▁calls▁end｜>")[0])
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+
+
+@pytest.mark.parametrize(
+    "fmt", ["qwen", "default", "glm4", "llama3", "mistral", "mistral_nemo", "deepseek3"]
+)
+def test_what_the_template_writes_the_parser_reads(fmt):
+    """A call as data/templates/tools.py writes it into a training answer comes back as the
+    same call, and the prefix that forces a call is the start of that text."""
+    from lmforge.data.templates.tools import get_tool_format
+
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}
+    text = get_tool_format(fmt).calls("", [call], ["abcDEF123"])
+    content, calls = get_tool_parser(fmt).parse(text)
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [WEATHER]
+    prefix = get_tool_parser(fmt).forced_prefix("get_weather")
+    if prefix and fmt != "default":
+        assert text.startswith(prefix)

@@ -121,6 +121,22 @@ def test_grpo_resumes_exactly(tmp_path, tiny_model_dir):
     assert torch.allclose(probe_logits(full.model.eval()), probe_logits(resumed.model.eval()))
 
 
+@pytest.mark.parametrize("reward", ["counted:f", "counted.py:f"])
+def test_a_reward_file_is_imported_once_per_run(tmp_path, tiny_model_dir, reward):
+    """The check before the model loads, the data step and the trainer all need the rewards;
+    the user's file runs once (its top-level code counts here, in a file beside it)."""
+    (tmp_path / "counted.py").write_text(
+        "from pathlib import Path\n"
+        "COUNT = Path(__file__).with_name('imports.txt')\n"
+        "COUNT.write_text(COUNT.read_text() + 'x' if COUNT.exists() else 'x')\n"
+        "def f(prompts, completions, **columns):\n"
+        "    return [float(len(c) % 2) for c in completions]\n"
+    )
+    run = train(tmp_path, tiny_model_dir, reward_funcs=reward, max_steps=1)
+    assert len(history(run)) == 1
+    assert (tmp_path / "imports.txt").read_text() == "x"
+
+
 def test_group_advantages_and_loss_formulas():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0])
     adv = group_advantages(rewards, 2)

@@ -103,6 +103,31 @@ def test_ppo_trains_with_the_reward_model_and_saves_adapter_and_critic(
         assert torch.allclose(reloaded(ids).logits, run.model.eval()(ids).logits, atol=1e-5)
 
 
+def test_ppo_resumes_with_its_critic(tmp_path, tiny_model_dir, reward_model):
+    """The checkpoint holds the critic beside the adapter; resuming restores both (and the
+    random state), so the resumed run repeats the uninterrupted one."""
+    settings = dict(
+        stage="ppo", dataset="prompts", reward_model=str(reward_model), max_steps=4, save_steps=2
+    )
+    runs = {}
+    for name in ("full", "first"):
+        (tmp_path / name).mkdir()
+        runs[name] = run_training(
+            load_config(config_file(tmp_path / name, tiny_model_dir, **settings))
+        )
+    checkpoint = runs["first"].output_dir / "checkpoint-2"
+    assert (checkpoint / CRITIC_FILE).is_file()
+    path = config_file(
+        tmp_path / "first", tiny_model_dir, resume_from_checkpoint=str(checkpoint), **settings
+    )
+    resumed = run_training(load_config(path))
+    assert [h["loss"] for h in history(resumed)] == pytest.approx(
+        [h["loss"] for h in history(runs["full"])], abs=1e-6
+    )
+    critic = runs["full"].model.value_head.summary.weight
+    assert torch.allclose(resumed.model.value_head.summary.weight, critic, atol=1e-6)
+
+
 def test_reward_model_scorer_prefers_what_rm_learnt(reward_model):
     from lmforge.config.schema import DataConfig
     from lmforge.train.rewards.reward_model import RewardModelScorer

@@ -4,6 +4,7 @@ the errors a wrong one gives."""
 import sys
 
 import pytest
+import yaml
 
 from lmforge.config.schema import MethodConfig
 from lmforge.data.sample import Sample
@@ -154,6 +155,78 @@ def test_reward_function_errors_name_the_value_and_the_fix(tmp_path, value, mess
     assert message in str(caught.value)
     assert value in str(caught.value)
     assert "train.yaml" in str(caught.value)  # where: the config file
+
+
+@pytest.mark.parametrize(
+    "value, what",
+    [
+        ("os:system", "a module of Python's standard library"),
+        ("subprocess:run", "a module of Python's standard library"),
+        ("builtins:eval", "a module built into Python"),
+        ("sys:exit", "a module built into Python"),
+        ("yaml:safe_load", "an installed package"),
+    ],
+)
+def test_names_outside_the_users_files_are_refused(tmp_path, value, what):
+    with pytest.raises(UserError) as caught:
+        terms(tmp_path, reward_funcs=value)
+    message = str(caught.value)
+    assert f"reward_funcs: `{value}` names `{value.split(':')[0]}`, {what}" in message
+    assert "only from your own files" in message and "Fix: write the function" in message
+
+
+def test_a_path_into_the_standard_library_or_site_packages_is_refused(tmp_path):
+    import os
+
+    for value in (f"{os.__file__}:system", f"{yaml.__file__}:safe_load"):
+        with pytest.raises(UserError, match="of an installed package; reward functions") as caught:
+            terms(tmp_path, reward_funcs=value)
+        assert value in str(caught.value) and "Fix: " in str(caught.value)
+
+
+def test_a_module_is_looked_up_beside_the_yaml_only(tmp_path, monkeypatch):
+    write_module(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the current folder no longer counts
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))  # nor does sys.path
+    with pytest.raises(UserError, match="cannot import module `my_rewards`") as caught:
+        terms(tmp_path / "config", reward_funcs="my_rewards:has_answer")
+    assert "elsewhere/my_rewards.py is not looked up" in str(caught.value)
+    (term,) = terms(tmp_path / "elsewhere", reward_funcs="my_rewards:has_answer")
+    assert term.score(batch(["4"], answer=["4"])) == [1.0]
+
+
+def test_a_package_module_and_its_sibling_imports(tmp_path):
+    write_module(tmp_path / "pkg", "helpers", "def ok(c):\n    return float(c == 'ok')\n")
+    write_module(
+        tmp_path / "pkg",
+        "scores",
+        "import helpers\n"  # beside it, as when the file runs as a script
+        "def f(prompts, completions, **kw):\n    return [helpers.ok(c) for c in completions]\n",
+    )
+    path_before = list(sys.path)
+    (term,) = terms(tmp_path, reward_funcs="pkg.scores:f")
+    assert term.score(batch(["ok", "no"])) == [1.0, 0.0]
+    assert sys.path == path_before
+    sys.modules.pop("helpers", None)
+
+
+COUNTING = (
+    "from pathlib import Path\n"
+    "IMPORTS = Path(__file__).with_suffix('.imports')\n"
+    "IMPORTS.write_text(IMPORTS.read_text() + 'x' if IMPORTS.exists() else 'x')\n"
+    "def f(prompts, completions, **kw):\n    return [1.0] * len(completions)\n"
+)
+
+
+@pytest.mark.parametrize("form", ["counting:f", "counting.py:f"])
+def test_a_file_runs_once_however_often_the_terms_are_built(tmp_path, form):
+    path = write_module(tmp_path, "counting", COUNTING)
+    for _ in range(3):  # the check, the stage's data step and the trainer each build them
+        terms(tmp_path, reward_funcs=form)
+    assert path.with_suffix(".imports").read_text() == "x"
+    path.write_text(COUNTING + "# changed\n")  # an edited file is loaded afresh
+    terms(tmp_path, reward_funcs=form)
+    assert path.with_suffix(".imports").read_text() == "xx"
 
 
 def test_did_you_mean_for_a_misspelt_function(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from lmforge.cli import main
 from lmforge.config import load_config
@@ -56,6 +57,7 @@ def run(tmp_path, tiny_model_dir, **settings):
         "lora_alpha": 32,
     }
     base.update(settings)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(base))
     return run_training(load_config(path))
@@ -123,6 +125,79 @@ def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
     with torch.no_grad():
         chosen, rejected = last_token_scores(ModelWithValueHead(model, head), ids, mask).tolist()
     assert chosen > rejected
+
+
+def test_reward_model_resumes_with_its_value_head(tmp_path, tiny_model_dir):
+    settings = dict(
+        stage="rm", dataset="pairs", max_steps=4, save_steps=2, per_device_train_batch_size=2
+    )
+    data = str(pair_dataset(tmp_path / "data"))
+    full = run(tmp_path / "a", tiny_model_dir, dataset_dir=data, **settings)
+    first = run(tmp_path / "b", tiny_model_dir, dataset_dir=data, **settings)
+    assert (first.output_dir / "checkpoint-2" / "value_head.safetensors").is_file()
+    resumed = run(
+        tmp_path / "b",
+        tiny_model_dir,
+        dataset_dir=data,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
+        **settings,
+    )
+    assert [h["loss"] for h in trainer_logs(resumed)] == pytest.approx(
+        [h["loss"] for h in trainer_logs(full)], abs=1e-6
+    )
+    head = full.model.value_head.summary.weight
+    assert torch.allclose(resumed.model.value_head.summary.weight, head, atol=1e-6)
+
+
+def test_reward_model_evaluates_and_loads_the_best_head(tmp_path, tiny_model_dir):
+    """eval_loss is reported (it was not: the Trainer finds no label names on the model), and
+    load_best_model_at_end restores the best checkpoint's value head with its adapter."""
+    result = run(
+        tmp_path,
+        tiny_model_dir,
+        stage="rm",
+        dataset="pairs",
+        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        max_steps=6,
+        save_steps=2,
+        eval_steps=2,
+        val_size=0.25,
+        load_best_model_at_end=True,
+        greater_is_better=True,  # passed through: makes the first checkpoint the best one
+    )
+    state = json.loads((result.output_dir / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "eval_loss" in h] == [2, 4, 6]
+    best = Path(state["best_model_checkpoint"])
+    assert best.name == "checkpoint-2"
+    head = load_file(best / "value_head.safetensors")["summary.weight"]
+    assert torch.equal(result.model.value_head.summary.weight.detach(), head)
+    assert torch.equal(
+        load_file(result.output_dir / "value_head.safetensors")["summary.weight"], head
+    )
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_model_dir, stage):
+    """The losses are batch means: with 2 x 2 accumulated the Trainer divides by 2, so the
+    logged loss and the gradient norm are those of one batch of 4 (they were twice as large)."""
+    data = str(pair_dataset(tmp_path / "data"))
+    logs = [
+        trainer_logs(
+            run(
+                tmp_path / f"b{batch}",
+                tiny_model_dir,
+                stage=stage,
+                dataset="pairs",
+                dataset_dir=data,
+                max_steps=2,
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=4 // batch,
+            )
+        )
+        for batch in (4, 2)
+    ]
+    for key in ("loss", "grad_norm"):
+        assert [h[key] for h in logs[1]] == pytest.approx([h[key] for h in logs[0]], rel=1e-4)
 
 
 @pytest.mark.parametrize("pref_loss", ["sigmoid", "hinge", "ipo", "orpo", "simpo"])

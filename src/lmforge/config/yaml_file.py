@@ -9,7 +9,6 @@ size with every alias expanded is counted (shared nodes once) before anything is
 
 from __future__ import annotations
 
-import codecs
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,9 @@ import yaml
 
 from lmforge.errors import UserError
 from lmforge.suggest import closest
+from lmforge.text_encoding import bom_encoding
 
 MAX_VALUES = 100_000  # values after expanding aliases; a real config has a few hundred
-_BOMS = (  # UTF-32 first: the UTF-32 LE mark starts with the UTF-16 LE one
-    (codecs.BOM_UTF32_LE, "utf-32-le"),
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -74,11 +67,7 @@ def _check_file(path: Path) -> None:
 def decode(path: Path, raw: bytes) -> str:
     """The file's text: UTF-8 (a UTF-8, UTF-16 or UTF-32 byte order mark is honoured, as YAML
     allows); any other bytes are an error naming the byte, its offset and line."""
-    codec, start = "utf-8", 0
-    for bom, name in _BOMS:
-        if raw.startswith(bom):
-            codec, start = name, len(bom)
-            break
+    codec, start = bom_encoding(raw[:4]) or ("utf-8", 0)
     try:
         text = raw[start:].decode(codec)
     except UnicodeDecodeError as exc:

@@ -204,10 +204,10 @@ def create_app(
         req: CompletionRequest = await run_in_threadpool(parse_request, body, CompletionRequest)
         check_model(req.model)
         overrides = req.sampling_overrides()
-        params = engine.sampling_params(**overrides)
         texts = req.prompts()
         check_request_count(len(texts), req.n, budget)  # before tokenizing them all
         prompts = await run_in_threadpool(encode_prompts, texts)
+        params = await run_in_threadpool(lambda: engine.sampling_params(**overrides))
         fitted = [
             fit_context(engine, len(ids), params, explicit=overrides["max_tokens"])
             for _, ids in prompts

@@ -11,8 +11,11 @@ preflight) and, through DNS rebinding, even same-origin ones to a hostname that 
    every POST) is a 403 unless the origin is allowed (`--cors` / `api_cors`). Clients that are not
    browsers send no Origin and are not affected.
 3. Content-Type of a POST: JSON (`application/json` or `*+json`) or none; anything else is a 415.
-4. Body size: over `max_body_bytes` is a 413, from Content-Length before reading, else as soon as
-   the streamed body passes the limit. The body is read here and replayed to the app.
+4. Body size: over `max_body_bytes` is a 413, from Content-Length before parsing, else as soon as
+   the streamed body passes the limit. The body is read here and replayed to the app. Before a
+   413 the rest of the body is read and dropped (up to DRAIN_BYTES, never stored): a server that
+   closes the connection on a client still uploading makes the client see a reset, not the 413.
+   A client that sent `Expect: 100-continue` gets the 413 without uploading at all.
 
 Every refusal is OpenAI's error JSON. This is plain ASGI middleware (not BaseHTTPMiddleware), so
 the app still sees the client's disconnect through `receive`.
@@ -33,6 +36,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
+DRAIN_BYTES = 64 * 2**20  # larger uploads are cut off without reading them
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -50,15 +54,20 @@ class RequestGuard:
             self._check_host(scope, headers)
             or self._check_origin(headers)
             or self._check_content_type(scope, headers)
-            or self._check_length(scope, headers)
         )
         if problem is not None:
             await _reply(send, problem)
             return
         if scope["method"] in BODY_METHODS:
+            declared = _content_length(headers)
+            if declared is not None and declared > self.limits.max_body_bytes:
+                if declared <= DRAIN_BYTES and "100-continue" not in headers.get("expect", ""):
+                    await _drain(receive)
+                await _reply(send, _too_large(self.limits.max_body_bytes))
+                return
             body, problem = await _read_body(receive, self.limits.max_body_bytes)
             if problem is not None:
-                await _reply(send, problem)
+                await _reply(send, problem)  # _read_body has drained the rest
                 return
             if body is None:  # the client went away while sending
                 return
@@ -114,20 +123,17 @@ class RequestGuard:
             code="unsupported_media_type",
         )
 
-    def _check_length(self, scope: Scope, headers: dict[str, str]) -> APIError | None:
-        length = headers.get("content-length")
-        if scope["method"] not in BODY_METHODS or length is None:
-            return None
-        try:
-            size = int(length)
-        except ValueError:
-            return APIError(400, "the Content-Length header is not a number")
-        return _too_large(self.limits.max_body_bytes) if size > self.limits.max_body_bytes else None
-
 
 def _headers(scope: Scope) -> dict[str, str]:
     """Header name -> value (latin-1, the last one of a repeated name)."""
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):  # h11 has already refused a malformed one
+        return None
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -155,7 +161,8 @@ def _too_large(limit: int) -> APIError:
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, APIError | None]:
-    """(body, None); (None, 413) once it passes `limit`; (None, None) if the client left."""
+    """(body, None); (None, 413) once it passes `limit` (the rest drained); (None, None) if the
+    client left."""
     parts, size = [], 0
     while True:
         message = await receive()
@@ -163,11 +170,24 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, APIErr
             return None, None
         chunk = message.get("body", b"")
         size += len(chunk)
+        more = message.get("more_body", False)
         if size > limit:
+            if more:
+                await _drain(receive)
             return None, _too_large(limit)
         parts.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             return b"".join(parts), None
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of the body, up to DRAIN_BYTES."""
+    size = 0
+    while size <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

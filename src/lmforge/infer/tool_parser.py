@@ -1,10 +1,18 @@
 """Reading tool calls back out of generated text, per tool format.
 
-data/templates/tools.py writes tools and calls into prompts (formats `qwen`, `default`, `glm4`);
-this module is its inverse for answers, streamed or whole:
-- qwen:    <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>  (Hermes style)
-- default: Action: f\nAction Input: {...}  (LLaMA-Factory's ReAct text; several may follow)
-- glm4:    f\n{...}  (the whole answer is the call)
+data/templates/tools.py writes tools and calls into prompts; this module is its inverse for
+answers, streamed or whole:
+- qwen:      <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>  (Hermes style)
+- default:   Action: f\nAction Input: {...}  (LLaMA-Factory's ReAct text; several may follow)
+- glm4:      f\n{...}  (the whole answer is the call)
+- llama3:    {"name": "f", "parameters": {...}}  (the whole answer; several joined by ";")
+- mistral, mistral_nemo: [TOOL_CALLS] [{"name": "f", "arguments": {...}, "id": "..."}, ...]
+- deepseek3: <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{...}\n```
+             <｜tool▁call▁end｜>...<｜tool▁calls▁end｜>  (DeepSeek V3/R1; V3.1's `f<｜tool▁sep｜>{...}`
+             is read too)
+Answers are decoded without special tokens, so a marker the tokenizer treats as special
+(Llama's <|python_tag|>, Mistral's [TOOL_CALLS]) may be missing: Llama 3.1 and Mistral calls are
+also recognised by how the answer starts (`{` / `[{`), as vLLM's parsers do.
 Content before a call streams as it comes; a call is held back until it is complete. Text that
 looked like a call but does not parse is given back as content, so nothing generated is lost.
 """
@@ -67,7 +75,12 @@ class QwenToolParser(ToolParser):
     open, close = "<tool_call>", "</tool_call>"
 
     def extractor(self) -> TaggedExtractor:
-        return TaggedExtractor(self.open, self.close, self.parse_call)
+        return TaggedExtractor(self.open, self.close, self.parse_block)
+
+    @classmethod
+    def parse_block(cls, body: str) -> list[ToolCall] | None:
+        call = cls.parse_call(body)
+        return [call] if call else None
 
     def forced_prefix(self, function: str | None) -> str:
         if function is None:
@@ -125,8 +138,136 @@ class Glm4ToolParser(ToolParser):
         return [call] if call else None
 
 
+def _json_values(text: str, separators: str) -> list[object] | None:
+    """The JSON values written one after another in `text`, with whitespace and any of
+    `separators` between them; None when anything else is there."""
+    decoder = json.JSONDecoder()
+    values, i = [], 0
+    while True:
+        while i < len(text) and (text[i].isspace() or text[i] in separators):
+            i += 1
+        if i == len(text):
+            return values
+        try:
+            value, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return None
+        values.append(value)
+
+
+class Llama3ToolParser(ToolParser):
+    """Llama 3.1-3.3: the answer is the call, `{"name": ..., "parameters": {...}}` (after a
+    <|python_tag|> when special tokens are kept); several calls are joined by ";"."""
+
+    name = "llama3"
+    tag = "<|python_tag|>"
+
+    def extractor(self) -> StartExtractor:
+        return StartExtractor(("{", self.tag), self.parse_tail)
+
+    def forced_prefix(self, function: str | None) -> str:
+        if function is None:
+            return '{"name": "'
+        return f'{{"name": {json.dumps(function)}, "parameters": '
+
+    @classmethod
+    def parse_tail(cls, tail: str) -> list[ToolCall] | None:
+        values = _json_values(tail.replace(cls.tag, ""), ";")
+        if not values or not all(isinstance(v, dict) for v in values):
+            return None
+        calls = [
+            make_call(v.get("name"), v.get("parameters", v.get("arguments", {}))) for v in values
+        ]
+        return calls if all(calls) else None
+
+
+class MistralToolParser(ToolParser):
+    """Mistral v0.3 / Nemo: `[TOOL_CALLS]` and a JSON list of calls (with their ids); the
+    marker is a special token, so an answer that starts with `[{` is read as calls too."""
+
+    marker = "[TOOL_CALLS]"
+
+    def __init__(self, name: str, space: str):
+        self.name, self.space = name, space
+
+    def extractor(self) -> StartExtractor:
+        return StartExtractor(("[{", self.marker), self.parse_tail, marker=self.marker)
+
+    def forced_prefix(self, function: str | None) -> str:
+        start = f"{self.marker}{self.space}["
+        if function is None:
+            return start + '{"name": "'
+        return start + f'{{"name": {json.dumps(function)}, "arguments": '
+
+    @classmethod
+    def parse_tail(cls, tail: str) -> list[ToolCall] | None:
+        values = _json_values(tail.replace(cls.marker, " "), ",")
+        if not values:
+            return None
+        items = [item for v in values for item in (v if isinstance(v, list) else [v])]
+        calls = []
+        for item in items:
+            if not isinstance(item, dict):
+                return None
+            call = make_call(item.get("name"), item.get("arguments", {}))
+            if call is None:
+                return None
+            if isinstance(item.get("id"), str) and re.fullmatch(r"[A-Za-z0-9]{9}", item["id"]):
+                call.id = item["id"]  # the id the model wrote, so the result can name it
+            calls.append(call)
+        return calls
+
+
+_DEEPSEEK_CALL = re.compile(
+    r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)(?:<｜tool▁call▁end｜>|$)", re.DOTALL
+)
+_FENCED = re.compile(r"(.*?)\n```(?:json)?\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+class DeepSeekToolParser(ToolParser):
+    """DeepSeek V3/R1 tool-call tokens (V3.1's unfenced `name<｜tool▁sep｜>{...}` too)."""
+
+    name = "deepseek3"
+    open, close = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+    call_start = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+
+    def extractor(self) -> TaggedExtractor:
+        return TaggedExtractor(self.open, self.close, self.parse_block)
+
+    def forced_prefix(self, function: str | None) -> str:
+        start = self.open + self.call_start
+        return start if function is None else f"{start}{function}\n```json\n"
+
+    @staticmethod
+    def parse_block(body: str) -> list[ToolCall] | None:
+        found = _DEEPSEEK_CALL.findall(body)
+        if not found or _DEEPSEEK_CALL.sub("", body).strip():
+            return None  # no call, or text between the calls that is not one
+        calls = []
+        for head, rest in found:
+            fenced = _FENCED.match(rest)
+            if fenced and head.strip() == "function":  # V3: type, then name and fenced JSON
+                name, arguments = fenced.group(1), fenced.group(2)
+            else:  # V3.1: name, then the JSON
+                name, arguments = head, rest
+            call = make_call(name.strip(), arguments.strip())
+            if call is None:
+                return None
+            calls.append(call)
+        return calls
+
+
 PARSERS: dict[str, ToolParser] = {
-    p.name: p for p in (QwenToolParser(), ReActToolParser(), Glm4ToolParser())
+    p.name: p
+    for p in (
+        QwenToolParser(),
+        ReActToolParser(),
+        Glm4ToolParser(),
+        Llama3ToolParser(),
+        MistralToolParser("mistral", " "),
+        MistralToolParser("mistral_nemo", ""),
+        DeepSeekToolParser(),
+    )
 }
 
 
@@ -138,9 +279,9 @@ def get_tool_parser(name: str) -> ToolParser:
 class TaggedExtractor:
     """Calls between open/close tags; content outside them streams through."""
 
-    def __init__(self, open_tag: str, close_tag: str, parse_call):
+    def __init__(self, open_tag: str, close_tag: str, parse_block):
         self.open, self.close = open_tag, close_tag
-        self.parse_call = parse_call
+        self.parse_block = parse_block  # body -> [ToolCall, ...] or None
         self.splitter = MarkerSplitter(open_tag, close_tag)
         self.body = ""
 
@@ -151,8 +292,11 @@ class TaggedExtractor:
         events = self._events(self.splitter.flush())
         if self.splitter.inside and self.body.strip():
             # Cut off before the closing tag (EOS or max_tokens): keep it if it parses.
-            call = self.parse_call(self.body)
-            events.append(("tool_call", call) if call else ("content", self.open + self.body))
+            calls = self.parse_block(self.body)
+            if calls:
+                events += [("tool_call", c) for c in calls]
+            else:
+                events.append(("content", self.open + self.body))
         self.body = ""
         return events
 
@@ -165,10 +309,11 @@ class TaggedExtractor:
             elif text:
                 self.body += text
             else:  # the closing tag
-                call = self.parse_call(self.body)
-                events.append(
-                    ("tool_call", call) if call else ("content", self.open + self.body + self.close)
-                )
+                calls = self.parse_block(self.body)
+                if calls:
+                    events += [("tool_call", c) for c in calls]
+                else:
+                    events.append(("content", self.open + self.body + self.close))
                 self.body = ""
         return events
 
@@ -206,3 +351,54 @@ class TailExtractor:
                 events.append(("content", self.tail))
         self.pending, self.tail = "", ("" if not self.marker else None)
         return events
+
+
+class StartExtractor:
+    """Calls that make up the rest of the answer, recognised by how the answer starts (after
+    whitespace: one of `starts`) or, with `marker`, wherever the marker appears; content before
+    it streams, the rest is held and parsed at the end (given back as content if it does not
+    parse)."""
+
+    def __init__(self, starts: tuple[str, ...], parse_tail, marker: str | None = None):
+        self.starts = starts
+        self.tail_extractor = TailExtractor(marker, parse_tail) if marker else None
+        self.parse_tail = parse_tail
+        self.head = ""  # leading text while it may still be the start of a call
+        self.decided: str | None = None  # "call" | "content"
+        self.tail = ""
+
+    def feed(self, text: str) -> list[Event]:
+        if self.decided == "call":
+            self.tail += text
+            return []
+        if self.decided == "content":
+            return self._content(text)
+        self.head += text
+        lead = self.head.lstrip()
+        if not lead:
+            return []
+        if any(lead.startswith(s) for s in self.starts):
+            self.decided, self.tail, self.head = "call", self.head, ""
+            return []
+        if any(s.startswith(lead) for s in self.starts):
+            return []  # still could be the start of a call
+        self.decided = "content"
+        head, self.head = self.head, ""
+        return self._content(head)
+
+    def finish(self) -> list[Event]:
+        events: list[Event] = []
+        if self.decided == "call":
+            calls = self.parse_tail(self.tail)
+            events = [("tool_call", c) for c in calls] if calls else [("content", self.tail)]
+        elif self.decided == "content" and self.tail_extractor:
+            events = self.tail_extractor.finish()
+        elif self.head:
+            events = [("content", self.head)]
+        self.head, self.tail, self.decided = "", "", None
+        return events
+
+    def _content(self, text: str) -> list[Event]:
+        if self.tail_extractor:
+            return self.tail_extractor.feed(text)
+        return [("content", text)] if text else []

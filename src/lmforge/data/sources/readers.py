@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import UserError
+from lmforge.text_encoding import bom_encoding
 
 # Suffix -> reader kind; json and jsonl are one kind, as in LLaMA-Factory's FILEEXT2TYPE.
 SUFFIXES = {
@@ -136,21 +137,14 @@ def read_records(path: Path) -> list[Any]:
 
 # ---- text: encoding, lines ------------------------------------------------------------------
 
-_BOMS = (  # UTF-32 first: the UTF-32 LE mark starts with the UTF-16 LE one
-    (codecs.BOM_UTF32_LE, "utf-32-le"),
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-)
 _CHUNK = 1 << 20
 
 
 def detect_encoding(head: bytes) -> tuple[str, int]:
     """(codec, length of the byte order mark) from the first 4 bytes of a text file."""
-    for bom, codec in _BOMS:
-        if head.startswith(bom):
-            return codec, len(bom)
+    declared = bom_encoding(head)
+    if declared:
+        return declared
     if len(head) >= 2 and b"\x00" in head[:4]:  # ASCII in UTF-16/32 without a BOM
         return json.detect_encoding(head), 0
     return "utf-8", 0

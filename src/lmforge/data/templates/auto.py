@@ -13,14 +13,23 @@ growing prefixes of the conversation:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from lmforge.data.templates.base import ChatTemplate, RenderOptions, Segment, Thinking
-from lmforge.data.templates.tools import call_parts
+from lmforge.data.templates.tools import (
+    arguments_text,
+    call_ids,
+    call_parts,
+    detect_tool_format,
+)
 from lmforge.errors import UserError
 
 _PROBE = ("lmforge-probe-user-1", "lmforge-probe-answer", "lmforge-probe-user-2")
+# A template that adds the arguments to a string (DeepSeek's) needs them as JSON text.
+_CONCATENATED_ARGUMENTS = re.compile(r"\[['\"]arguments['\"]\]\s*\+")
 _FIX = (
     "set `template` to the named template of this model family (see docs/templates.md), "
     "which renders the same text with known trained spans"
@@ -34,9 +43,13 @@ class AutoTemplate(ChatTemplate):
     name: str = "auto"
 
     renders_with_jinja: ClassVar[bool] = True
-    # The Jinja writes tools its own way; answers are read as `qwen` (<tool_call> JSON), the
-    # format of most chat templates that have tools, unless the config sets tool_format.
-    tool_format: ClassVar[str] = "qwen"
+
+    @property
+    def tool_format(self) -> str:  # type: ignore[override]
+        """How answers' tool calls are read: the format the Jinja writes (DeepSeek's tool-call
+        tokens, Mistral's [TOOL_CALLS], Llama 3.1's JSON, GLM-4's, else Hermes <tool_call>);
+        the Jinja itself writes the tools and calls of prompts."""
+        return detect_tool_format(self.chat_template)
 
     @property
     def jinja(self) -> str:
@@ -51,7 +64,12 @@ class AutoTemplate(ChatTemplate):
     def _render(self, tokenizer, messages, system, tools, generation, mode) -> list[Segment]:
         if mode is False:  # thinking off: no reasoning anywhere, as named templates do
             messages = [{**m, "reasoning": None} for m in messages]
-        chat = hf_messages(messages, system)
+        chat = hf_messages(
+            messages,
+            system,
+            with_ids="tool_call_id" in self.chat_template,
+            string_arguments=bool(_CONCATENATED_ARGUMENTS.search(self.chat_template)),
+        )
         offset = len(chat) - len(messages)
         kwargs = self._kwargs(messages, mode, generation)
         tool_list = tools or None
@@ -115,6 +133,9 @@ class AutoTemplate(ChatTemplate):
             kwargs["enable_thinking"] = mode
         if self.options.preserve_thinking and "preserve_thinking" in self.chat_template:
             kwargs["preserve_thinking"] = True
+        if self.options.date_string and "date_string" in self.chat_template:
+            date = self.options.date_string
+            kwargs["date_string"] = datetime.now().strftime("%d %b %Y") if date == "today" else date
         return kwargs
 
     def _apply(self, tokenizer, chat, tools, generation: bool, kwargs) -> str:
@@ -146,21 +167,33 @@ class AutoTemplate(ChatTemplate):
         return found + len(marker)
 
 
-def hf_messages(messages: list[dict], system: str | None) -> list[dict]:
-    """Sample messages -> the shape chat templates read (OpenAI tool calls, reasoning_content)."""
+def hf_messages(
+    messages: list[dict],
+    system: str | None,
+    *,
+    with_ids: bool = False,
+    string_arguments: bool = False,
+) -> list[dict]:
+    """Sample messages -> the shape chat templates read (OpenAI tool calls, reasoning_content).
+    `with_ids`: calls and results carry 9-character ids (Mistral's templates require them);
+    `string_arguments`: arguments as JSON text (DeepSeek's templates concatenate them)."""
     chat = [{"role": "system", "content": system}] if system else []
-    for message in messages:
+    ids = call_ids(messages) if with_ids else {}
+    for i, message in enumerate(messages):
         out = {"role": message["role"], "content": message.get("content") or ""}
         if message.get("reasoning"):
             out["reasoning_content"] = message["reasoning"]
         if message.get("tool_calls"):
             calls = []
-            for call in message["tool_calls"]:
+            for k, call in enumerate(message["tool_calls"]):
                 name, arguments = call_parts(call)
-                calls.append(
-                    {"type": "function", "function": {"name": name, "arguments": arguments}}
-                )
+                if string_arguments:
+                    arguments = arguments_text(arguments)
+                one = {"type": "function", "function": {"name": name, "arguments": arguments}}
+                calls.append({"id": ids[i][k], **one} if with_ids else one)
             out["tool_calls"] = calls
+        if with_ids and message["role"] == "tool":
+            out["tool_call_id"] = ids[i]
         chat.append(out)
     return chat
 

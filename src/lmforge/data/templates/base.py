@@ -12,7 +12,7 @@ Jinja). Callers hold a `ChatTemplate` and use only the members below, never the 
     encode_prompt(tokenizer, messages, system=None, tools=None, *, enable_thinking=...)
         -> list[int]                                                          (generation)
     stop_texts(tokenizer), stop_token_ids(tokenizer)                  (generation, export)
-    thinking_markers(), prompt_opens_thinking(enable_thinking)        (reading answers)
+    thinking_markers(), prompt_opens_thinking(enable_thinking, messages=None)  (reading answers)
     tool_format_name()                                                (tool calls)
     required_tokens()                                                 (pre-flight)
 
@@ -50,6 +50,7 @@ class RenderOptions:
     preserve_thinking: bool = False
     default_system: str | None = None
     tool_format: str | None = None
+    date_string: str | None = None  # the date of templates with a date block; "today"
 
 
 @dataclass(frozen=True)
@@ -174,11 +175,20 @@ class ChatTemplate(abc.ABC):
         th = self.thinking
         return (th.open.strip(), th.close.strip()) if th else None
 
-    def prompt_opens_thinking(self, enable_thinking: bool | None) -> bool:
+    def prompt_opens_thinking(
+        self, enable_thinking: bool | None, messages: list[dict] | None = None
+    ) -> bool:
         """Whether the generation prompt ends inside an open reasoning block (DeepSeek-R1), so
-        the answer starts with reasoning."""
+        the answer starts with reasoning. With the conversation: not after tool results when
+        the template's prompt there opens nothing (DeepSeek-R1 writes only the results' end)."""
         th = self.thinking
-        return bool(th and th.prompt_opens and enable_thinking is not False)
+        if not (th and th.prompt_opens and enable_thinking is not False):
+            return False
+        return not (messages and messages[-1].get("role") == "tool" and self._bare_after_tool())
+
+    def _bare_after_tool(self) -> bool:
+        """True when the generation prompt after tool results opens no reasoning block."""
+        return False
 
     def tool_format_name(self) -> str:
         """The tool-call format of prompts and answers: the config's, else the template's."""

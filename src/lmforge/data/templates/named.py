@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -25,7 +27,7 @@ from lmforge.data.templates.base import (
     Thinking,
     check_roles,
 )
-from lmforge.data.templates.tools import get_tool_format
+from lmforge.data.templates.tools import call_ids, get_tool_format
 from lmforge.errors import UserError
 
 __all__ = [
@@ -51,6 +53,8 @@ class Template(ChatTemplate):
     generation: str = ""  # the generation prompt before each assistant turn (not trained)
     prefix: str = ""  # once, at the start ("{bos}", "[gMASK]<sop>")
     system: str | None = None  # a system turn; None: the system prompt is folded into a user turn
+    system_preamble: str | None = None  # always written at the start of the system turn
+    date_string: str | None = None  # {date} in system_preamble (Llama 3.1: "26 Jul 2024")
     system_fold: str = "first_user"  # which user turn receives it: first_user | last_user
     system_fold_format: str = "{system}\n\n{content}"
     fold_trim: bool = False  # strip the user turn after folding the system prompt in (Llama 2)
@@ -61,6 +65,8 @@ class Template(ChatTemplate):
     closing: str = "{eos}"  # efficient_eos: what ends the last answer of a conversation
     observation: str = "{content}"  # one tool result
     observation_group: tuple[str, str] = ("", "")  # around consecutive tool results
+    observation_separator: str = ""  # between consecutive tool results
+    generation_after_tool: str | None = None  # the generation prompt after tool results, if other
     assistant_tool_calls: str | None = None  # turn format when the turn calls tools
     tool_format: str = "default"
     thinking: Thinking | None = None
@@ -76,9 +82,15 @@ class Template(ChatTemplate):
         out = _Builder(self, _specials(tokenizer))
         out.add(self.prefix)
         fmt = get_tool_format(self.tool_format_name())
-        parts = fmt.system_parts(system, tools) if tools else ([system] if system else [])
+        tools_in_system = bool(tools) and fmt.tools_at == "system"
+        parts = fmt.system_parts(system, tools) if tools_in_system else ([system] if system else [])
         folded = None
-        if self.system is not None:
+        if self.system_preamble is not None:  # one system turn, always written (Llama 3.1)
+            head = (fmt.system_environment(tools) if tools else "") + self.system_preamble
+            head = head.replace("{date}", self.date())
+            body = "\n\n".join(self._trim("system", part) for part in parts)
+            out.add(self.system or "{content}", content=head + body)
+        elif self.system is not None:
             for part in parts:
                 out.add(self.system, content=self._trim("system", part))
         elif parts:
@@ -86,6 +98,7 @@ class Template(ChatTemplate):
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         fold_at = (users[0] if self.system_fold == "first_user" else users[-1]) if users else -1
         last_user = users[-1] if users else -1
+        ids = call_ids(messages)
         i = 0
         while i < len(messages):
             message = messages[i]
@@ -94,27 +107,67 @@ class Template(ChatTemplate):
                 if folded is not None and i == fold_at:
                     content = out.fill(self.system_fold_format, system=folded, content=content)
                     content = content.strip() if self.fold_trim else content
+                if tools and fmt.tools_at == "first_user" and i == users[0]:
+                    content = fmt.user_tools(tools) + content
+                if tools and fmt.tools_at == "last_user" and i == last_user:
+                    out.add_text(fmt.user_tools(tools))
                 out.add(self.user, content=content)
             elif message["role"] == "tool":
                 run = [i]
                 while run[-1] + 1 < len(messages) and messages[run[-1] + 1]["role"] == "tool":
                     run.append(run[-1] + 1)
-                text = out.fill(self.observation_group[0])
-                for j in run:
-                    text += out.fill(self.observation, content=_text(messages[j]))
-                out.add_text(text + out.fill(self.observation_group[1]))
+                results = [
+                    out.fill(self.observation, content=fmt.result(_text(messages[j]), ids.get(j)))
+                    for j in run
+                ]
+                text = out.fill(self.observation_separator).join(results)
+                out.add_text(
+                    out.fill(self.observation_group[0]) + text + out.fill(self.observation_group[1])
+                )
                 i = run[-1]
             else:
-                self._assistant(out, messages, i, last_user, mode, fmt)
+                self._assistant(out, messages, i, last_user, mode, fmt, ids.get(i))
             i += 1
         if generation:
-            out.add(self.generation)
-            out.add_text(self.generation_thinking(mode))
+            after_tool = bool(messages) and messages[-1]["role"] == "tool"
+            if after_tool and self.generation_after_tool is not None:
+                out.add(self.generation_after_tool)
+                if not (self.thinking and self.thinking.prompt_opens):
+                    out.add_text(self.generation_thinking(mode))
+            else:
+                out.add(self.generation)
+                out.add_text(self.generation_thinking(mode))
         elif messages and messages[-1]["role"] == "assistant":
             if self.efficient_eos:
                 out.add(self.closing, trained=True, turn=len(messages) - 1)
             out.add(self.suffix)
         return out.segments
+
+    def _bare_after_tool(self) -> bool:
+        return self.generation_after_tool is not None
+
+    def date(self) -> str:
+        """The date written by templates with a date block (Llama 3.1): the `date_string`
+        option, else the template's; "today" is today's date as Llama 3.2's template writes it."""
+        value = self.options.date_string or self.date_string or ""
+        return datetime.now().strftime("%d %b %Y") if value == "today" else value
+
+    def with_options(self, **options: Any) -> Template:
+        template = super().with_options(**options)
+        wanted = template.options.date_string
+        if not (wanted and template.jinja and template.date_string):
+            return template
+        # The Jinja written into the saved tokenizer must write the same date (pre-flight
+        # compares both): the vendor's default date is replaced, "today" as Llama 3.2 does it.
+        vendor = available_templates().get(self.name)
+        jinja = vendor.jinja if vendor and vendor.jinja else template.jinja
+        default = f"set date_string = {json.dumps(self.date_string)}"
+        if wanted == self.date_string or default not in jinja:
+            return dataclasses.replace(template, jinja=jinja)
+        value = 'strftime_now("%d %b %Y")' if wanted == "today" else json.dumps(wanted)
+        return dataclasses.replace(
+            template, jinja=jinja.replace(default, f"set date_string = {value}")
+        )
 
     def stop_texts(self, tokenizer) -> list[str]:
         specials = _specials(tokenizer)
@@ -158,30 +211,38 @@ class Template(ChatTemplate):
     def _trim(self, role: str, text: str) -> str:
         return text.strip() if role in self.trim else text
 
-    def _assistant(self, out, messages, i, last_user, thinking_mode, fmt) -> None:
+    def _assistant(self, out, messages, i, last_user, thinking_mode, fmt, ids=None) -> None:
         message = messages[i]
         content = _text(message)
         reasoning, content = self._reasoning(message, content)
         untrained, trained = "", ""
         th = self.thinking
+        # After tool results some vendors write no generation prompt of their own (DeepSeek);
+        # one that opens the reasoning block elsewhere (R1) does not open it there.
+        after_tool = i > 0 and messages[i - 1]["role"] == "tool"
+        after_tool = after_tool and self.generation_after_tool is not None
         if th is not None:
             is_last = i == len(messages) - 1
             keep = thinking_mode is not False and (i > last_user or self.options.preserve_thinking)
             reasoning = reasoning if keep else None
-            if reasoning or is_last:
+            opens = th.prompt_opens and not after_tool
+            if reasoning or (is_last and (opens or not th.prompt_opens)):
                 content = content.lstrip("\n")
                 block = th.open + (reasoning or "").strip("\n") + th.close
-                opened = len(th.open) if th.prompt_opens else 0
+                opened = len(th.open) if opens else 0
                 # An empty block is learned only when thinking is on for every sample; mixed and
                 # off put it in the prompt, as the vendor's generation prompt does.
                 learn = bool(reasoning) or thinking_mode is True
                 untrained, trained = (block[:opened], block[opened:]) if learn else (block, "")
         content = self._trim("assistant", content)
         calls = message.get("tool_calls") or []
-        body = fmt.calls(content, calls) if calls else content
-        turn = self.assistant_tool_calls if calls and self.assistant_tool_calls else self.assistant
+        body = fmt.calls(content, calls, ids) if calls else content
+        # `assistant_tool_calls` is the turn of the template's own tool format (Mistral's
+        # [TOOL_CALLS] has no leading space); another format's calls are an ordinary answer.
+        native = calls and self.assistant_tool_calls and fmt.name == self.tool_format
+        turn = self.assistant_tool_calls if native else self.assistant
         before, _, after = turn.partition("{content}")
-        out.add(self.generation)
+        out.add(self.generation_after_tool if after_tool else self.generation)
         out.add_text(untrained)
         out.add_text(out.fill(before) + trained + body + out.fill(after), trained=True, turn=i)
         out.after_answer(i)
@@ -317,4 +378,6 @@ def template_options(data) -> dict[str, Any]:
         "preserve_thinking": data.preserve_thinking,
         "default_system": data.default_system,
         "tool_format": data.tool_format,
+        # Llama 3.1's date; read when the data settings carry it (not a config key yet).
+        "date_string": getattr(data, "date_string", None),
     }

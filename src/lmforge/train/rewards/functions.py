@@ -1,8 +1,10 @@
 """Rewards for GRPO: built-in checks against a reference answer, and the user's own functions.
 
-`reward_funcs` is a comma-separated list; each item is a built-in name or `module:function`
-(`file.py:function` also works, relative to the YAML file), with an optional weight as
-`item*weight`. The total reward of a completion is the weighted sum of its terms.
+`reward_funcs` is a comma-separated list; each item is a built-in name or the user's own
+function, `path/to/file.py:function` (relative to the YAML file) or `module:function` (a file in
+the YAML's folder), with an optional weight as `item*weight`. The total reward of a completion
+is the weighted sum of its terms. Names that resolve to the standard library, a built-in module
+or an installed package are refused.
 
 A user function has TRL's shape, called with keywords:
     func(prompts: list[str], completions: list[str], completion_ids: list[list[int]],
@@ -16,7 +18,7 @@ A None reward counts as 0.
 from __future__ import annotations
 
 import difflib
-import importlib
+import hashlib
 import importlib.util
 import math
 import re
@@ -24,6 +26,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from lmforge.errors import UserError
@@ -120,85 +123,183 @@ def _builtin_term(name: str, reward_regex: str | None, where: str | None) -> Cal
 
 
 def import_reward_function(value: str, base_dir: Path | None = None, where: str | None = None):
-    """`package.module:function` or `path/to/file.py:function` -> the function."""
+    """`path/to/file.py:function` or `module:function` -> the function.
+
+    Only the user's own files are loaded: a path (relative to `base_dir`, the YAML's folder, or
+    the current folder), or a module name resolved in `base_dir` alone (`pkg.mod` is
+    pkg/mod.py there). A name that resolves to Python's standard library, a built-in module or
+    an installed package is refused, so `os:system` or `builtins:eval` never become rewards.
+    Each file is executed once per process while it is unchanged (see _load_file)."""
     module_name, _, func_name = value.rpartition(":")
     if not module_name or not func_name:
         raise UserError(
-            f"reward function `{value}` must be written module:function",
+            f"reward_funcs: `{value}` must be written module:function",
             where=where,
             fix="e.g. reward_funcs: my_rewards:length_reward (or path/to/file.py:length_reward)",
         )
     if module_name.endswith(".py"):
-        module = _import_file(value, module_name, base_dir, where)
+        path = _named_file(value, module_name, base_dir, where)
     else:
-        module = _import_module(value, module_name, base_dir, where)
+        path = _module_file(value, module_name, base_dir, where)
+    _refuse_installed_file(value, path, where)
+    module = _load_file(value, path, where)
     func = getattr(module, func_name, None)
     if func is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         close = difflib.get_close_matches(func_name, names, n=1)
         hint = f"did you mean `{module_name}:{close[0]}`? " if close else ""
         raise UserError(
-            f"reward function `{value}`: module `{module_name}` has no `{func_name}`",
+            f"reward_funcs: `{value}`: module `{module_name}` has no `{func_name}`",
             where=where,
             fix=f"{hint}define `{SIGNATURE.replace('NAME', func_name)}` in it, or correct the name",
         )
     if not callable(func):
         raise UserError(
-            f"reward function `{value}`: `{func_name}` is a {type(func).__name__}, not a function",
+            f"reward_funcs: `{value}`: `{func_name}` is a {type(func).__name__}, not a function",
             where=where,
             fix=f"point at a function: {SIGNATURE}",
         )
     return func
 
 
-def _import_module(value: str, module_name: str, base_dir: Path | None, where: str | None):
-    # The YAML's folder and the current folder come first, so a rewards.py beside the config
-    # imports without installing anything.
-    extra = [str(p) for p in (base_dir, Path.cwd()) if p is not None and str(p) not in sys.path]
-    sys.path[:0] = extra
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise UserError(
-                f"reward function `{value}`: cannot import module `{module_name}`",
-                where=where,
-                fix="put the module beside the YAML file or in the current folder, add its folder "
-                "to PYTHONPATH, or give the file itself: path/to/file.py:function",
-            ) from None
-        raise _failed_import(value, error, where) from None
-    except Exception as error:  # the user's module itself failed: say so, with its error
-        raise _failed_import(value, error, where) from None
-    finally:
-        for path in extra:
-            if path in sys.path:
-                sys.path.remove(path)
+_OWN_FILE_FIX = (
+    "write the function in a .py file of yours (beside the YAML file) and name it "
+    "file.py:function or file:function; to use a library, import it in that file"
+)
 
 
-def _import_file(value: str, file_name: str, base_dir: Path | None, where: str | None):
+def _named_file(value: str, file_name: str, base_dir: Path | None, where: str | None) -> Path:
     path = Path(file_name).expanduser()
     candidates = [path] if path.is_absolute() else [(base_dir or Path.cwd()) / path, path]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise UserError(
-            f"reward function `{value}`: file {candidates[0]} does not exist",
+            f"reward_funcs: `{value}`: file {candidates[0]} does not exist",
             where=where,
             fix="give the path of the .py file, relative to the YAML file or absolute",
         )
-    name = f"lmforge_rewards_{found.stem}"
-    spec = importlib.util.spec_from_file_location(name, found)
+    return found.resolve()
+
+
+def _module_file(value: str, module_name: str, base_dir: Path | None, where: str | None) -> Path:
+    """`a.b` -> base_dir/a/b.py or base_dir/a/b/__init__.py; else say what the name is."""
+    parts = module_name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise UserError(
+            f"reward_funcs: `{value}`: `{module_name}` is not a module name",
+            where=where,
+            fix="write module:function (a .py file in the YAML's folder, without .py) or "
+            "path/to/file.py:function",
+        )
+    folder = (base_dir or Path.cwd()).joinpath(*parts)
+    for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    top = parts[0]
+    origin = _found_elsewhere(top)
+    kind = _installed_kind(top, origin)
+    if kind:
+        raise UserError(
+            f"reward_funcs: `{value}` names `{top}`, {kind}; reward functions are loaded only "
+            "from your own files",
+            where=where,
+            fix=_OWN_FILE_FIX,
+        )
+    elsewhere = f" (the `{top}` at {origin} is not looked up)" if origin else ""
+    raise UserError(
+        f"reward_funcs: `{value}`: cannot import module `{module_name}`: there is no "
+        f"{folder.with_suffix('.py')}{elsewhere}",
+        where=where,
+        fix="put the module beside the YAML file, or give the file itself: "
+        "path/to/file.py:function",
+    )
+
+
+def _found_elsewhere(top: str) -> Path | None:
+    """Where Python's import system would find a top-level module (found, not executed)."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return Path(spec.origin).resolve()
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]).resolve() if locations else None
+
+
+def _installed_kind(top: str, origin: Path | None) -> str | None:
+    """What a top-level module name that is no file of the user's is, if it is Python's or an
+    installed package's."""
+    if top == "builtins" or top in sys.builtin_module_names:
+        return "a module built into Python"
+    if top in sys.stdlib_module_names:
+        return "a module of Python's standard library"
+    if origin is not None and _is_installed(origin):
+        return "an installed package"
+    return None
+
+
+def _installed_dirs() -> list[Path]:
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    dirs += [*site.getsitepackages(), site.getusersitepackages()]
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def _is_installed(path: Path) -> bool:
+    return any(path.is_relative_to(folder) for folder in _installed_dirs())
+
+
+def _refuse_installed_file(value: str, path: Path, where: str | None) -> None:
+    if _is_installed(path):
+        raise UserError(
+            f"reward_funcs: `{value}` is {path}, a file of Python's standard library or "
+            "of an installed package; reward functions are loaded only from your own files",
+            where=where,
+            fix=_OWN_FILE_FIX,
+        )
+
+
+# file -> ((modification time, size), module): check, stage and trainer all ask for the terms,
+# and a file's top-level code (loading data, counters) must run once, not once per asker.
+_LOADED: dict[Path, tuple[tuple[int, int], ModuleType]] = {}
+
+
+def _load_file(value: str, path: Path, where: str | None) -> ModuleType:
+    """Execute the file as a module of its own (its folder first on sys.path meanwhile, as
+    when it runs as a script, so it can import modules beside it); again only once it has
+    changed."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    name = f"lmforge_rewards_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as error:
+        sys.modules.pop(name, None)
         raise _failed_import(value, error, where) from None
-    sys.modules[name] = module
+    finally:
+        if str(path.parent) in sys.path:
+            sys.path.remove(str(path.parent))
+    _LOADED[path] = (stamp, module)
     return module
 
 
 def _failed_import(value: str, error: Exception, where: str | None) -> UserError:
     return UserError(
-        f"reward function `{value}`: importing it failed with {type(error).__name__}: {error}",
+        f"reward_funcs: `{value}`: importing it failed with {type(error).__name__}: {error}",
         where=where,
         fix="fix the error in that module (or install what it imports), then run again",
     )

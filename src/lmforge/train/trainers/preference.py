@@ -26,7 +26,22 @@ from lmforge.train.trainers.value_head import ValueHeadTrainerMixin, last_token_
 
 
 class _MetricsMixin:
-    """Averages per-batch metrics (rewards, accuracies) into each logging step."""
+    """Averages per-batch metrics (rewards, accuracies) into each logging step; and what the
+    Trainer must know of losses that the trainer computes itself.
+
+    The losses of these trainers are means over their batch, not sums over tokens: the Trainer
+    must divide them by the gradient accumulation steps (it would not, since the batches hold
+    labels and the model accepts loss kwargs, and the loss and gradients came out that many
+    times too large)."""
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss always returns a loss, though `labels` is no argument of the model's
+        # forward (the Trainer finds no label names): evaluation must still call it, or no
+        # eval_loss is reported (and load_best_model_at_end / early stopping fail).
+        self.can_return_loss = True
 
     def _store(self, split: str, values: dict[str, torch.Tensor]) -> None:
         if not hasattr(self, "_stored"):

@@ -60,7 +60,6 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
         super().__init__(*args, **kwargs)
         self.settings, self.stop_ids, self.ref_model = settings, stop_ids, ref_model
         self._rollouts: OrderedDict[tuple, list] = OrderedDict()  # key -> [rollout, uses]
-        self.loss_is_scaled_for_ga = False  # our loss is a mean: let the Trainer divide it
 
     # -- subclasses --------------------------------------------------------------------------
 

@@ -85,7 +85,9 @@ class ModelWithValueHead(nn.Module):
         elif values_at:
             hidden = hidden[:, -values_at:]
         values = self.value_head(hidden.to(self.value_head.summary.weight.dtype))
-        return ValueHeadOutput(loss=out.get("loss"), logits=out.logits, head_values=values)
+        return ValueHeadOutput(
+            loss=getattr(out, "loss", None), logits=getattr(out, "logits", None), head_values=values
+        )
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)
