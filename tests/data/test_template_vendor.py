@@ -178,6 +178,24 @@ def test_qwen2_is_qwen_with_its_default_system():
         assert ours("qwen", messages, generation=generation, default_system=default) == qwen2[0]
 
 
+@pytest.mark.parametrize(
+    "name, fixture", [("deepseek3", "deepseek3_0324"), ("deepseekr1", "deepseek_r1")]
+)
+@pytest.mark.parametrize("system", [None, SYSTEM])
+def test_deepseek_current_templates_render_plain_conversations_alike(name, fixture, system):
+    """The Jinja lmforge ships for DeepSeek (V3-0324's, R1's) renders conversations without
+    tools as the original revisions the conversation tests compare with."""
+    for messages in (ONE_TURN, MULTI_TURN):
+        expected = vendor_render(name, messages, system, fixture=fixture)
+        if name == "deepseekr1":  # the last answer: the prompt opens <think>, as above
+            prompt = vendor_render(name, messages[:-1], system, generation=True, fixture=fixture)
+            expected = prompt + "\n</think>\n\n" + messages[-1]["content"] + "<｜end▁of▁sentence｜>"
+        assert ours(name, messages, system) == expected
+    expected = vendor_render(name, ASKING, system, generation=True, fixture=fixture)
+    assert ours(name, ASKING, system, generation=True) == expected
+    assert get_template(name).jinja == (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+
+
 def test_qwen15_is_qwen_with_its_default_system():
     """Qwen1.5-Chat's template: Qwen2.5's markup, default system prompt without a full stop."""
     default = "You are a helpful assistant"

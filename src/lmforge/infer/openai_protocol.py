@@ -18,15 +18,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lmforge.infer.sampling import GREEDY_BELOW
 from lmforge.infer.tool_parser import ToolCall
 
 MAX_N = 16
 # OpenAI's bounds for `seed` (a signed 64-bit integer); choice i of n uses seed + i, which
 # still fits torch's generator (it takes -2**63 .. 2**64 - 1).
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
-# Below this, logits / temperature overflows float32 (1e-40 is already subnormal there); vLLM
-# treats temperatures under the same 1e-5 as greedy. 0 means greedy here.
-MIN_TEMPERATURE = 1e-5
+# Below this, logits / temperature overflows float32 (1e-40 is already subnormal there); the
+# sampler treats such temperatures as greedy (sampling.GREEDY_BELOW, vLLM's rule). A request
+# must say 0 for greedy.
+MIN_TEMPERATURE = GREEDY_BELOW
 # transformers' multiplicative penalty divides logits by it: outside this range they overflow.
 REPETITION_PENALTY_RANGE = (0.01, 100.0)
 MAX_STOP_LENGTH = 1024  # characters; each generated token is compared with every stop string

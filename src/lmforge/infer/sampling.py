@@ -6,9 +6,10 @@ They are not transformers' multiplicative `repetition_penalty` (which also cover
 that one stays available from the config as a separate knob.
 
 The API bounds temperature and repetition_penalty so float32 logits cannot overflow, but a
-config can still set extreme values: the sampler never raises on inf/NaN scores. Scores of +inf
-(a vanishing temperature) mean "the most likely tokens", picked among uniformly; NaN scores
-count as ruled out; if every token is ruled out, the raw logits' argmax is taken.
+config can still set extreme values, so the sampler never raises on them: a temperature below
+GREEDY_BELOW is greedy (as in vLLM; dividing by it would overflow), scores that still overflow
+to +inf are tied (sampled among uniformly), NaN scores are ruled out, and if every token is
+ruled out the raw logits' argmax is taken.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy: logits / temperature would overflow
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Everything that decides which tokens one answer gets. temperature 0 means greedy."""
+    """Everything that decides which tokens one answer gets. temperature 0 means greedy (and
+    so does any temperature below GREEDY_BELOW)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -43,7 +47,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        return self.temperature < GREEDY_BELOW
 
 
 class PresenceFrequencyPenalty(LogitsProcessor):

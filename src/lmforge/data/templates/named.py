@@ -226,7 +226,9 @@ class Template(ChatTemplate):
             keep = thinking_mode is not False and (i > last_user or self.options.preserve_thinking)
             reasoning = reasoning if keep else None
             opens = th.prompt_opens and not after_tool
-            if reasoning or (is_last and (opens or not th.prompt_opens)):
+            # The last answer always has a block, except where the vendor writes it verbatim
+            # after tool results (R1: its prompt there opens none).
+            if reasoning or (is_last and not (th.prompt_opens and after_tool)):
                 content = content.lstrip("\n")
                 block = th.open + (reasoning or "").strip("\n") + th.close
                 opened = len(th.open) if opens else 0
@@ -239,7 +241,7 @@ class Template(ChatTemplate):
         body = fmt.calls(content, calls, ids) if calls else content
         # `assistant_tool_calls` is the turn of the template's own tool format (Mistral's
         # [TOOL_CALLS] has no leading space); another format's calls are an ordinary answer.
-        native = calls and self.assistant_tool_calls and fmt.name == self.tool_format
+        native = bool(calls and self.assistant_tool_calls) and fmt.name == self.tool_format
         turn = self.assistant_tool_calls if native else self.assistant
         before, _, after = turn.partition("{content}")
         out.add(self.generation_after_tool if after_tool else self.generation)

@@ -58,7 +58,8 @@ class ValueHeadOutput(ModelOutput):
 
 
 class ModelWithValueHead(nn.Module):
-    """A causal LM (a PeftModel with LoRA) and a value head on its last hidden states.
+    """A causal LM (a PeftModel with LoRA) and a value head on its last hidden states. Sampling
+    and the reference pass (adapters disabled) use the LM itself: body_of(model).
 
     forward takes the body's arguments and returns a ValueHeadOutput: the body's logits (and
     loss) and `head_values`, the head on the last hidden states at `values_at` (None:
@@ -88,16 +89,6 @@ class ModelWithValueHead(nn.Module):
         return ValueHeadOutput(
             loss=getattr(out, "loss", None), logits=getattr(out, "logits", None), head_values=values
         )
-
-    def generate(self, *args, **kwargs):
-        return self.pretrained_model.generate(*args, **kwargs)
-
-    @contextmanager
-    def disable_adapter(self):
-        """The body without its LoRA adapters (the reference model), for as long as the
-        block runs."""
-        with self.pretrained_model.disable_adapter():
-            yield
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         self.pretrained_model.activation_checkpointing_enable(**kwargs)
