@@ -2,8 +2,7 @@
 
 import torch
 
-from lmforge.train.trainers.preference import KTOCollator, PairCollator
-from lmforge.train.trainers.rollout import PromptCollator
+from lmforge.data.encoding.collate import KTOCollator, PairCollator, PromptCollator
 
 PAD = 99
 X = -100  # IGNORE_INDEX

@@ -74,7 +74,8 @@ class TableModel(torch.nn.Module):
 def test_kto_trainer_estimates_kl_from_the_mismatched_rows(tmp_path):
     from transformers import TrainingArguments
 
-    from lmforge.train.trainers.preference import KTOCollator, KTOTrainer
+    from lmforge.data.encoding.collate import KTOCollator
+    from lmforge.train.trainers.preference import KTOTrainer
 
     features = [
         {"input_ids": [0, 1], "labels": [-100, 1], "prompt_ids": [0], "answer_ids": [1],
@@ -115,7 +116,7 @@ def test_bradley_terry_by_hand():
 
 
 def test_reward_scores_come_from_the_last_real_token():
-    from lmforge.train.trainers.preference import ValueHead, last_token_scores
+    from lmforge.train.trainers.value_head import ModelWithValueHead, ValueHead, last_token_scores
 
     hidden = torch.tensor(
         [[[1.0, 0.0], [2.0, 1.0], [9.0, 9.0]], [[0.5, 0.5], [7.0, 7.0], [3.0, -1.0]]]
@@ -126,5 +127,6 @@ def test_reward_scores_come_from_the_last_real_token():
         head.summary.weight.copy_(torch.tensor([[1.0, -2.0]]))
         head.summary.bias.fill_(0.5)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])  # right padding: row 0 ends at position 1
-    scores = last_token_scores(model, head, torch.zeros(2, 3, dtype=torch.long), mask)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    scores = last_token_scores(ModelWithValueHead(model, head), ids, mask)
     assert scores.tolist() == [approx(2.0 - 2.0 + 0.5), approx(3.0 + 2.0 + 0.5)]

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from lmforge.train.losses.preference import preference_loss, sequence_logps
+from lmforge.train.losses.logps import sequence_logps
+from lmforge.train.losses.preference import preference_loss
 
 
 def sigmoid(x: float) -> float:
