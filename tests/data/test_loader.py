@@ -12,7 +12,8 @@ from lmforge.config.schema import DataConfig
 from lmforge.data.encoding.collate import PackedCollator, PadCollator
 from lmforge.data.inspect import inspect_data
 from lmforge.data.encoding.loader import build_datasets
-from lmforge.data.encoding.packing import PackedSet, prepare_model_for_packing
+from lmforge.data.encoding.packing import PackedSet
+from lmforge.model.packing import prepare_model_for_packing
 from lmforge.data.templates.auto import load_template
 
 

@@ -7,13 +7,8 @@ import torch
 
 from conftest import build_tiny_decoder, build_tiny_model
 from lmforge.data.encoding.collate import PackedCollator, PadCollator, make_collator, segment_positions
-from lmforge.data.encoding.packing import (
-    PackedSet,
-    check_isolation,
-    pack_lengths,
-    packing_efficiency,
-    prepare_model_for_packing,
-)
+from lmforge.data.encoding.packing import PackedSet, pack_lengths, packing_efficiency
+from lmforge.model.packing import check_isolation, prepare_model_for_packing
 from lmforge.errors import UserError
 
 VOCAB = 110

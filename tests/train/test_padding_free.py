@@ -10,7 +10,7 @@ import yaml
 from conftest import TOY_RECORDS, build_tiny_model, write_alpaca_dataset
 from lmforge.config import load_config
 from lmforge.data.encoding.collate import PadCollator, make_collator
-from lmforge.data.encoding.packing import prepare_model_for_packing
+from lmforge.model.packing import prepare_model_for_packing
 from lmforge.train.run import run_training
 
 VOCAB = 120

@@ -6,7 +6,7 @@ import torch
 
 from conftest import build_tiny_decoder, build_tiny_model
 from lmforge.data.encoding.collate import PadCollator, make_collator
-from lmforge.data.encoding.packing import check_isolation, prepare_model_for_packing
+from lmforge.model.packing import check_isolation, prepare_model_for_packing
 from lmforge.model.varlen_attention import NAME, restore_attention, use_varlen_attention
 
 VOCAB = 120

@@ -18,7 +18,7 @@ from lmforge.config.schema import Config
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import check_datasets
 from lmforge.errors import UserError
-from lmforge.model.adapters import apply_finetuning, loraplus_param_groups, trainable_line
+from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
@@ -32,7 +32,7 @@ from lmforge.train.monitor import OverfitWarningCallback, check_trackers
 from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
 from lmforge.train.stages import get_stage
-from lmforge.train.stages.base import StageContext
+from lmforge.train.stages.base import Stage, StageInputs
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,16 @@ def run_training(config: Config) -> TrainingRun:
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     stage = get_stage(config.method.stage)
-    getattr(stage, "check", lambda _config: None)(config)  # e.g. grpo's reward functions
+    stage.check(config)  # e.g. grpo's reward functions
     setup = prepare_model_setup(config)
     if main_process:
         check_output_dir(config, setup.resolved.path)  # writable, not the model's folder
-    train_set, eval_set, report = stage.datasets(config, setup)
+    data = stage.datasets(config, setup)
+    has_eval = bool(data.eval)
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
-    args = training_arguments(config, has_eval=bool(eval_set))
-    if (done := completed_run(config, args, report.train_rows)) is not None:  # nothing to do
+    args = training_arguments(config, stage, has_eval=has_eval)
+    if (done := completed_run(config, args, data.report.train_rows)) is not None:  # nothing to do
         _end_distributed()
         return TrainingRun(Path(config.train.output_dir), None, done.train_loss)
 
@@ -84,29 +85,25 @@ def run_training(config: Config) -> TrainingRun:
     )
     model = apply_finetuning(model, config.method, split_paths(config.model.adapter_name_or_path))
     output_dir = Path(config.train.output_dir)
-    ctx = StageContext(
+    inputs = StageInputs(
         config=config,
         setup=setup,
         model=model,
         args=args,
-        train_set=train_set,
-        eval_set=eval_set,
-        callbacks=training_callbacks(config, has_eval=bool(eval_set), output_dir=output_dir),
-        output_dir=output_dir,
-        trainer_kwargs={"optimizers": (loraplus_optimizer(config, model, args), None)},
+        data=data,
+        callbacks=tuple(training_callbacks(config, has_eval=has_eval, output_dir=output_dir)),
     )
-    stage.prepare(ctx)
+    trainer = stage.build_trainer(inputs)
     # Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3 gathers weights in its hooks).
-    if not getattr(ctx.args, "use_liger_kernel", False) and not config.passthrough.get("deepspeed"):
-        use_lean_gated_mlps(ctx.model)
-    for line in plan_lines(config, setup, model, report, args):
+    if not args.use_liger_kernel and not config.passthrough.get("deepspeed"):
+        use_lean_gated_mlps(trainer.model)
+    for line in plan_lines(config, setup, trainer.model, data.report, args):
         logger.info(line)
 
     if main_process:
-        steps = planned_steps(args, report.train_rows)
-        prepare_output_dir(config, output_dir, model=ctx.model, setup=setup, steps=steps)
+        steps = planned_steps(args, data.report.train_rows)
+        prepare_output_dir(config, output_dir, model=model, setup=setup, steps=steps)
         write_run_config(config, output_dir)
-    trainer = stage.trainer(ctx)
     result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
     # Packing turns the KV cache and per-sample attention on for training; the saved model
@@ -117,7 +114,7 @@ def run_training(config: Config) -> TrainingRun:
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    if eval_set:
+    if has_eval:
         trainer.save_metrics("eval", final_eval_metrics(trainer))
     if main_process:
         # The template used in training goes into the saved tokenizer, so every consumer uses it.
@@ -180,16 +177,6 @@ def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> l
     return callbacks
 
 
-def loraplus_optimizer(config: Config, model, args):
-    """AdamW with LoRA+ learning rates, or None to let the Trainer build its own optimizer."""
-    ratio = config.method.loraplus_lr_ratio
-    if not ratio:
-        return None
-    groups = loraplus_param_groups(model, args.learning_rate, ratio, args.weight_decay)
-    betas = (args.adam_beta1, args.adam_beta2)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
-
-
 def training_dtype(config: Config) -> torch.dtype:
     """fp32 master weights, except pure_bf16 (all bf16) and QLoRA (bf16 compute)."""
     if config.method.pure_bf16 or config.method.quantization_bit:
@@ -197,7 +184,7 @@ def training_dtype(config: Config) -> torch.dtype:
     return torch.float32
 
 
-def training_arguments(config: Config, *, has_eval: bool):
+def training_arguments(config: Config, stage: Stage, *, has_eval: bool):
     from transformers import TrainingArguments
 
     train = config.train
@@ -232,6 +219,7 @@ def training_arguments(config: Config, *, has_eval: bool):
         else None,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
+        prediction_loss_only=stage.prediction_loss_only,
         use_cpu=not torch.cuda.is_available(),
     )
     if train.load_best_model_at_end:  # also set by early stopping, which compares eval losses

@@ -36,6 +36,7 @@ from lmforge.data.encoding.cache import (
 from lmforge.data.encoding.encode import IGNORE_INDEX, encode_sample
 from lmforge.data.encoding.packing import PackedSet, pack_lengths, packing_efficiency
 from lmforge.data.sources.load import load_splits
+from lmforge.data.sources.reasoning import THINK_CLOSE, THINK_OPEN
 from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 
@@ -162,8 +163,7 @@ def encode_datasets(
     report.cutoff_len = data.cutoff_len
     train, evaluation = load_splits(data, report, seed=seed, stage=stage)
     parts = {"train": list(train), "eval": list(evaluation)}
-    note = dropped_reasoning_note(parts["train"] + parts["eval"], template)
-    if note:
+    for note in reasoning_notes(parts["train"] + parts["eval"], template):
         logger.warning(note)
         report.notes.append(note)
     key = encoding_key(parts, data, template, tokenizer, stage)
@@ -294,6 +294,27 @@ def _windows(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield window
 
 
+def reasoning_notes(samples: Sequence, template: ChatTemplate) -> list[str]:
+    """Every way reasoning in the data ends up not trained as reasoning, each counted (in the
+    training plan and `lmforge data inspect`) so none of it happens silently: dropped by the
+    template or settings, dropped from earlier answers (preserve_thinking: false), or left in an
+    answer's text. Samples read from data hold reasoning apart from the answer, whatever the
+    format (data/sources/reasoning.py)."""
+    samples = list(samples)
+    dropped = dropped_reasoning_note(samples, template)
+    notes = [dropped] if dropped else [_history_note(samples, template)]
+    opens = {THINK_OPEN, *(template.thinking_markers() or ())[:1]}
+    count = sum(1 for s in samples if any(_in_text(m, opens) for m in _answers(s)))
+    if count:
+        markers = " or ".join(f"`{marker}`" for marker in sorted(opens))
+        notes.append(
+            f"{_samples(count, 'have', 'has')} {markers} inside an answer, not as a "
+            f"`{THINK_OPEN}...{THINK_CLOSE}` block at its start: it is trained as text; to "
+            "train it as reasoning, start the answer with the block (or use reasoning_content)"
+        )
+    return [note for note in notes if note]
+
+
 def dropped_reasoning_note(samples: Sequence, template: ChatTemplate) -> str | None:
     """Reasoning in the data that the template will not render (a template without a reasoning
     block, or enable_thinking: false), counted so it is never dropped silently."""
@@ -309,18 +330,49 @@ def dropped_reasoning_note(samples: Sequence, template: ChatTemplate) -> str | N
     else:
         why = "enable_thinking is false"
         fix = "set enable_thinking: true (or null) to train it"
+    return f"{_samples(count, 'carry', 'carries')} reasoning that is not trained: {why}; {fix}"
+
+
+def _history_note(samples: Sequence, template: ChatTemplate) -> str | None:
+    """Reasoning of answers before the last user turn, which reasoning templates drop unless
+    preserve_thinking (as the vendors render history)."""
+    if template.thinking is None or template.options.preserve_thinking:
+        return None
+    count = 0
+    for sample in samples:
+        messages = list(getattr(sample, "messages", None) or [])
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        last_user = users[-1] if users else -1
+        count += any(m.get("reasoning") for m in messages[:last_user])
+    if not count:
+        return None
     return (
-        f"{count} sample{'s' if count != 1 else ''} carry reasoning that is not trained: {why}; "
-        f"{fix}"
+        f"{_samples(count, 'carry', 'carries')} reasoning in answers before the last user turn "
+        "that is not trained: preserve_thinking is false, so earlier answers are rendered "
+        "without it, as the vendor's template does; set preserve_thinking: true to train it "
+        "(docs/thinking.md, multi-turn reasoning data)"
     )
 
 
-def _has_reasoning(sample) -> bool:
+def _samples(count: int, plural: str, singular: str) -> str:
+    return f"{count} samples {plural}" if count != 1 else f"1 sample {singular}"
+
+
+def _answers(sample) -> list[dict]:
     messages = list(getattr(sample, "messages", None) or [])
     messages += [
         m for m in (getattr(sample, "chosen", None), getattr(sample, "rejected", None)) if m
     ]
-    return any(isinstance(m, dict) and m.get("reasoning") for m in messages)
+    return [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+
+
+def _has_reasoning(sample) -> bool:
+    return any(m.get("reasoning") for m in _answers(sample))
+
+
+def _in_text(message: dict, opens: set[str]) -> bool:
+    content = message.get("content")
+    return isinstance(content, str) and any(marker in content for marker in opens)
 
 
 def _streaming_datasets(data, template, tokenizer, seed, stage, max_steps, report):

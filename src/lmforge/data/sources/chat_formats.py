@@ -4,7 +4,8 @@ ShareGPT (LLaMA-Factory's data/README): turns `{"from": ..., "value": ...}` with
 gpt, observation (a tool's result -> role tool), function_call (a tool call: JSON
 `{"name", "arguments"}` -> an assistant message with `tool_calls`) and system (first turn only);
 `tags` renames any of these. OpenAI: `{"role", "content"}` with system/user/assistant/tool,
-assistant `tool_calls` in OpenAI's shape and optional `reasoning_content`.
+assistant `tool_calls` in OpenAI's shape and optional `reasoning_content`. Every answer's reasoning
+(`reasoning_content`, or a leading `<think>...</think>` block) is read by reasoning.py.
 
 Order rules, for both: user first; user -> assistant; an assistant tool call -> tool results ->
 assistant; an assistant answer -> user. An SFT/KTO conversation ends with the assistant; a
@@ -17,13 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.data.problems import RecordCheck
-from lmforge.data.sources.record_fields import (
-    column_text,
-    describe,
-    parse_tool_calls,
-    split_reasoning,
-    text_fix,
-)
+from lmforge.data.sources.reasoning import assistant_message
+from lmforge.data.sources.record_fields import column_text, describe, parse_tool_calls, text_fix
 from lmforge.data.sources.registry import DatasetSpec
 
 _NEXT = {  # role -> roles that may follow it
@@ -123,16 +119,12 @@ def convert_turn(
     if not isinstance(content, str):
         _no_text(check, spec, column, f"message {position}", content)
         return None
-    message: dict[str, Any] = {"role": role, "content": content}
-    if role == "assistant":
-        reasoning = turn.get("reasoning_content", turn.get("reasoning"))
-        if not isinstance(reasoning, str) or not reasoning.strip():
-            reasoning, message["content"] = split_reasoning(content)
-        if reasoning:
-            message["reasoning"] = reasoning.strip()
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-    return message
+    if role == "assistant":  # reasoning: reasoning_content, or a leading <think> block
+        extra = {"tool_calls": tool_calls} if tool_calls else None
+        return assistant_message(
+            check, column, content, what=f"message {position}", turn=turn, extra=extra
+        )
+    return {"role": role, "content": content}
 
 
 def answer_message(check: RecordCheck, spec: DatasetSpec, record: dict, key: str) -> dict | None:
@@ -140,7 +132,7 @@ def answer_message(check: RecordCheck, spec: DatasetSpec, record: dict, key: str
     column = spec.columns.get(key)
     value = record.get(column) if column else None
     if isinstance(value, str) and value:
-        return {"role": "assistant", "content": value}
+        return assistant_message(check, column, value)
     if not isinstance(value, dict):
         missing = value in (None, "")
         check.problem(

@@ -6,6 +6,9 @@ Preference data (`ranking: true`): the conversation, then `chosen` and `rejected
 (alpaca: two text columns, or a `response` list [chosen, rejected]). KTO: a `kto_tag` column
 with true/false for the final answer. Pre-training (stage pt): the alpaca prompt column is the
 text (`columns: {prompt: text}`), as in LLaMA-Factory.
+
+Every answer (alpaca `output` and history answers, chosen/rejected, KTO answers, and the
+conversation formats' assistant messages) has its reasoning read by reasoning.py, the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from lmforge.data.problems import RecordCheck
 from lmforge.data.sample import Sample
 from lmforge.data.sources.chat_formats import answer_message, conversation
 from lmforge.data.sources.readers import MalformedLine
+from lmforge.data.sources.reasoning import assistant_message
 from lmforge.data.sources.record_fields import column_kto_label, column_text, column_tools
 from lmforge.data.sources.registry import DatasetSpec
 from lmforge.errors import UserError
@@ -175,7 +179,9 @@ def _alpaca_sample(check: RecordCheck, spec: DatasetSpec, record: dict) -> Sampl
         sample.chosen, sample.rejected = _alpaca_pair(check, spec, record)
         return sample
     response = column_text(check, spec, record, "response", required=True)
-    messages.append({"role": "assistant", "content": response or ""})
+    answer = assistant_message(check, spec.columns["response"], response) if response else None
+    if answer is not None:
+        messages.append(answer)
     if spec.kto:
         sample.kto_label = column_kto_label(check, spec, record)
     return sample
@@ -198,14 +204,15 @@ def _history(check: RecordCheck, spec: DatasetSpec, record: dict) -> list[dict]:
             reason = f"history turn {turn} must be a [question, answer] pair of texts"
             check.problem(column, reason, fix, "bad history")
             return []
-        messages += [
-            {"role": "user", "content": pair[0]},
-            {"role": "assistant", "content": pair[1]},
-        ]
+        answer = assistant_message(check, column, pair[1], what=f"history turn {turn} answer")
+        if answer is None:
+            return []
+        messages += [{"role": "user", "content": pair[0]}, answer]
     return messages
 
 
 def _alpaca_pair(check: RecordCheck, spec: DatasetSpec, record: dict) -> tuple[Any, Any]:
+    columns = spec.columns
     if "chosen" in spec.columns and "rejected" in spec.columns:
         chosen = column_text(check, spec, record, "chosen", required=True)
         rejected = column_text(check, spec, record, "rejected", required=True)
@@ -223,9 +230,13 @@ def _alpaca_pair(check: RecordCheck, spec: DatasetSpec, record: dict) -> tuple[A
             )
             return None, None
         chosen, rejected = value[0], value[1]
+        columns = {"chosen": f"{column}[0]", "rejected": f"{column}[1]"}
     if chosen is None or rejected is None:
         return None, None
-    return {"role": "assistant", "content": chosen}, {"role": "assistant", "content": rejected}
+    return (
+        assistant_message(check, columns["chosen"], chosen),
+        assistant_message(check, columns["rejected"], rejected),
+    )
 
 
 def _chat_sample(check: RecordCheck, spec: DatasetSpec, record: dict) -> Sample | None:

@@ -1,4 +1,4 @@
-"""Reading one field of a record: text, tools, KTO label, tool calls, reasoning.
+"""Reading one field of a record: text, tools, KTO label, tool calls (reasoning: reasoning.py).
 
 Each reader records a problem on the RecordCheck (naming the data's own column) and returns
 None instead of raising, so every problem of a record is found in one pass.
@@ -11,8 +11,6 @@ from typing import Any
 
 from lmforge.data.problems import RecordCheck
 from lmforge.data.sources.registry import DatasetSpec
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def column_text(
@@ -139,17 +137,6 @@ def parse_tool_calls(value: Any) -> tuple[list[dict] | None, str | None]:
             return None, f"the arguments of `{name}` must be an object, not {describe(arguments)}"
         result.append({"name": name, "arguments": arguments})
     return result, None
-
-
-def split_reasoning(content: str) -> tuple[str | None, str]:
-    """A leading <think>...</think> block -> (reasoning, answer), as reasoning models write it;
-    the template decides how to render it back. An empty block means no reasoning."""
-    stripped = content.lstrip()
-    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
-        return None, content
-    inner, answer = stripped[len(THINK_OPEN) :].split(THINK_CLOSE, 1)
-    reasoning = inner.strip("\n").strip()
-    return (reasoning or None), answer.lstrip("\n")
 
 
 def describe(value: Any) -> str:

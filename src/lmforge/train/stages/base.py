@@ -1,47 +1,102 @@
-"""What a stage provides, and the helpers the non-SFT stages share."""
+"""The Stage seam: what every training stage provides, and the inputs the runner gives it.
+
+A stage turns the config's data into encoded rows (`datasets`) and builds its transformers
+Trainer from typed inputs (`build_trainer`): collator, model wrapping (value heads, packing),
+reference model, loss settings. The runner (train/run.py) owns everything else: the plan,
+TrainingArguments (built once, never changed afterwards), output folder, saving.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from tqdm.auto import tqdm
 
 from lmforge.config.schema import Config
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import load_splits
+from lmforge.model.adapters import loraplus_param_groups
+
+if TYPE_CHECKING:  # heavy imports, needed for the annotations only
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from lmforge.model.setup import ModelSetup
+
+# Encoded rows: a list of dicts, a datasets.Dataset or a packed set (anything indexable).
+Rows = object
 
 
-@dataclass
-class StageContext:
-    """Everything a stage needs to build its trainer."""
+@dataclass(frozen=True)
+class StageData:
+    """A stage's encoded data and the report of what was read, cut and dropped."""
+
+    train: Rows
+    eval: Rows | dict[str, Rows] | None  # a dict: one eval set per dataset (eval_<name>_loss)
+    report: DataReport
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What the runner hands a stage to build its trainer from."""
 
     config: Config
-    setup: Any  # lmforge.model.setup.ModelSetup: resolved model, tokenizer, template
-    model: Any  # with the fine-tuning method applied
-    args: Any  # transformers.TrainingArguments
-    train_set: Any
-    eval_set: Any
-    callbacks: list
-    output_dir: Path
-    trainer_kwargs: dict = field(default_factory=dict)  # optimizers, metrics, ...
+    setup: ModelSetup  # resolved model, tokenizer, template
+    model: torch.nn.Module  # with the fine-tuning method (LoRA, freeze, full) applied
+    args: TrainingArguments
+    data: StageData
+    callbacks: tuple[TrainerCallback, ...]
+
+    def trainer_arguments(self, model: torch.nn.Module, collator) -> dict:
+        """transformers.Trainer's own arguments, the same for every stage's trainer. `model` is
+        the one trained (with any head the stage added), so LoRA+ groups include the head."""
+        return {
+            "model": model,
+            "args": self.args,
+            "data_collator": collator,
+            "train_dataset": self.data.train,
+            "eval_dataset": self.data.eval or None,
+            "processing_class": self.setup.tokenizer,
+            "callbacks": list(self.callbacks),
+            "optimizers": (loraplus_optimizer(self.config, model, self.args), None),
+        }
 
 
-class Stage(Protocol):
-    name: str
+def loraplus_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
+    """AdamW with LoRA+ learning rates, or None to let the Trainer build its own optimizer."""
+    ratio = config.method.loraplus_lr_ratio
+    if not ratio:
+        return None
+    import torch
 
-    def datasets(self, config: Config, setup) -> tuple[Any, Any, DataReport]: ...
-
-    def prepare(self, ctx: StageContext) -> None:
-        """Runs after the model exists, before the plan is printed (checks, extra models)."""
-
-    def trainer(self, ctx: StageContext): ...
+    groups = loraplus_param_groups(model, args.learning_rate, ratio, args.weight_decay)
+    betas = (args.adam_beta1, args.adam_beta2)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
 
 
-def encode_stage_samples(
-    config: Config, setup, encode, label: str
-) -> tuple[list, list, DataReport]:
+class Stage(ABC):
+    """One training stage (pt, sft, rm, dpo, kto, ppo, grpo)."""
+
+    name: ClassVar[str]
+    # Evaluation reports losses (and rewards) only: no logits are gathered. Read by the runner
+    # when it builds TrainingArguments.
+    prediction_loss_only: ClassVar[bool] = False
+
+    def check(self, config: Config) -> None:  # noqa: B027 - optional hook
+        """Checks on the user's settings that need no model (run before the model loads)."""
+
+    @abstractmethod
+    def datasets(self, config: Config, setup: ModelSetup) -> StageData:
+        """Read, convert and encode the config's datasets."""
+
+    @abstractmethod
+    def build_trainer(self, inputs: StageInputs) -> Trainer:
+        """The stage's trainer over `inputs.model` (wrapped as the stage needs)."""
+
+
+def encode_stage_samples(config: Config, setup: ModelSetup, encode, label: str) -> StageData:
     """Read and split the samples, then encode each with `encode(sample) -> dict | None` (None:
     nothing to train on, counted as dropped). For stages without SFT's cache and packing."""
     report = DataReport(cutoff_len=config.data.cutoff_len)
@@ -66,4 +121,4 @@ def encode_stage_samples(
         encoded.append(rows)
     report.train_samples, report.eval_samples = len(encoded[0]), len(encoded[1])
     report.train_rows = report.train_samples
-    return encoded[0], encoded[1], report
+    return StageData(encoded[0], encoded[1], report)

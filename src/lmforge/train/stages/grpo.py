@@ -1,35 +1,26 @@
 """GRPO: groups of sampled completions per prompt, rewarded by checks against a reference
-answer, the user's functions and/or a reward model (see train/rewards/functions.py, train/trainers/grpo.py)."""
+answer, the user's functions and/or a reward model (see train/rewards/functions.py and
+train/trainers/grpo.py)."""
 
 from __future__ import annotations
 
-from lmforge.train.stages.base import StageContext
-from lmforge.train.stages.rl import check_rl_config, encode_prompts, prepare_rl, rl_settings
+from lmforge.train.stages.base import StageInputs
+from lmforge.train.stages.rl import RolloutStage, rl_settings, rollout_parts
 from lmforge.train.trainers.grpo import GRPOTrainer
 
 
-class GRPOStage:
+class GRPOStage(RolloutStage):
     name = "grpo"
 
-    def check(self, config) -> None:
-        check_rl_config(config)
-
-    def datasets(self, config, setup):
-        self.check(config)  # before the model loads, whoever calls us
-        return encode_prompts(config, setup)
-
-    def prepare(self, ctx: StageContext) -> None:
-        prepare_rl(ctx, needs_reference=ctx.config.method.ppo_kl_coef > 0)
-
-    def trainer(self, ctx: StageContext):
+    def build_trainer(self, inputs: StageInputs):
+        method = inputs.config.method
+        parts = rollout_parts(inputs, needs_reference=method.ppo_kl_coef > 0)
         return GRPOTrainer(
-            model=ctx.model,
-            args=ctx.args,
-            train_dataset=ctx.train_set,
-            processing_class=ctx.setup.tokenizer,
-            callbacks=ctx.callbacks,
-            settings=rl_settings(ctx.config, ctx.config.method.num_generations),
-            **ctx.trainer_kwargs,
+            **inputs.trainer_arguments(inputs.model, parts.collator),
+            settings=rl_settings(inputs.config, method.num_generations),
+            ref_model=parts.ref_model,
+            stop_ids=parts.stop_ids,
+            reward_terms=parts.reward_terms,
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lmforge.data.encoding.collate import KTOCollator
 from lmforge.data.encoding.encode import encode_kto
-from lmforge.train.stages.base import StageContext, encode_stage_samples
+from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
 from lmforge.train.trainers.preference import KTOTrainer
 from lmforge.train.trainers.reference import load_reference_model
 
@@ -27,30 +27,22 @@ def encode_kto_row(config, setup):
     return encode
 
 
-class KTOStage:
+class KTOStage(Stage):
     name = "kto"
+    prediction_loss_only = True  # evaluation reports losses and rewards, no logits
 
-    def datasets(self, config, setup):
+    def datasets(self, config, setup) -> StageData:
         return encode_stage_samples(config, setup, encode_kto_row(config, setup), "completions")
 
-    def prepare(self, ctx: StageContext) -> None:
-        ctx.trainer_kwargs["data_collator"] = KTOCollator(ctx.setup.tokenizer.pad_token_id)
-        ctx.trainer_kwargs["ref_model"] = load_reference_model(ctx.config, ctx.model)
-        ctx.args.prediction_loss_only = True
-
-    def trainer(self, ctx: StageContext):
-        method = ctx.config.method
+    def build_trainer(self, inputs: StageInputs):
+        method = inputs.config.method
+        collator = KTOCollator(inputs.setup.tokenizer.pad_token_id)
         return KTOTrainer(
-            model=ctx.model,
-            args=ctx.args,
-            train_dataset=ctx.train_set,
-            eval_dataset=ctx.eval_set or None,
-            processing_class=ctx.setup.tokenizer,
-            callbacks=ctx.callbacks,
+            **inputs.trainer_arguments(inputs.model, collator),
+            ref_model=load_reference_model(inputs.config, inputs.model),
             pref_beta=method.pref_beta,
             desirable_weight=method.kto_chosen_weight,
             undesirable_weight=method.kto_rejected_weight,
-            **ctx.trainer_kwargs,
         )
 
 

@@ -6,14 +6,14 @@ from lmforge.data.encoding.collate import PadCollator
 from lmforge.data.encoding.encode import encode_pretrain
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import load_splits
-from lmforge.train.stages.base import StageContext
-from lmforge.train.stages.sft import SFTStage, use_linear_ce
+from lmforge.train.stages.base import Stage, StageData, StageInputs
+from lmforge.train.stages.language_model import language_model_trainer
 
 
-class PretrainStage(SFTStage):
+class PretrainStage(Stage):
     name = "pt"
 
-    def datasets(self, config, setup):
+    def datasets(self, config, setup) -> StageData:
         report = DataReport(cutoff_len=config.data.cutoff_len)
         train, evaluation = load_splits(config.data, report, seed=config.train.seed, stage="pt")
         parts = []
@@ -27,11 +27,10 @@ class PretrainStage(SFTStage):
         report.train_rows = report.train_samples
         report.tokens = report.trained_tokens = sum(len(r["input_ids"]) for r in parts[0])
         report.notes.append("pre-training: texts longer than cutoff_len become several blocks")
-        return parts[0], parts[1], report
+        return StageData(parts[0], parts[1], report)
 
-    def prepare(self, ctx: StageContext) -> None:
-        ctx.trainer_kwargs["data_collator"] = PadCollator(ctx.setup.tokenizer.pad_token_id)
-        use_linear_ce(ctx)
+    def build_trainer(self, inputs: StageInputs):
+        return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
 
 
 STAGE = PretrainStage()

@@ -5,37 +5,27 @@ from __future__ import annotations
 
 from lmforge.data.encoding.collate import PairCollator
 from lmforge.data.encoding.encode import encode_pair_row
-from lmforge.train.stages.base import StageContext, encode_stage_samples
+from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
 from lmforge.train.trainers.preference import RewardModelTrainer
 from lmforge.train.trainers.value_head import ModelWithValueHead, ValueHead
 
 
-class RewardStage:
+class RewardStage(Stage):
     name = "rm"
+    prediction_loss_only = True  # evaluation reports losses and accuracy, no logits
 
-    def datasets(self, config, setup):
+    def datasets(self, config, setup) -> StageData:
         def encode(sample):
             return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
 
         return encode_stage_samples(config, setup, encode, "pairs")
 
-    def prepare(self, ctx: StageContext) -> None:
-        ctx.trainer_kwargs["data_collator"] = PairCollator(ctx.setup.tokenizer.pad_token_id)
-        ctx.args.prediction_loss_only = True
+    def build_trainer(self, inputs: StageInputs):
         # One module: DDP/DeepSpeed wrap (and synchronise) the head with the body.
-        hidden = ctx.model.config.get_text_config().hidden_size
-        ctx.model = ModelWithValueHead(ctx.model, ValueHead(hidden))
-
-    def trainer(self, ctx: StageContext):
-        return RewardModelTrainer(
-            model=ctx.model,
-            args=ctx.args,
-            train_dataset=ctx.train_set,
-            eval_dataset=ctx.eval_set or None,
-            processing_class=ctx.setup.tokenizer,
-            callbacks=ctx.callbacks,
-            **ctx.trainer_kwargs,
-        )
+        hidden = inputs.model.config.get_text_config().hidden_size
+        model = ModelWithValueHead(inputs.model, ValueHead(hidden))
+        collator = PairCollator(inputs.setup.tokenizer.pad_token_id)
+        return RewardModelTrainer(**inputs.trainer_arguments(model, collator))
 
 
 STAGE = RewardStage()

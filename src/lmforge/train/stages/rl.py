@@ -3,12 +3,16 @@ the rewards, the reference model and the trainer settings."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from lmforge.config.schema import Config
 from lmforge.data.encoding.collate import PromptCollator
 from lmforge.errors import UserError
 from lmforge.train.rewards.functions import RewardTerm, build_reward_terms
 from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
-from lmforge.train.stages.base import StageContext, encode_stage_samples
+from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
 from lmforge.train.trainers.reference import load_reference_model
 from lmforge.train.trainers.rollout import prompt_row, record_columns
 from lmforge.train.trainers.rollout_base import RLSettings
@@ -50,14 +54,14 @@ def check_rl_config(config: Config) -> list[RewardTerm]:
             f"stage {stage} does not evaluate during training (there is no eval loss for "
             "sampled completions)",
             where=where,
-            fix="remove val_size / eval_dataset; evaluate the saved adapter with `lmforge eval`",
+            fix="remove val_size / eval_dataset",
         )
     if method.reward_model:
         check_reward_model_dir(method.reward_model, where)
     return build_reward_terms(method, where)
 
 
-def encode_prompts(config: Config, setup):
+def encode_prompts(config: Config, setup) -> StageData:
     """Samples -> prompt rows (see rollout.prompt_row), numbered for the rollout cache."""
     method = config.method
     records = record_columns(config.data, method.stage)
@@ -74,7 +78,8 @@ def encode_prompts(config: Config, setup):
             record=record,
         )
 
-    train, evaluation, report = encode_stage_samples(config, setup, encode, "prompts")
+    data = encode_stage_samples(config, setup, encode, "prompts")
+    train, evaluation, report = data.train, data.eval, data.report
     for part in (train, evaluation):
         for index, row in enumerate(part):
             row["index"] = index
@@ -84,7 +89,7 @@ def encode_prompts(config: Config, setup):
         f"{method.stage}: prompts only; up to {method.max_completion_length} tokens are "
         "generated per completion (a longer prompt keeps its end)"
     )
-    return train, evaluation, report
+    return data
 
 
 def rl_settings(config: Config, num_generations: int) -> RLSettings:
@@ -99,20 +104,43 @@ def rl_settings(config: Config, num_generations: int) -> RLSettings:
     )
 
 
-def prepare_rl(ctx: StageContext, *, needs_reference: bool) -> None:
-    """Collator, reference model, and the reward model term when one is configured."""
-    config = ctx.config
-    ctx.trainer_kwargs["data_collator"] = PromptCollator(ctx.setup.tokenizer.pad_token_id)
-    ctx.trainer_kwargs["ref_model"] = (
-        load_reference_model(config, ctx.model) if needs_reference else None
-    )
-    ctx.trainer_kwargs["stop_ids"] = ctx.setup.template.stop_token_ids(ctx.setup.tokenizer)
+@dataclass(frozen=True)
+class RolloutParts:
+    """What PPO's and GRPO's trainers take besides transformers' own arguments."""
+
+    collator: PromptCollator
+    ref_model: torch.nn.Module | None
+    stop_ids: list[int]
+    reward_terms: list[RewardTerm]
+
+
+def rollout_parts(inputs: StageInputs, *, needs_reference: bool) -> RolloutParts:
+    """Collator, reference model (of the model as given: before any critic is added), stop
+    tokens, and the rewards, with the reward model's term when one is configured."""
+    config = inputs.config
     terms = build_reward_terms(config.method, config.source)
     if config.method.reward_model:
         scorer = RewardModelScorer(
             config.method.reward_model,
             config.data,
             trust_remote_code=config.model.trust_remote_code,
-        ).to(ctx.args.device)
+        ).to(inputs.args.device)
         terms.append(RewardTerm("reward_model", scorer.score))
-    ctx.trainer_kwargs["reward_terms"] = terms
+    tokenizer = inputs.setup.tokenizer
+    return RolloutParts(
+        collator=PromptCollator(tokenizer.pad_token_id),
+        ref_model=load_reference_model(config, inputs.model) if needs_reference else None,
+        stop_ids=inputs.setup.template.stop_token_ids(tokenizer),
+        reward_terms=terms,
+    )
+
+
+class RolloutStage(Stage):
+    """Base of the ppo and grpo stages: prompts in, completions sampled during training."""
+
+    def check(self, config: Config) -> None:
+        check_rl_config(config)
+
+    def datasets(self, config: Config, setup) -> StageData:
+        self.check(config)  # before the model loads, whoever calls us
+        return encode_prompts(config, setup)

@@ -1,0 +1,43 @@
+"""What sft and pt share: a next-token trainer, with the loss on trained tokens only where that
+gives the same result (not a stage itself)."""
+
+from __future__ import annotations
+
+import logging
+
+from lmforge.train.losses.linear_ce import (
+    HiddenStatesCollator,
+    LinearCrossEntropyLoss,
+    supports_linear_cross_entropy,
+)
+from lmforge.train.monitor import argmax_logits, token_accuracy
+from lmforge.train.stages.base import StageInputs
+from lmforge.train.trainers.base import AtomicCheckpointTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def uses_linear_ce(inputs: StageInputs) -> bool:
+    """The loss without full logits: not when accuracy needs the logits, nor under liger (its
+    own fused loss), nor when the output head itself is adapted."""
+    train = inputs.config.train
+    if not train.chunked_loss or train.compute_accuracy or inputs.args.use_liger_kernel:
+        return False
+    if not supports_linear_cross_entropy(inputs.model):
+        logger.info("chunked_loss: the output head is adapted, so the plain loss is used")
+        return False
+    return True
+
+
+def language_model_trainer(inputs: StageInputs, collator) -> AtomicCheckpointTrainer:
+    accuracy = inputs.config.train.compute_accuracy
+    loss = None
+    if uses_linear_ce(inputs):
+        collator = HiddenStatesCollator(collator)
+        loss = LinearCrossEntropyLoss(inputs.model)
+    return AtomicCheckpointTrainer(
+        **inputs.trainer_arguments(inputs.model, collator),
+        compute_loss_func=loss,
+        compute_metrics=token_accuracy if accuracy else None,
+        preprocess_logits_for_metrics=argmax_logits if accuracy else None,
+    )
