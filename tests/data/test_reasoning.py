@@ -417,3 +417,25 @@ def test_alpaca_reasoning_with_thinking_off_is_dropped_with_a_note_not_silently(
         "1 sample carries reasoning that is not trained: enable_thinking is false; set "
         "enable_thinking: true (or null) to train it"
     ]
+
+
+def test_a_template_with_other_markers_counts_them_in_answers_as_text():
+    """Data is read with the generic <think> markers; reasoning written in a template's own
+    different markers stays in the answer, and the note says so."""
+    import dataclasses
+
+    from lmforge.data.encoding.loader import reasoning_notes
+    from lmforge.data.sample import Sample
+    from lmforge.data.templates.base import Thinking
+
+    seed = dataclasses.replace(
+        get_template("qwen3"), thinking=Thinking("<seed:think>\n", "\n</seed:think>\n\n")
+    )
+    user = {"role": "user", "content": "2+2?"}
+    answers = ["<seed:think>Add.</seed:think>4", "4"]
+    data = [Sample([user, {"role": "assistant", "content": a}]) for a in answers]
+    assert reasoning_notes(data, seed) == [
+        "1 sample has `<seed:think>` or `<think>` inside an answer, not as a "
+        "`<think>...</think>` block at its start: it is trained as text; to train it as "
+        "reasoning, start the answer with the block (or use reasoning_content)"
+    ]

@@ -5,7 +5,9 @@ Messages are plain dicts so they pass unchanged to a tokenizer's `apply_chat_tem
 - `{"role": "assistant", "content": str, "reasoning": str (optional),
    "tool_calls": [{"name": str, "arguments": dict}] (optional)}`
 - `{"role": "tool", "content": str}` (a tool's answer, "observation" in LLaMA-Factory)
-The system prompt and the tool schemas are fields of the sample, not messages.
+The system prompt and the tool schemas are fields of the sample, not messages. `reasoning` is
+plain text without markers, read the same way from every format (data/sources/reasoning.py); the
+chat template renders it with its own markers, or drops it (data/encoding/loader.py notes that).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tqdm.auto import tqdm
 
 from lmforge.config.schema import Config
-from lmforge.data.encoding.loader import DataReport
+from lmforge.data.encoding.loader import DataReport, reasoning_notes
 from lmforge.data.sources.load import load_splits
 from lmforge.model.adapters import loraplus_param_groups
 
@@ -100,11 +100,15 @@ def encode_stage_samples(config: Config, setup: ModelSetup, encode, label: str) 
     """Read and split the samples, then encode each with `encode(sample) -> dict | None` (None:
     nothing to train on, counted as dropped). For stages without SFT's cache and packing."""
     report = DataReport(cutoff_len=config.data.cutoff_len)
-    train_samples, eval_samples = load_splits(
-        config.data, report, seed=config.train.seed, stage=config.method.stage
+    train_samples, eval_samples = (
+        list(part)
+        for part in load_splits(
+            config.data, report, seed=config.train.seed, stage=config.method.stage
+        )
     )
+    report.notes += reasoning_notes(train_samples + eval_samples, setup.template)
     encoded = []
-    for part, samples in (("train", list(train_samples)), ("eval", list(eval_samples))):
+    for part, samples in (("train", train_samples), ("eval", eval_samples)):
         rows = []
         for sample in tqdm(
             samples, desc=f"Encoding {label} {part}", unit="sample", disable=not samples
