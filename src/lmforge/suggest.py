@@ -1,4 +1,4 @@
-""""Did you mean ...?": the one place that picks a close name for a mistyped one."""
+"""Did-you-mean suggestions: the one place that picks a close name for a mistyped one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def closest(name: str, known: Iterable[str], *, cutoff: float = 0.6) -> str | No
 
 
 def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6, show=None) -> str:
-    """"did you mean `x`? " (with a trailing space), or "" when nothing is close. `show` turns
+    """The text "did you mean `x`? " (with a trailing space), or "" when nothing is close. `show` turns
     the match into the text shown (e.g. `module:name`)."""
     match = closest(name, known, cutoff=cutoff)
     if match is None:

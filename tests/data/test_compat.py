@@ -12,8 +12,8 @@ import pytest
 
 from lmforge.config.schema import DataConfig
 from lmforge.data.sources import hub
-from lmforge.data.sources.registry import resolve_datasets
 from lmforge.data.sources.load import load_splits
+from lmforge.data.sources.registry import resolve_datasets
 from lmforge.data.sources.validation import validate_data
 from lmforge.errors import UserError
 

@@ -10,11 +10,11 @@ import torch
 from conftest import TOY_RECORDS, build_tiny_model, build_tiny_tokenizer, write_alpaca_dataset
 from lmforge.config.schema import DataConfig
 from lmforge.data.encoding.collate import PackedCollator, PadCollator
-from lmforge.data.inspect import inspect_data
 from lmforge.data.encoding.loader import build_datasets
 from lmforge.data.encoding.packing import PackedSet
-from lmforge.model.packing import prepare_model_for_packing
+from lmforge.data.inspect import inspect_data
 from lmforge.data.templates.auto import load_template
+from lmforge.model.packing import prepare_model_for_packing
 
 
 @pytest.fixture(autouse=True)

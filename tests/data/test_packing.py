@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from conftest import build_tiny_decoder, build_tiny_model
-from lmforge.data.encoding.collate import PackedCollator, PadCollator, make_collator, segment_positions
+from lmforge.data.encoding.collate import (
+    PackedCollator,
+    PadCollator,
+    make_collator,
+    segment_positions,
+)
 from lmforge.data.encoding.packing import PackedSet, pack_lengths, packing_efficiency
-from lmforge.model.packing import check_isolation, prepare_model_for_packing
 from lmforge.errors import UserError
+from lmforge.model.packing import check_isolation, prepare_model_for_packing
 
 VOCAB = 110
 

@@ -9,8 +9,8 @@ from test_encode_helpers import CharTokenizer
 from lmforge.data.encoding.encode import encode_sample
 from lmforge.data.encoding.preflight import PROBE, PROBE_SYSTEM, check_template
 from lmforge.data.sample import Sample
-from lmforge.data.templates.named import available_templates, get_template
 from lmforge.data.templates.auto import auto_template
+from lmforge.data.templates.named import available_templates, get_template
 from lmforge.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "templates"

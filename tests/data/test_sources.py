@@ -4,8 +4,8 @@ import pytest
 
 from lmforge.config.schema import DataConfig
 from lmforge.data.sources import load as sources
-from lmforge.data.sources.mixing import interleave, shuffle_buffer
 from lmforge.data.sources.load import SampleStream, load_samples, load_splits
+from lmforge.data.sources.mixing import interleave, shuffle_buffer
 from lmforge.errors import UserError
 
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.config.schema import DataConfig
+from lmforge.data.problems import Problem, RecordCheck, invalid_records_error, skip_reasons
+from lmforge.data.sample import Sample
 from lmforge.data.sources import placeholders
 from lmforge.data.sources.formats import check_stage, to_sample
 from lmforge.data.sources.hub import iter_hub_records
 from lmforge.data.sources.mixing import mix, mix_iter, sample_count, shuffle_buffer, val_count
 from lmforge.data.sources.mixing import split as split
-from lmforge.data.problems import Problem, RecordCheck, invalid_records_error, skip_reasons
 from lmforge.data.sources.readers import RawRecord, iter_records
 from lmforge.data.sources.registry import DatasetSpec, resolve_datasets
-from lmforge.data.sample import Sample
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
