@@ -2,7 +2,7 @@
 
 Keys are LLaMA-Factory's flat YAML keys, so its users' files load as they are. Each field's
 `help` feeds `--help`, the web UI and docs/config.md. A field marked `path` is resolved against
-the folder of the YAML file it came from. A number field's `bounds` are the values it accepts,
+the working directory, or for an input that exists only there, the YAML file's folder. A number field's `bounds` are the values it accepts,
 checked when the config is loaded (before any model), and listed in docs/config.md.
 """
 
@@ -80,10 +80,11 @@ def opt(
     path: bool = False,
     choices: tuple[str, ...] | None = None,
     bounds: Bounds | None = None,
+    secret: bool = False,
 ):
-    """A config field with its one-line doc (and, for some, path resolution, choices or the
-    bounds of a number)."""
-    metadata = {"help": help, "path": path, "choices": choices, "bounds": bounds}
+    """A config field with its one-line doc (and, for some, path resolution, choices, the
+    bounds of a number, or `secret`: never written to run_config.yaml)."""
+    metadata = {"help": help, "path": path, "choices": choices, "bounds": bounds, "secret": secret}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -297,6 +298,11 @@ class DataConfig:
     skip_invalid: bool = opt(
         False, "Skip invalid records (reported with counts and reasons) instead of stopping."
     )
+    date_string: str | None = opt(
+        None,
+        "llama3.1 template: the Today Date written in the system header; `today` for today's "
+        "date.",
+    )
 
 
 @dataclass
@@ -375,6 +381,42 @@ class TrainConfig:
         False,
         "At the end, load the checkpoint with the lowest eval loss into output_dir (needs "
         "evaluation data; save_steps a multiple of eval_steps). On with early stopping.",
+    )
+
+
+@dataclass
+class TrackConfig:
+    """Experiment tracking: TensorBoard and SwanLab (report_to and plot_loss are under train)."""
+
+    logging_dir: str | None = opt(
+        None,
+        "TensorBoard's folder (report_to: tensorboard): view the run with `tensorboard "
+        "--logdir <logging_dir>`. Default: output_dir/runs.",
+        path=True,
+    )
+    use_swanlab: bool = opt(False, "Log the run to SwanLab (the same as adding swanlab to report_to).")
+    swanlab_project: str = opt("lmforge", "SwanLab project the run is logged under.")
+    swanlab_workspace: str | None = opt(
+        None, "SwanLab workspace (an organisation) of the project. Default: your own."
+    )
+    swanlab_run_name: str | None = opt(
+        None, "Name of the run in SwanLab. Default: a name SwanLab makes up."
+    )
+    swanlab_mode: str = opt(
+        "cloud",
+        "cloud: log to swanlab.cn (needs `swanlab login`, swanlab_api_key or SWANLAB_API_KEY, and "
+        "the internet); local: write the run to swanlab_logdir only, offline (view it with "
+        "`swanlab watch <swanlab_logdir>`).",
+        choices=("cloud", "local"),
+    )
+    swanlab_api_key: str | None = opt(
+        None,
+        "SwanLab API key for cloud mode (instead of `swanlab login` or SWANLAB_API_KEY); never "
+        "written to run_config.yaml.",
+        secret=True,
+    )
+    swanlab_logdir: str | None = opt(
+        None, "Folder SwanLab writes the run's files to. Default: swanlog.", path=True
     )
 
 
@@ -464,6 +506,7 @@ SECTIONS: dict[str, type] = {
     "method": MethodConfig,
     "data": DataConfig,
     "train": TrainConfig,
+    "track": TrackConfig,
     "generate": GenerateConfig,
     "infer": InferConfig,
 }
@@ -477,6 +520,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
@@ -484,19 +528,51 @@ class Config:
     notes: list[str] = field(default_factory=list)
     # `resume_from_checkpoint: auto` was asked for (even if no checkpoint exists yet).
     resume_auto: bool = False
+    # Where the config came from, for messages: the YAML file's path, or "command line" when
+    # it was given as flags only.
     source: str | None = None
+    # The YAML file, or None (flags only).
+    path: str | None = None
     # The keys the YAML file or the command line set (the rest are defaults).
     given: frozenset[str] = frozenset()
+    # key -> where it was set: the YAML file's path or "command line" (see `where`).
+    origins: dict[str, str] = field(default_factory=dict)
+    # LLaMA-Factory keys that were given but do nothing here: (key, reason), in the order given.
+    # The plan lists each once: "`key`: not used here, because <reason>".
+    not_used: tuple[tuple[str, str], ...] = ()
+    # Path keys -> the path they resolved to (and against what), for the plan.
+    paths: dict[str, ResolvedPath] = field(default_factory=dict)
+
+    def where(self, key: str) -> str | None:
+        """Where `key` was set (the YAML file or "command line"), for an error about it; the
+        config's source for a key left at its default."""
+        return self.origins.get(key, self.source)
 
     def to_flat_dict(self) -> dict[str, Any]:
-        """The flat LLaMA-Factory-style mapping, as written to run_config.yaml."""
+        """The flat LLaMA-Factory-style mapping, as written to run_config.yaml (secrets, such
+        as swanlab_api_key, are left out)."""
         flat: dict[str, Any] = {}
         for name in SECTIONS:
             section = getattr(self, name)
             for f in fields(section):
-                flat[f.name] = getattr(section, f.name)
+                value = getattr(section, f.name)
+                if f.metadata.get("secret") and value is not None:
+                    continue
+                flat[f.name] = value
         flat.update(self.passthrough)
         return flat
+
+
+@dataclass(frozen=True)
+class ResolvedPath:
+    """Where a relative path in the config was found: `base` is "working directory", "YAML
+    file's folder" or "as given" (absolute, or `~`)."""
+
+    path: str
+    base: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.base})"
 
 
 def key_index() -> dict[str, tuple[str, Any]]:

@@ -222,10 +222,10 @@ class HFEngine(BaseEngine):
 
         from lmforge.infer.adapters import check_adapter_folder, load_named_adapters
         from lmforge.model.load import attach_adapters, inference_dtype, load_model, split_paths
-        from lmforge.model.setup import inherit_training_settings, prepare_model_setup
+        from lmforge.model.setup import prepare_model_setup, with_training_settings
 
         resolve_for_inference(config)
-        inherit_training_settings(config)  # the template and thinking settings used in training
+        config = with_training_settings(config)  # the prompt format used in training
         for name, path in (config.infer.adapters or {}).items():
             check_adapter_folder(path, name)  # before the slow part
         setup = prepare_model_setup(config)

@@ -57,10 +57,10 @@ class VLLMEngine(BaseEngine):
         from vllm.lora.request import LoRARequest
 
         from lmforge.model.load import split_paths
-        from lmforge.model.setup import inherit_training_settings, prepare_model_setup
+        from lmforge.model.setup import prepare_model_setup, with_training_settings
 
         resolve_for_inference(config)
-        inherit_training_settings(config)  # the template and thinking settings used in training
+        config = with_training_settings(config)  # the prompt format used in training
         merged = split_paths(config.model.adapter_name_or_path)
         if len(merged) > 1:
             raise UserError(

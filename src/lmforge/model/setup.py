@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
+from lmforge.config.run_files import run_settings
 from lmforge.config.schema import Config
 from lmforge.data.encoding.preflight import check_template
 from lmforge.data.templates.auto import load_template
@@ -32,11 +31,9 @@ def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None
     if config.model.template:
         return config.model.template
     for adapter in split_paths(config.model.adapter_name_or_path):
-        run_config = Path(adapter) / "run_config.yaml"
-        if run_config.is_file():
-            name = (yaml.safe_load(run_config.read_text()) or {}).get("template")
-            if name:
-                return name
+        name = (run_settings(adapter) or {}).get("template")
+        if name:
+            return name
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return "auto"
     if resolved.template:
@@ -59,8 +56,8 @@ TRAINED_FORMAT_KEYS = {
 }
 
 
-def training_run_config(config: Config) -> tuple[Path, dict] | None:
-    """The run_config.yaml of the run that produced the served weights: the last
+def training_run_settings(config: Config) -> tuple[Path, dict] | None:
+    """(run folder, settings) of the run that produced the served weights: the last
     adapter_name_or_path's (or its run folder's, for a checkpoint), else the model folder's."""
     adapters = split_paths(config.model.adapter_name_or_path)
     name = adapters[-1] if adapters else config.model.model_name_or_path
@@ -71,31 +68,32 @@ def training_run_config(config: Config) -> tuple[Path, dict] | None:
     if folder.name.startswith("checkpoint-"):
         folders.append(folder.parent)  # output_dir/checkpoint-N -> output_dir
     for folder in folders:
-        path = folder / "run_config.yaml"
-        if path.is_file():
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            return (path, data) if isinstance(data, dict) else None
+        settings = run_settings(folder)
+        if settings is not None:
+            return folder, settings
     return None
 
 
-def inherit_training_settings(config: Config) -> list[str]:
-    """Take the template, thinking and tool settings (and default_system) the served weights
-    were trained with, for each such key the config does not set; returns what was taken."""
-    found = training_run_config(config)
+def with_training_settings(config: Config) -> Config:
+    """The config with the template, thinking and tool settings (and default_system) the served
+    weights were trained with, for each such key the config does not set. A new Config: the
+    one given stays as the user wrote it."""
+    found = training_run_settings(config)
     if found is None:
-        return []
-    path, trained = found
-    taken = []
+        return config
+    folder, trained = found
+    changes: dict[str, dict] = {}
     for key, section_name in TRAINED_FORMAT_KEYS.items():
         if key in config.given or key not in trained:
             continue
-        section = getattr(config, section_name)
-        if getattr(section, key) != trained[key]:
-            setattr(section, key, trained[key])
-            taken.append(f"{key}={trained[key]!r}")
-    if taken:
-        logger.info("as in training (%s): %s", path, ", ".join(taken))
-    return taken
+        if getattr(getattr(config, section_name), key) != trained[key]:
+            changes.setdefault(section_name, {})[key] = trained[key]
+    if not changes:
+        return config
+    taken = ", ".join(f"{k}={v!r}" for kv in changes.values() for k, v in kv.items())
+    logger.info("as in training (%s): %s", folder, taken)
+    sections = {name: replace(getattr(config, name), **kv) for name, kv in changes.items()}
+    return replace(config, **sections)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -124,5 +122,4 @@ def prepare_model_setup(config: Config) -> ModelSetup:
     name = choose_template_name(config, resolved, tokenizer)
     template = load_template(name, tokenizer, config.data)
     check_template(template, tokenizer)
-    config.model.template = template.name
     return ModelSetup(resolved, tokenizer, template)

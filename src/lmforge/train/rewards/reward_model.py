@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 import torch
-import yaml
 
+from lmforge.config.run_files import run_settings
 from lmforge.data.encoding.encode import prompt_and_answer
 from lmforge.data.sample import Sample
 from lmforge.errors import UserError
@@ -28,7 +28,6 @@ from lmforge.train.trainers.value_head import (
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.yaml"  # as written by lmforge.train.run
 
 
 def check_reward_model_dir(path: str, where: str | None = None) -> Path:
@@ -51,8 +50,7 @@ def check_reward_model_dir(path: str, where: str | None = None) -> Path:
 
 
 def _run_settings(folder: Path) -> dict:
-    path = folder / RUN_CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return run_settings(folder) or {}
 
 
 def _load_body(folder: Path, settings: dict, trust_remote_code: bool):
