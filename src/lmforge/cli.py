@@ -13,6 +13,24 @@ from lmforge import __version__
 from lmforge.errors import EXIT_USER_ERROR, UserError
 
 OVERRIDES_HELP = "key=value or --key value overrides of the YAML (e.g. learning_rate=1e-4)"
+CONFIG_HELP = (
+    "The config is a YAML file, --key value flags (LLaMA-Factory's keys, e.g. --stage sft "
+    "--model_name_or_path gemma-3-270m), or both: flags and key=value override the file. "
+    "docs/config.md lists every key."
+)
+
+
+def _config_command(sub, name: str, what: str, config: str) -> argparse.ArgumentParser:
+    """A command that reads a config: `lmforge NAME [CONFIG.yaml] [--key value ...]`. The
+    file and the overrides are not argparse arguments: they arrive as the unparsed words and
+    are split by `config.load.split_config_argument` (so `--stage sft` alone is a config)."""
+    return sub.add_parser(
+        name,
+        help=what,
+        allow_abbrev=False,  # `--pro` must stay an override, not become --prompt
+        usage=f"%(prog)s [{config}] [--key value | key=value ...] [options]",
+        description=f"{what[0].upper()}{what[1:]}. {CONFIG_HELP}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = sub.add_parser("train", help="fine-tune a model as CONFIG.yaml says")
-    train.add_argument("config", help="training YAML (LLaMA-Factory keys are read as they are)")
+    _config_command(sub, "train", "fine-tune a model as the config says", "TRAIN.yaml")
 
-    chat = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
-    chat.add_argument("config", help="inference YAML: model, adapter, template, generation keys")
+    chat = _config_command(
+        sub, "chat", "chat with a model in the terminal (streaming)", "INFER.yaml"
+    )
     chat.add_argument("--prompt", help="print one answer to this prompt and exit")
     chat.add_argument("--system", help="system prompt")
 
@@ -35,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("api", "serve the model over an OpenAI-compatible HTTP API", "127.0.0.1:8000"),
         ("webchat", "chat with the model in the browser (Gradio)", "127.0.0.1:7860"),
     ):
-        serve = sub.add_parser(name, help=what)
-        serve.add_argument("config", help="inference YAML (model, adapter(s), template, ...)")
+        serve = _config_command(sub, name, what, "INFER.yaml")
         serve.add_argument("--host", help=f"address to listen on (default {default.split(':')[0]})")
         serve.add_argument("--port", type=int, help=f"port (default {default.split(':')[1]})")
         if name == "api":
@@ -56,17 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    inspect = data_sub.add_parser(
-        "inspect", help="samples with their trained tokens marked, then statistics"
+    inspect = _config_command(
+        data_sub,
+        "inspect",
+        "samples with their trained tokens marked, then statistics",
+        "TRAIN.yaml",
     )
-    inspect.add_argument("config", help="training YAML (its data, template and model keys)")
     inspect.add_argument("--num", type=int, default=3, help="samples to show (default 3)")
     inspect.add_argument("--index", type=int, help="first sample shown (0-based, training order)")
     inspect.add_argument("--json", action="store_true", help="print everything as JSON")
-    validate = data_sub.add_parser(
-        "validate", help="check every record; list problems as file:record:field: reason"
+    _config_command(
+        data_sub,
+        "validate",
+        "check every record; list problems as file:record:field: reason",
+        "TRAIN.yaml",
     )
-    validate.add_argument("config", help="training YAML (its data keys)")
 
     models = sub.add_parser("models", help="the local model catalogue")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -86,14 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if extra and args.command not in ("train", "chat", "data", "api", "webchat"):
+    if extra and args.command not in CONFIG_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if "--debug" in extra:  # `lmforge train x.yaml --debug`: meant for lmforge, not the config
+        extra = [word for word in extra if word != "--debug"]
+        debug = True
     _setup_logging()
     try:
         return COMMANDS[args.command](args, extra)
     except UserError as exc:
         if debug:
             traceback.print_exc()
+        if _reported_to_launcher(exc):
+            return EXIT_USER_ERROR  # the torchrun launcher prints it once, for all workers
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -114,6 +140,33 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _reported_to_launcher(exc: UserError) -> bool:
+    """In a worker that `lmforge train` started under torchrun: hand the error to the
+    launcher (train/launch.py), which prints it once instead of torch's ChildFailedError."""
+    if not os.environ.get("LMFORGE_USER_ERROR_FILE"):
+        return False
+    from lmforge.train.launch import report_user_error
+
+    return report_user_error(exc)
+
+
+def config_arguments(command: str, extra: list[str]) -> tuple[str | None, list[str]]:
+    """The YAML file (or None) and the overrides of a config command; neither is an error."""
+    from lmforge.config.load import split_config_argument
+
+    path, overrides = split_config_argument(extra)
+    if path is None and not overrides:
+        kind = "train" if command.startswith(("train", "data")) else "infer"
+        example = f"examples/quickstart/{kind}.yaml"
+        raise UserError(
+            f"`lmforge {command}` needs a config: a YAML file, --key value flags, or both",
+            fix=f"for example `lmforge {command} {example}`, or `lmforge {command} "
+            "--model_name_or_path gemma-3-270m --template gemma ...` (docs/config.md lists "
+            "the keys)",
+        )
+    return path, overrides
+
+
 def _setup_logging() -> None:
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -132,9 +185,11 @@ def cmd_train(args, extra: list[str]) -> int:
     from lmforge.config import load_config
     from lmforge.train import launch
 
-    config = load_config(args.config, extra)  # a bad config fails once, before any launch
+    path, overrides = config_arguments("train", extra)
+    config = load_config(path, overrides)  # a bad config fails once, before any launch
     if launch.should_relaunch():
-        return launch.relaunch(["train", args.config, *extra])
+        launch.preflight(config)  # user errors stop here, before any worker starts
+        return launch.relaunch(["train", *([path] if path else []), *overrides])
     if not launch.is_main_process():
         logging.getLogger("lmforge").setLevel(logging.WARNING)  # one plan, not one per process
     from lmforge.train.run import run_training
@@ -148,7 +203,7 @@ def cmd_chat(args, extra: list[str]) -> int:
     from lmforge.infer.chat_cli import answer_once, chat_loop
     from lmforge.infer.engine import create_engine
 
-    config = load_config(args.config, extra)
+    config = load_config(*config_arguments("chat", extra))
     engine = create_engine(config)
     try:
         if args.prompt is not None:
@@ -165,7 +220,7 @@ def cmd_api(args, extra: list[str]) -> int:
     from lmforge.infer.api import serve
 
     serve(
-        load_config(args.config, extra),
+        load_config(*config_arguments("api", extra)),
         args.host,
         args.port,
         cors=args.cors,
@@ -178,21 +233,22 @@ def cmd_webchat(args, extra: list[str]) -> int:
     from lmforge.config import load_config
     from lmforge.infer.webchat import serve
 
-    serve(load_config(args.config, extra), args.host, args.port)
+    serve(load_config(*config_arguments("webchat", extra)), args.host, args.port)
     return 0
 
 
 def cmd_data(args, extra: list[str]) -> int:
     from lmforge.commands.data import data_inspect, data_validate
 
+    path, overrides = config_arguments(f"data {args.data_command}", extra)
     if args.data_command == "validate":
-        text, code = data_validate(args.config, extra)
+        text, code = data_validate(path, overrides)
         print(text)
         return code
     print(
         data_inspect(
-            args.config,
-            extra,
+            path,
+            overrides,
             num=args.num,
             index=args.index,
             as_json=args.json,
@@ -224,6 +280,7 @@ def cmd_version(args, extra: list[str]) -> int:
     return 0
 
 
+CONFIG_COMMANDS = ("train", "chat", "api", "webchat", "data")
 COMMANDS = {
     "train": cmd_train,
     "chat": cmd_chat,

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset
-from lmforge.config.resolve import latest_checkpoint
+from lmforge.train.checkpoints import list_checkpoints
 from lmforge.model.load import load_model
 
 
@@ -126,7 +126,7 @@ def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_
     assert not (killed / "all_results.json").exists()  # it really died before the end
     # Wherever the kill landed (mid-epoch, or even during a save), resume starts from a
     # complete checkpoint: save_steps is 3, the run has 16 steps.
-    assert latest_checkpoint(killed).name in {f"checkpoint-{n}" for n in (3, 6, 9, 12, 15)}
+    assert list_checkpoints(killed)[0].name in {f"checkpoint-{n}" for n in (3, 6, 9, 12, 15)}
 
     result = subprocess.run(command(path), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -149,7 +149,7 @@ def test_sigint_saves_at_the_step_and_resumes_exactly(tmp_path, slower_model_dir
     step = log_lines(stopped)[-1]["current_steps"]
     assert 1 <= step < 16  # stopped mid-run, at a step boundary
     # A checkpoint at the step it stopped (save_steps is 3: not one of the regular saves).
-    assert latest_checkpoint(stopped).name == f"checkpoint-{step}"
+    assert list_checkpoints(stopped)[0].name == f"checkpoint-{step}"
     assert not (stopped / ".staging").exists()
     assert not (stopped / "all_results.json").exists()  # no final save: the run is not over
     assert f"Interrupted: stopped at step {step} of 16 and saved {stopped}/checkpoint-{step}" in (
@@ -174,4 +174,4 @@ def test_an_unfinished_save_is_never_resumed_from(tmp_path):
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
     partial = tmp_path / ".staging" / "checkpoint-6"  # a save killed half-way
     partial.mkdir(parents=True)
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+    assert list_checkpoints(tmp_path)[0] == tmp_path / "checkpoint-3"

@@ -57,6 +57,7 @@ def assert_trained_and_logged(run, learning_rate):
     assert records[-1]["num_tokens"] > 0 and records[-1]["throughput"] > 0
     for name in (
         "run_config.yaml",
+        "run_plan.yaml",
         "all_results.json",
         "training_loss.png",
         "tokenizer.json",
@@ -67,7 +68,8 @@ def assert_trained_and_logged(run, learning_rate):
         assert (run.output_dir / name).exists(), name
     assert not (run.output_dir / ".staging").exists()
     saved = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
-    assert saved["template"] == "gemma" and saved["learning_rate"] == learning_rate
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert plan["template"] == "gemma" and saved["learning_rate"] == learning_rate
 
 
 def test_lora_sft(tmp_path, tiny_model_dir):
@@ -117,7 +119,11 @@ def test_mixed_precision_falls_back_on_cpu_without_support(tmp_path, tiny_model_
     with caplog.at_level("INFO", logger="lmforge"):
         run = train(tmp_path, tiny_model_dir, max_steps=1, **{flag: True})
     assert "training runs in fp32" in caplog.text
-    assert yaml.safe_load((run.output_dir / "run_config.yaml").read_text())[flag] is False
+    # What the user asked for is kept as written; what was derived is in the plan.
+    assert yaml.safe_load((run.output_dir / "run_config.yaml").read_text())[flag] is True
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert plan[flag] is False and plan["precision"] == "fp32"
+    assert any(flag in note and "fp32" in note for note in plan["notes"])
 
 
 def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
@@ -138,3 +144,37 @@ def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path, tiny_mo
     assert torch.allclose(
         probe_logits(full.model.eval()), probe_logits(resumed.model.eval()), atol=1e-6
     )
+
+
+def test_training_leaves_the_config_as_written(tmp_path, tiny_model_dir):
+    """Derived settings (lora_alpha's default, precision fallbacks, the evaluation schedule
+    early stopping needs) go into the plan, not back into the config."""
+    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
+    settings = {
+        "model_name_or_path": str(tiny_model_dir),
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 2,
+        "template": "gemma",
+        "lora_rank": 4,
+        "fp16": True,
+        "val_size": 2,
+        "early_stopping_patience": 3,
+        "save_steps": 2,
+        "eval_steps": 1,
+    }
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(settings))
+    config = load_config(config_path)
+    before = config.to_flat_dict()
+    run = run_training(config)
+    assert config.to_flat_dict() == before
+    assert config.method.lora_alpha is None and config.train.fp16 is True
+    assert config.train.eval_strategy == "no" and config.train.load_best_model_at_end is False
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert plan["lora_alpha"] == 8 and plan["template"] == "gemma" and plan["fp16"] is False
+    assert plan["eval_strategy"] == "steps" and plan["load_best_model_at_end"] is True
+    saved = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
+    assert saved["lora_alpha"] is None and saved["fp16"] is True

@@ -39,6 +39,7 @@ class Resume:
 
     checkpoint: str | None = None  # a checkpoint-N folder, or None for a fresh start
     auto: bool = False  # the user asked for `auto` (so a fresh start in a used folder is fine)
+    model_only: bool = False  # weights only: no optimizer.pt/scheduler.pt (save_only_model)
 
 
 @dataclass(frozen=True)

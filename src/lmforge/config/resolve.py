@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmforge.config.plan import Evaluation, Precision, Resume, RunPlan
 from lmforge.config.schema import STAGES, Config
 from lmforge.errors import UserError
 
@@ -17,7 +18,8 @@ _RESUME_OFF = {"false", "none", "no", ""}
 
 def resolve_for_training(
     config: Config, *, bf16_supported: bool, cuda: bool, check_output_dir: bool = True
-) -> Config:
+) -> RunPlan:
+    """Check the config for training and derive the run plan. The config is not changed."""
     model, method, data, train = config.model, config.method, config.data, config.train
     _require(config, "model_name_or_path", model.model_name_or_path, "gemma-3-270m")
     if not train.do_train:
@@ -47,48 +49,50 @@ def resolve_for_training(
             fix="set reward_funcs (exact_match, regex_match, numeric_match or module:function) "
             "and/or reward_model (the output_dir of an rm run)",
         )
-    if method.lora_alpha is None:
-        method.lora_alpha = 2 * method.lora_rank
-    for key in (
-        "lora_rank",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "cutoff_len",
-        "logging_steps",
-        "save_steps",
-    ):
-        value = _get(config, key)
-        if value < 1:
-            raise UserError(f"`{key}: {value}` must be at least 1", where=config.source)
     _check_quantization(config, cuda)
-    if train.bf16 and train.fp16:
-        raise UserError("bf16 and fp16 are both true", where=config.source, fix="keep one of them")
-    if train.bf16 and not bf16_supported:
-        train.bf16 = False
-        config.notes.append(
-            "bf16: this device has no native bfloat16, so training runs in fp32 "
-            "(slower emulated bf16 would not save time here)"
-        )
-    if method.pure_bf16 and not bf16_supported:
-        method.pure_bf16 = False
-        config.notes.append("pure_bf16: this device has no native bfloat16; weights stay fp32")
-    if method.pure_bf16:
-        train.bf16 = False  # the weights are bf16 already: autocast would only add casts
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
             where=config.source,
             fix="set finetuning_type: lora or remove loraplus_lr_ratio",
         )
-    if train.fp16 and not cuda:
-        train.fp16 = False
-        config.notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
     _check_scheduler(config)
-    _check_evaluation(config)
-    train.resume_from_checkpoint = _resume_checkpoint(config)
+    notes: list[str] = []
+    precision = _precision(config, bf16_supported, cuda, notes)
+    evaluation = _evaluation(config)
+    resume = _resume(config)
     if check_output_dir:
-        _check_output_dir(config)
-    return config
+        _check_output_dir(config, resume)
+    return RunPlan(
+        lora_alpha=method.lora_alpha if method.lora_alpha is not None else 2 * method.lora_rank,
+        precision=precision,
+        evaluation=evaluation,
+        resume=resume,
+        notes=tuple(notes),
+    )
+
+
+def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str]) -> Precision:
+    """What the device can run of the precision asked for; each fallback noted."""
+    train, method = config.train, config.method
+    if train.bf16 and train.fp16:
+        raise UserError("bf16 and fp16 are both true", where=config.source, fix="keep one of them")
+    bf16, fp16, pure_bf16 = train.bf16, train.fp16, method.pure_bf16
+    if bf16 and not bf16_supported:
+        bf16 = False
+        notes.append(
+            "bf16: this device has no native bfloat16, so training runs in fp32 "
+            "(slower emulated bf16 would not save time here)"
+        )
+    if pure_bf16 and not bf16_supported:
+        pure_bf16 = False
+        notes.append("pure_bf16: this device has no native bfloat16; weights stay fp32")
+    if pure_bf16:
+        bf16 = False  # the weights are bf16 already: autocast would only add casts
+    if fp16 and not cuda:
+        fp16 = False
+        notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
+    return Precision(bf16=bf16, fp16=fp16, pure_bf16=pure_bf16)
 
 
 def _check_quantization(config: Config, cuda: bool) -> None:
@@ -154,7 +158,7 @@ def _check_scheduler(config: Config) -> None:
         )
 
 
-def _check_evaluation(config: Config) -> None:
+def _evaluation(config: Config) -> Evaluation:
     data, train = config.data, config.train
     has_eval = data.val_size > 0 or bool(data.eval_dataset)
     wants_eval = (
@@ -170,13 +174,14 @@ def _check_evaluation(config: Config) -> None:
             where=config.source,
             fix="set val_size (e.g. 0.1) or eval_dataset",
         )
-    if train.early_stopping_patience:
-        train.load_best_model_at_end = True  # early stopping ends on the best checkpoint
-    if train.load_best_model_at_end:
-        if train.eval_strategy == "no":
-            train.eval_strategy = "steps"
+    # Early stopping ends on the best checkpoint, so it needs evaluation and keeps the best.
+    load_best = bool(train.load_best_model_at_end or train.early_stopping_patience)
+    strategy = train.eval_strategy if has_eval else "no"
+    if load_best:
+        if strategy == "no":
+            strategy = "steps"
         eval_steps = train.eval_steps or train.logging_steps
-        if train.eval_strategy == "steps" and train.save_steps % eval_steps:
+        if strategy == "steps" and train.save_steps % eval_steps:
             reason = "early stopping" if train.early_stopping_patience else "load_best_model_at_end"
             raise UserError(
                 f"{reason} keeps the best checkpoint, so save_steps ({train.save_steps}) "
@@ -184,50 +189,33 @@ def _check_evaluation(config: Config) -> None:
                 where=config.source,
                 fix=f"set save_steps: {eval_steps * max(train.save_steps // eval_steps, 1)}",
             )
+    return Evaluation(strategy=strategy, load_best_model_at_end=load_best)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (checkpoint-N folders are renamed into place whole)."""
-    found = [
-        p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
-    ]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def _resume_checkpoint(config: Config) -> str | None:
+def _resume(config: Config) -> Resume:
+    """The checkpoint named by resume_from_checkpoint, or `auto` (train/checkpoints.py picks the
+    newest whole one once the run starts)."""
     value = config.train.resume_from_checkpoint
-    if value is None:
-        return None
-    output_dir = Path(config.train.output_dir)
-    name = value.lower()
+    name = (value or "").lower()
     if name in _RESUME_OFF:
-        return None
+        return Resume()
     if name in _RESUME_AUTO:
-        config.resume_auto = True
-        found = latest_checkpoint(output_dir)
-        if found is None:
-            config.notes.append(
-                f"resume_from_checkpoint: no checkpoint in {output_dir}; fresh start"
-            )
-            return None
-        return str(found)
+        return Resume(auto=True)
     if not (Path(value) / "trainer_state.json").is_file():
         raise UserError(
             f"resume_from_checkpoint: {value} is not a checkpoint folder (no trainer_state.json)",
             where=config.source,
             fix="give a checkpoint-N folder from a previous run, or `auto` for the newest one",
         )
-    return value
+    return Resume(checkpoint=value)
 
 
-def _check_output_dir(config: Config) -> None:
+def _check_output_dir(config: Config, resume: Resume) -> None:
     output_dir = Path(config.train.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file", fix="choose a folder path")
-    if config.train.overwrite_output_dir or config.train.resume_from_checkpoint:
-        return
-    if config.resume_auto:  # `auto` found no checkpoint yet: a fresh start is fine
-        return
+    if config.train.overwrite_output_dir or resume.checkpoint or resume.auto:
+        return  # `auto` without a checkpoint yet: a fresh start is fine
     if output_dir.is_dir() and any(output_dir.iterdir()):
         raise UserError(
             f"output_dir {output_dir} is not empty",

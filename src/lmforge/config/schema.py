@@ -300,8 +300,7 @@ class DataConfig:
     )
     date_string: str | None = opt(
         None,
-        "llama3.1 template: the Today Date written in the system header; `today` for today's "
-        "date.",
+        "llama3.1 template: the Today Date written in the system header; `today` for today's date.",
     )
 
 
@@ -394,7 +393,9 @@ class TrackConfig:
         "--logdir <logging_dir>`. Default: output_dir/runs.",
         path=True,
     )
-    use_swanlab: bool = opt(False, "Log the run to SwanLab (the same as adding swanlab to report_to).")
+    use_swanlab: bool = opt(
+        False, "Log the run to SwanLab (the same as adding swanlab to report_to)."
+    )
     swanlab_project: str = opt("lmforge", "SwanLab project the run is logged under.")
     swanlab_workspace: str | None = opt(
         None, "SwanLab workspace (an organisation) of the project. Default: your own."
@@ -524,10 +525,9 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
-    # Notes made while loading and resolving (fallbacks, ignored keys), shown in the plan.
+    # Notes made while loading (fallbacks, ignored keys), shown in the plan; what resolving
+    # derives is in the RunPlan (config/plan.py), never written back here.
     notes: list[str] = field(default_factory=list)
-    # `resume_from_checkpoint: auto` was asked for (even if no checkpoint exists yet).
-    resume_auto: bool = False
     # Where the config came from, for messages: the YAML file's path, or "command line" when
     # it was given as flags only.
     source: str | None = None

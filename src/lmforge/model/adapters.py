@@ -8,20 +8,23 @@ from pathlib import Path
 
 import torch
 
+from lmforge.config.plan import RunPlan
 from lmforge.config.schema import MethodConfig
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-def apply_finetuning(model, method: MethodConfig, adapter_paths: list[str] | None = None):
+def apply_finetuning(
+    model, method: MethodConfig, plan: RunPlan, adapter_paths: list[str] | None = None
+):
     if method.finetuning_type == "lora":
-        model = _apply_lora(model, method, adapter_paths or [])
+        model = _apply_lora(model, method, plan.lora_alpha, adapter_paths or [])
     elif method.finetuning_type == "freeze":
         _apply_freeze(model, method)
     else:
         model.requires_grad_(True)
-    if method.pure_bf16:
+    if plan.precision.pure_bf16:
         return model  # everything stays bf16 by request: less memory, rounding accepted
     # Trainable weights stay fp32 so optimizer updates are not lost to rounding.
     for param in model.parameters():
@@ -30,7 +33,7 @@ def apply_finetuning(model, method: MethodConfig, adapter_paths: list[str] | Non
     return model
 
 
-def _apply_lora(model, method: MethodConfig, adapter_paths: list[str]):
+def _apply_lora(model, method: MethodConfig, lora_alpha: int, adapter_paths: list[str]):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     # Earlier adapters are merged into the base; the last one is trained further, unless
@@ -50,7 +53,7 @@ def _apply_lora(model, method: MethodConfig, adapter_paths: list[str]):
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=method.lora_rank,
-        lora_alpha=method.lora_alpha or 2 * method.lora_rank,
+        lora_alpha=lora_alpha,
         lora_dropout=method.lora_dropout,
         target_modules=_lora_targets(model, method.lora_target),
         modules_to_save=_names(method.additional_target) or None,

@@ -22,9 +22,10 @@ import logging
 import math
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lmforge.config.plan import RunPlan
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -56,12 +57,6 @@ class Problem:
 
     def describe(self) -> str:
         return f"{self.file} {self.reason}"
-
-
-@dataclass(frozen=True)
-class ResumeChoice:
-    checkpoint: Path | None
-    model_only: bool = False  # weights only: no optimizer.pt/scheduler.pt (save_only_model)
 
 
 @dataclass(frozen=True)
@@ -171,20 +166,19 @@ def checkpoint_problem(folder: Path, *, sharded_state: bool = False) -> Problem 
     return None
 
 
-def choose_checkpoint(config) -> ResumeChoice:
-    """Check the checkpoint the config resumes from (resolve.py picked the newest for `auto`);
-    with `auto`, fall back to the newest whole one with a note. Sets
-    config.train.resume_from_checkpoint to the choice."""
-    train = config.train
+def choose_checkpoint(config, plan: RunPlan) -> RunPlan:
+    """The plan with the checkpoint this run resumes from, checked whole: the one named, or with
+    `auto` the newest whole one (a damaged newer one is skipped with a note)."""
     model_only_ok = bool(config.passthrough.get("save_only_model"))
     sharded = bool(config.passthrough.get("deepspeed") or config.passthrough.get("fsdp"))
-    output_dir = Path(train.output_dir)
-    if config.resume_auto:
+    output_dir = Path(config.train.output_dir)
+    resume = plan.resume
+    if resume.auto:
         candidates = list_checkpoints(output_dir)
-    elif train.resume_from_checkpoint:
-        candidates = [Path(train.resume_from_checkpoint)]
+    elif resume.checkpoint:
+        candidates = [Path(resume.checkpoint)]
     else:
-        return ResumeChoice(None)
+        return plan
     skipped: list[tuple[Path, Problem]] = []
     for folder in candidates:
         problem = checkpoint_problem(folder, sharded_state=sharded)
@@ -192,26 +186,24 @@ def choose_checkpoint(config) -> ResumeChoice:
             skipped.append((folder, problem))
             continue
         for earlier, why in skipped:
-            config.notes.append(
+            plan = plan.with_note(
                 f"resume_from_checkpoint: auto skipped {earlier.name} ({why.describe()}); "
                 f"resuming from {folder.name}"
             )
         model_only = problem is not None
         if model_only:
-            config.notes.append(
+            plan = plan.with_note(
                 f"resuming {folder.name} with its weights only (save_only_model: true; it has no "
                 f"{problem.file}): the optimizer's moments start from zero, the learning-rate "
                 "schedule continues from its step"
             )
-        train.resume_from_checkpoint = str(folder)
-        return ResumeChoice(folder, model_only=model_only)
-    if not skipped:  # `auto` and no checkpoint yet: a fresh start (resolve.py noted it)
-        train.resume_from_checkpoint = None
-        return ResumeChoice(None)
-    raise _unusable(config, skipped)
+        return replace(plan, resume=replace(resume, checkpoint=str(folder), model_only=model_only))
+    if not skipped:  # `auto` and no checkpoint yet: a fresh start
+        return plan.with_note(f"resume_from_checkpoint: no checkpoint in {output_dir}; fresh start")
+    raise _unusable(config, plan, skipped)
 
 
-def _unusable(config, skipped: list[tuple[Path, Problem]]) -> UserError:
+def _unusable(config, plan: RunPlan, skipped: list[tuple[Path, Problem]]) -> UserError:
     folder, problem = skipped[0]
     if problem.missing_state:
         what = (
@@ -225,7 +217,7 @@ def _unusable(config, skipped: list[tuple[Path, Problem]]) -> UserError:
     else:
         what = f"{folder} cannot be resumed from: {problem.describe()}"
         fix = f"resume from another checkpoint, or delete {folder.name}"
-    if config.resume_auto:
+    if plan.resume.auto:
         others = "; ".join(f"{f.name}: {p.describe()}" for f, p in skipped[1:])
         what = (
             f"resume_from_checkpoint: auto found no complete checkpoint in "
@@ -258,10 +250,10 @@ def planned_steps(args, train_rows: int | None) -> int | None:
     return math.ceil(args.num_train_epochs * per_epoch)
 
 
-def completed_run(config, args, train_rows: int | None) -> Completed | None:
+def completed_run(config, plan: RunPlan, args, train_rows: int | None) -> Completed | None:
     """The checkpoint being resumed already reached every planned step: say so, train nothing.
     (transformers would train one step past the end and overwrite the final weights.)"""
-    checkpoint = config.train.resume_from_checkpoint
+    checkpoint = plan.resume.checkpoint
     if not checkpoint:
         return None
     state = read_state(Path(checkpoint))

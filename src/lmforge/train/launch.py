@@ -3,21 +3,34 @@
 It does so on a machine with more than one accelerator, or when FORCE_TORCHRUN=1 (gloo on the
 CPU, nccl on GPUs; transformers/accelerate pick the backend from the device). torchrun's usual
 variables say how: NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT.
+
+A user error stays one paragraph and exit code 2 under torchrun too: the launcher checks the
+config before any worker starts (`preflight`), and an error a worker finds later is handed to
+the launcher through a file (LMFORGE_USER_ERROR_FILE), which prints it once in place of torch
+elastic's ChildFailedError traceback.
 """
 
 from __future__ import annotations
 
+import codecs
+import copy
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
+
+from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "y"}
+USER_ERROR_FILE = "LMFORGE_USER_ERROR_FILE"  # set by `relaunch` for its workers
 
 
 def is_launched() -> bool:
@@ -56,11 +69,145 @@ def torchrun_command(cli_args: list[str]) -> list[str]:
     ]
 
 
+# ---- before the workers start ----------------------------------------------------------------
+
+
+def check_gpu_only_settings(config, cuda: bool) -> None:
+    """Settings that need a CUDA GPU, refused on a machine without one (before anything
+    loads): DeepSpeed ZeRO and flash-attention 2."""
+    if cuda:
+        return
+    deepspeed = config.passthrough.get("deepspeed")
+    if deepspeed:
+        name = Path(deepspeed).name if isinstance(deepspeed, str) else "an inline config"
+        stage = _zero_stage(deepspeed)
+        zero = f"DeepSpeed ZeRO-{stage}" if stage is not None else "DeepSpeed ZeRO"
+        raise UserError(
+            f"`deepspeed: {name}`: {zero} needs a CUDA GPU here, and this machine has none",
+            where=config.where("deepspeed"),
+            fix="remove `deepspeed` to train on the CPU (FORCE_TORCHRUN=1 NPROC_PER_NODE=N "
+            "still trains data-parallel over N processes), or run on a machine with an NVIDIA GPU",
+        )
+    if config.model.flash_attn == "fa2":
+        raise UserError(
+            "`flash_attn: fa2` (flash-attention 2) needs a CUDA GPU, and this machine has none",
+            where=config.where("flash_attn"),
+            fix="set flash_attn: auto (PyTorch's sdpa attention, which runs here)",
+        )
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a path or a mapping), if it can be read."""
+    try:
+        data = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+        stage = data.get("zero_optimization", {}).get("stage")
+        return int(stage) if stage is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def preflight(config) -> None:
+    """The checks a worker would make before loading the model, made once in the launcher so
+    that a user error is one paragraph (exit code 2) before torchrun starts any worker. Runs
+    on a copy: the workers read the config themselves."""
+    from lmforge import device
+    from lmforge.config.resolve import resolve_for_training
+    from lmforge.data.sources.load import check_datasets
+    from lmforge.train.monitor import check_tracker_settings
+    from lmforge.train.stages import get_stage
+
+    probe = copy.deepcopy(config)
+    cuda = torch.cuda.is_available()
+    check_gpu_only_settings(probe, cuda)
+    resolve_for_training(probe, bf16_supported=device.supports_bf16(), cuda=cuda)
+    if probe.passthrough.get("deepspeed"):
+        try:
+            import deepspeed as _  # noqa: F401
+        except ImportError:
+            raise UserError(
+                "deepspeed is not installed", fix="pip install 'lmforge[deepspeed]'"
+            ) from None
+    check_datasets(probe.data, probe.method.stage)
+    stage = get_stage(probe.method.stage)
+    getattr(stage, "check", lambda _config: None)(probe)
+    check_tracker_settings(probe)
+
+
+# ---- running the workers ---------------------------------------------------------------------
+
+
 def relaunch(cli_args: list[str]) -> int:
+    """Run `lmforge CLI_ARGS` under torchrun; torchrun's exit code. A user error in a worker
+    is raised here as that UserError (one paragraph, exit code 2), and torch elastic's
+    traceback about the failed worker is not shown."""
     command = torchrun_command(cli_args)
     logger.info("Launching under torchrun: %s", " ".join(command))
-    env = {**os.environ, "FORCE_TORCHRUN": "0"}  # the children must not launch again
-    return subprocess.run(command, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="lmforge-launch-") as folder:
+        marker = os.path.join(folder, "user_error")
+        # The children must not launch again, and report user errors to `marker`.
+        env = {**os.environ, "FORCE_TORCHRUN": "0", USER_ERROR_FILE: marker}
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+        try:
+            _forward_stderr(process, lambda: _worker_error(folder) is not None)
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.wait()  # torchrun passes the interrupt on to its workers
+            raise
+        error = _worker_error(folder)
+    if error is not None:
+        raise error
+    return code
+
+
+def _forward_stderr(process: subprocess.Popen, stop) -> None:
+    """Copy the workers' and torchrun's stderr to ours as it comes (progress bars included),
+    until `stop()`: after a worker's user error, the rest is torchrun's report of the failed
+    worker (and the other workers' reactions), which the error replaces."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    fd = process.stderr.fileno()
+    stopped = False
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        stopped = stopped or stop()
+        if not stopped:
+            sys.stderr.write(decoder.decode(chunk))
+            sys.stderr.flush()
+    process.stderr.close()
+
+
+def report_user_error(error: UserError) -> bool:
+    """In a worker started by `relaunch`: leave the error for the launcher to print once;
+    True when it was left (the worker then prints nothing and exits with code 2)."""
+    marker = os.environ.get(USER_ERROR_FILE)
+    if not marker or not is_launched():
+        return False
+    data = {"what": error.what, "where": error.where, "fix": error.fix}
+    path = Path(f"{marker}.{os.environ.get('RANK', '0')}")
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)  # whole, or not at all
+    except OSError:
+        return False
+    return True
+
+
+def _worker_error(folder: str) -> UserError | None:
+    """The user error of the lowest rank that reported one, or None."""
+    found = []
+    for path in Path(folder).glob("user_error.*"):
+        rank = path.name.rsplit(".", 1)[-1]
+        if rank.isdigit():
+            found.append((int(rank), path))
+    for _, path in sorted(found):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return UserError(data["what"], where=data.get("where"), fix=data.get("fix"))
+    return None
 
 
 def is_main_process() -> bool:

@@ -24,13 +24,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.config.plan import RunPlan
 from lmforge.errors import UserError
 from lmforge.train.checkpoints import STAGING
 
 logger = logging.getLogger(__name__)
 
 
-def check_output_dir(config, model_path: str | Path | None) -> None:
+def check_output_dir(config, plan: RunPlan, model_path: str | Path | None) -> None:
     """Refuse an output_dir that training could not write, or one that would overwrite the
     model it trains. Writes nothing."""
     output_dir = Path(config.train.output_dir).expanduser().absolute()
@@ -76,7 +77,7 @@ def check_output_dir(config, model_path: str | Path | None) -> None:
         )
     if real in model_dir.parents and config.train.overwrite_output_dir:
         inside = model_dir.relative_to(real).parts[0]
-        if inside.startswith("checkpoint-") and not config.train.resume_from_checkpoint:
+        if inside.startswith("checkpoint-") and not plan.resume.checkpoint:
             raise UserError(
                 f"the model {model_dir} is in output_dir {output_dir}, and "
                 f"overwrite_output_dir: true deletes its checkpoint folders ({inside})",
@@ -150,7 +151,9 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def prepare_output_dir(config, output_dir: Path, *, model, setup, steps: int | None) -> None:
+def prepare_output_dir(
+    config, plan: RunPlan, output_dir: Path, *, model, setup, steps: int | None
+) -> None:
     """Main process only, after the model is built and before training: the free-space check,
     the folder, an unfinished save removed, old checkpoints of a replaced run removed, and the
     tokenizer written once for the whole run."""
@@ -167,7 +170,7 @@ def prepare_output_dir(config, output_dir: Path, *, model, setup, steps: int | N
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a save that never finished
-    if train.overwrite_output_dir and not train.resume_from_checkpoint:
+    if train.overwrite_output_dir and not plan.resume.checkpoint:
         # A fresh run: old checkpoints would otherwise be picked up by `resume: auto` later.
         for old in output_dir.glob("checkpoint-*"):
             shutil.rmtree(old)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from lmforge import device
+from lmforge.config.plan import RunPlan
 from lmforge.config.resolve import resolve_for_training
+from lmforge.config.run_files import RUN_CONFIG, RUN_PLAN, write_yaml
 from lmforge.config.schema import Config
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import check_datasets
@@ -36,7 +35,6 @@ from lmforge.train.stages.base import Stage, StageInputs
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.yaml"
 
 
 @dataclass
@@ -50,26 +48,27 @@ def run_training(config: Config) -> TrainingRun:
     """Train as the config says. Every check that can fail on the user's input runs before the
     first file is written."""
     main_process = is_main_process()
-    resolve_for_training(
+    plan = resolve_for_training(
         config,
         bf16_supported=device.supports_bf16(),
         cuda=torch.cuda.is_available(),
         check_output_dir=main_process,  # other ranks would see rank 0's first files
     )
-    choose_checkpoint(config)  # a whole checkpoint (`auto`: the newest whole one), else UserError
+    plan = choose_checkpoint(config, plan)  # a whole checkpoint (`auto`: the newest whole one)
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     stage = get_stage(config.method.stage)
     stage.check(config)  # e.g. grpo's reward functions
     setup = prepare_model_setup(config)
+    plan = plan.with_template(setup.template.name)
     if main_process:
-        check_output_dir(config, setup.resolved.path)  # writable, not the model's folder
+        check_output_dir(config, plan, setup.resolved.path)  # writable, not the model's folder
     data = stage.datasets(config, setup)
     has_eval = bool(data.eval)
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
-    args = training_arguments(config, stage, has_eval=has_eval)
-    if (done := completed_run(config, args, data.report.train_rows)) is not None:  # nothing to do
+    args = training_arguments(config, plan, stage, has_eval=has_eval)
+    if (done := completed_run(config, plan, args, data.report.train_rows)) is not None:  # nothing to do
         _end_distributed()
         return TrainingRun(Path(config.train.output_dir), None, done.train_loss)
 
@@ -78,12 +77,13 @@ def run_training(config: Config) -> TrainingRun:
     set_seed(config.train.seed)
     model = load_model(
         setup.resolved.path,
-        dtype=training_dtype(config),
+        dtype=training_dtype(config, plan),
         flash_attn=config.model.flash_attn,
         trust_remote_code=config.model.trust_remote_code,
         quantization_bit=config.method.quantization_bit,
     )
-    model = apply_finetuning(model, config.method, split_paths(config.model.adapter_name_or_path))
+    adapters = split_paths(config.model.adapter_name_or_path)
+    model = apply_finetuning(model, config.method, plan, adapters)
     output_dir = Path(config.train.output_dir)
     inputs = StageInputs(
         config=config,
@@ -97,14 +97,15 @@ def run_training(config: Config) -> TrainingRun:
     # Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3 gathers weights in its hooks).
     if not args.use_liger_kernel and not config.passthrough.get("deepspeed"):
         use_lean_gated_mlps(trainer.model)
-    for line in plan_lines(config, setup, trainer.model, data.report, args):
+    for line in plan_lines(config, plan, setup, trainer.model, data.report, args):
         logger.info(line)
 
     if main_process:
         steps = planned_steps(args, data.report.train_rows)
-        prepare_output_dir(config, output_dir, model=model, setup=setup, steps=steps)
-        write_run_config(config, output_dir)
-    result = trainer.train(resume_from_checkpoint=config.train.resume_from_checkpoint)
+        prepare_output_dir(config, plan, output_dir, model=model, setup=setup, steps=steps)
+        write_yaml(output_dir / RUN_CONFIG, config.to_flat_dict())  # as the user asked
+        write_yaml(output_dir / RUN_PLAN, plan.to_dict())  # what was derived from it
+    result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
     # Packing turns the KV cache and per-sample attention on for training; the saved model
     # generates with the cache and plain sdpa.
@@ -177,14 +178,14 @@ def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> l
     return callbacks
 
 
-def training_dtype(config: Config) -> torch.dtype:
+def training_dtype(config: Config, plan: RunPlan) -> torch.dtype:
     """fp32 master weights, except pure_bf16 (all bf16) and QLoRA (bf16 compute)."""
-    if config.method.pure_bf16 or config.method.quantization_bit:
+    if plan.precision.pure_bf16 or config.method.quantization_bit:
         return torch.bfloat16
     return torch.float32
 
 
-def training_arguments(config: Config, stage: Stage, *, has_eval: bool):
+def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval: bool):
     from transformers import TrainingArguments
 
     train = config.train
@@ -206,10 +207,10 @@ def training_arguments(config: Config, stage: Stage, *, has_eval: bool):
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
-        eval_strategy=train.eval_strategy if has_eval else "no",
+        eval_strategy=plan.evaluation.strategy if has_eval else "no",
         eval_steps=train.eval_steps or train.logging_steps,
-        bf16=train.bf16,
-        fp16=train.fp16,
+        bf16=plan.precision.bf16,
+        fp16=plan.precision.fp16,
         seed=train.seed,
         report_to=[r.strip() for r in train.report_to.split(",") if r.strip()] or "none",
         # transformers 5 renamed gradient_checkpointing; non-reentrant works with frozen inputs.
@@ -222,7 +223,7 @@ def training_arguments(config: Config, stage: Stage, *, has_eval: bool):
         prediction_loss_only=stage.prediction_loss_only,
         use_cpu=not torch.cuda.is_available(),
     )
-    if train.load_best_model_at_end:  # also set by early stopping, which compares eval losses
+    if plan.evaluation.load_best_model_at_end:  # also with early stopping (it compares eval losses)
         kwargs.update(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
@@ -242,14 +243,6 @@ def training_arguments(config: Config, stage: Stage, *, has_eval: bool):
         ) from None
 
 
-def total_steps(args, train_size: int) -> int:
-    if args.max_steps > 0:
-        return args.max_steps
-    batches = math.ceil(train_size / (args.per_device_train_batch_size * args.world_size))
-    per_epoch = max(batches // args.gradient_accumulation_steps, 1)
-    return math.ceil(per_epoch * args.num_train_epochs)
-
-
 def attention_line(config: Config, model) -> str:
     name = attention_implementation(config.model.flash_attn)
     if getattr(model.config, "_attn_implementation", None) == VARLEN_ATTENTION:
@@ -257,20 +250,17 @@ def attention_line(config: Config, model) -> str:
     return name
 
 
-def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[str]:
+def plan_lines(config: Config, plan: RunPlan, setup, model, report: DataReport, args) -> list[str]:
     train = config.train
     effective = (
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     )
-    precision = "bf16 mixed" if train.bf16 else "fp16 mixed" if train.fp16 else "fp32"
-    if config.method.pure_bf16:
-        precision = "pure bf16"
     lines = [
         "Plan",
         f"  model: {config.model.model_name_or_path} ({setup.resolved.origin}: {setup.resolved.path})",
         f"  method: {config.method.stage} / {config.method.finetuning_type}"
         + (
-            f" (r={config.method.lora_rank}, alpha={config.method.lora_alpha}, "
+            f" (r={config.method.lora_rank}, alpha={plan.lora_alpha}, "
             f"target={config.method.lora_target})"
             if config.method.finetuning_type == "lora"
             else ""
@@ -281,24 +271,15 @@ def plan_lines(config: Config, setup, model, report: DataReport, args) -> list[s
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
         f"accumulation x {args.world_size} process(es) = {effective}"
         + (", padding-free (each batch in one row)" if config.data.padding_free else ""),
-        f"  steps: {total_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
-        f"  precision: {precision}; attention: {attention_line(config, model)}",
+        f"  steps: {planned_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
+        f"  precision: {plan.precision.describe()}; attention: {attention_line(config, model)}",
         f"  device: {device.describe()}",
         f"  output: {train.output_dir}",
     ]
-    if train.resume_from_checkpoint:
-        lines.append(f"  resume from: {train.resume_from_checkpoint}")
+    if plan.resume.checkpoint:
+        lines.append(f"  resume from: {plan.resume.checkpoint}")
     if config.passthrough:
         passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items())
         lines.append(f"  passed to TrainingArguments: {passed}")
-    lines += [f"  note: {note}" for note in config.notes]
+    lines += [f"  note: {note}" for note in (*config.notes, *plan.notes)]
     return lines
-
-
-def write_run_config(config: Config, output_dir: Path) -> Path:
-    """The resolved config, written atomically (temporary file, then rename)."""
-    path = output_dir / RUN_CONFIG
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_flat_dict(), sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
-    return path

@@ -29,7 +29,6 @@ from lmforge.train.trainers.value_head import (
 logger = logging.getLogger(__name__)
 
 
-
 def check_reward_model_dir(path: str, where: str | None = None) -> Path:
     """Fail before any model loads when `reward_model` is not an rm run's output_dir."""
     folder = Path(path)
@@ -76,10 +75,14 @@ class RewardModelScorer:
     def __init__(self, path: str, data_config, *, trust_remote_code: bool = False, batch: int = 8):
         from lmforge.data.templates.auto import load_template
         from lmforge.model.load import load_tokenizer
+        from lmforge.model.setup import tokenizer_folder
 
         folder = check_reward_model_dir(path)
         settings = _run_settings(folder)
-        self.tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+        # A checkpoint-N folder holds no tokenizer: it is saved once, in the run folder.
+        self.tokenizer = load_tokenizer(
+            tokenizer_folder(folder), trust_remote_code=trust_remote_code
+        )
         name = settings.get("template") or "auto"
         self.template = load_template(name, self.tokenizer, data_config)
         self.cutoff_len = int(settings.get("cutoff_len") or data_config.cutoff_len)
