@@ -62,15 +62,26 @@ def test_null_for_required_value_is_refused(tmp_path):
         load_config(write(tmp_path, "cutoff_len: null\n"))
 
 
-def test_relative_paths_resolve_against_yaml_folder(tmp_path):
+def test_relative_paths_inputs_from_cwd_then_yaml_folder_outputs_under_cwd(tmp_path, monkeypatch):
     folder = tmp_path / "cfg"
     (folder / "data").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     config = load_config(
         write(folder, "dataset_dir: data\noutput_dir: saves/run\nmodel_name_or_path: org/model\n")
     )
+    # data exists only next to the YAML file: read from there; the output goes under the cwd.
     assert Path(config.data.dataset_dir) == (folder / "data").resolve()
-    assert Path(config.train.output_dir) == folder.resolve() / "saves/run"
+    assert Path(config.train.output_dir) == work / "saves/run"
     assert config.model.model_name_or_path == "org/model"  # a hub id stays a hub id
+    assert str(config.paths["dataset_dir"]) == f"{(folder / 'data').resolve()} (YAML file's folder)"
+    assert str(config.paths["output_dir"]) == f"{work / 'saves/run'} (working directory)"
+    assert "model_name_or_path" not in config.paths
+    # The working directory comes first, as in LLaMA-Factory.
+    (work / "data").mkdir()
+    config = load_config(folder / "train.yaml")
+    assert Path(config.data.dataset_dir) == work / "data"
 
 
 def test_resume_keyword_is_not_a_path(tmp_path):

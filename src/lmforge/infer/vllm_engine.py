@@ -65,7 +65,7 @@ class VLLMEngine(BaseEngine):
         if len(merged) > 1:
             raise UserError(
                 "infer_backend: vllm serves one adapter_name_or_path per model name",
-                fix="merge the adapters with `lmforge export` first, or name them in `adapters`",
+                fix="keep one adapter_name_or_path, or name the adapters in `adapters` (each served as its own model name)",
             )
         setup = prepare_model_setup(config)
         named = dict(config.infer.adapters or {})

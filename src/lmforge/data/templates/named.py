@@ -29,6 +29,7 @@ from lmforge.data.templates.base import (
 )
 from lmforge.data.templates.tools import call_ids, get_tool_format
 from lmforge.errors import UserError
+from lmforge.suggest import did_you_mean
 
 __all__ = [
     "RenderOptions",
@@ -362,10 +363,7 @@ def available_templates() -> dict[str, Template]:
 def get_template(name: str) -> Template:
     templates = available_templates()
     if name not in templates:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(templates), n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
+        hint = did_you_mean(name, templates)
         raise UserError(
             f"unknown template `{name}`",
             fix=f"{hint}set `template` to auto or one of: {', '.join(sorted(templates))}",

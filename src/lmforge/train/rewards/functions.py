@@ -17,7 +17,6 @@ A None reward counts as 0.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import math
@@ -30,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from lmforge.errors import UserError
+from lmforge.suggest import did_you_mean
 
 BUILTINS = ("exact_match", "regex_match", "numeric_match")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -146,8 +146,7 @@ def import_reward_function(value: str, base_dir: Path | None = None, where: str 
     func = getattr(module, func_name, None)
     if func is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        close = difflib.get_close_matches(func_name, names, n=1)
-        hint = f"did you mean `{module_name}:{close[0]}`? " if close else ""
+        hint = did_you_mean(func_name, names, show=lambda name: f"{module_name}:{name}")
         raise UserError(
             f"reward_funcs: `{value}`: module `{module_name}` has no `{func_name}`",
             where=where,
@@ -360,8 +359,7 @@ def build_reward_terms(method, source: str | None = None) -> list[RewardTerm]:
         elif name in BUILTINS:
             terms.append(RewardTerm(name, _builtin_term(name, method.reward_regex, source), weight))
         else:
-            close = difflib.get_close_matches(name, BUILTINS, n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
+            hint = did_you_mean(name, BUILTINS)
             raise UserError(
                 f"unknown reward `{name}` in reward_funcs",
                 where=source,
