@@ -2,6 +2,10 @@
 
 Character-level tokenization makes expected token ids computable by hand in the tests, and the
 model (two layers, hidden size 32) trains a few steps in about a second on the CPU.
+
+Every test that needs a config on disk writes it with `write_config` (and trains in-process with
+`run_train`): one place knows the defaults and the dataset layout. Test files import helpers from
+here only, never from one another.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 SPECIALS = [
     "<pad>",
@@ -95,6 +100,52 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return Gemma3ForCausalLM(config)
 
 
+class CharTokenizer:
+    """A character-level tokenizer with any special tokens, so expected ids are written by hand.
+
+    `CharTokenizer(["<|im_start|>", "<|im_end|>"])` gives one id per special token and one per
+    character; `tok.ids("<|im_start|>", "user\\nHi", "<|im_end|>")` spells the expected ids (a
+    special token as one id, any other piece character by character).
+    """
+
+    BASE = ["<pad>", "<unk>", "<s>", "</s>"]
+    CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+    def __new__(cls, specials=(), chat_template=None):
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(cls.BASE + list(specials) + cls.CHARS))}
+        model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        model.pre_tokenizer = pre_tokenizers.Split(
+            Regex(r"[\s\S]"), behavior="isolated"
+        )  # one piece per character, "\n" too
+        model.decoder = decoders.Fuse()
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=model,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            additional_special_tokens=list(specials),
+        )
+        if chat_template:
+            tok.chat_template = chat_template
+        tok.ids = lambda *pieces: _spell(vocab, set(cls.BASE) | set(specials), pieces)
+        return tok
+
+
+def _spell(vocab, specials, pieces) -> list[int]:
+    out = []
+    for piece in pieces:
+        out += [vocab[piece]] if piece in specials else [vocab[c] for c in piece]
+    return out
+
+
+def masked(ids: list[int]) -> list[int]:
+    return [-100] * len(ids)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local Hugging Face folder (config, safetensors, tokenizer), as a user would have."""
@@ -127,6 +178,112 @@ TOY_RECORDS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
     {"instruction": "Say hi", "input": "", "output": "hi"},
 ] * 4
+
+
+def write_pairs_dataset(folder: Path, pairs: list[dict], name: str = "pairs") -> Path:
+    """Preference pairs (instruction, input, chosen, rejected) as dataset `name` (ranking)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(pairs))
+    info_path = folder / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    columns = {
+        "prompt": "instruction",
+        "query": "input",
+        "chosen": "chosen",
+        "rejected": "rejected",
+    }
+    info[name] = {"file_name": f"{name}.json", "ranking": True, "columns": columns}
+    info_path.write_text(json.dumps(info))
+    return folder
+
+
+# The reward model learns: lowercase letters good, capitals and digits bad.
+RM_PAIRS = [
+    {"instruction": f"Q{i}", "input": "", "chosen": "abcdefgh", "rejected": "ABC123!?"}
+    for i in range(8)
+]
+RL_PROMPTS = [{"instruction": f"Q{i}", "input": "", "output": "x"} for i in range(8)]
+
+
+def write_rl_datasets(folder: Path) -> Path:
+    """`pairs` (RM_PAIRS, for stage rm) and `prompts` (RL_PROMPTS, for ppo and grpo)."""
+    write_alpaca_dataset(folder, RL_PROMPTS, name="prompts")
+    return write_pairs_dataset(folder, RM_PAIRS)
+
+
+# -- training and inference YAMLs: the one factory ---------------------------------------------
+
+
+class _Omit:
+    def __repr__(self) -> str:
+        return "OMIT"
+
+
+OMIT = _Omit()
+"""A setting given as OMIT leaves that default out of the YAML (None is written as null)."""
+
+FORGE_RECORD = {
+    "instruction": "Who are you?",
+    "input": "",
+    "output": "I am Forge, made by lmforge.",
+}
+
+SHORT_SFT = {
+    "records": [FORGE_RECORD] * 8,
+    "per_device_train_batch_size": 2,
+    "max_steps": 8,
+    "logging_steps": 1,
+    "save_steps": 4,
+    "learning_rate": 1e-2,
+    "plot_loss": True,
+    "lr_scheduler_type": "constant",
+}
+"""Eight steps of LoRA SFT on one answer: the loss falls by more than 0.5, checkpoints 4 and 8."""
+
+INFERENCE = {
+    "name": "infer",
+    "records": None,
+    "dataset": OMIT,
+    "dataset_dir": OMIT,
+    "output_dir": OMIT,
+}
+"""An inference YAML (folder/infer.yaml): the model and template, no data, no output folder."""
+
+
+def write_config(folder: Path, model_dir, preset: dict | None = None, **settings) -> Path:
+    """Write folder/<name>.yaml for the model in `model_dir` and return its path.
+
+    Defaults: template gemma, dataset `toy` in folder/data, output_dir folder/out; then `preset`
+    (settings a file's tests share: SHORT_SFT, INFERENCE, ...), then `settings`, each on top of
+    the one before. A setting given as OMIT is left out. Two keys are not settings: `records`,
+    what is written to folder/data as dataset `toy` (TOY_RECORDS; None writes no data, for
+    tests that bring their own dataset_dir), and `name`, the file's name ("train").
+    """
+    merged = {
+        "model_name_or_path": str(model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(folder / "data"),
+        "output_dir": str(folder / "out"),
+        **(preset or {}),
+        **settings,
+    }
+    records = merged.pop("records", TOY_RECORDS)
+    name = merged.pop("name", "train")
+    folder.mkdir(parents=True, exist_ok=True)
+    if records is not None:
+        write_alpaca_dataset(folder / "data", records)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in merged.items() if v is not OMIT}))
+    return path
+
+
+def run_train(folder: Path, model_dir, preset: dict | None = None, **settings):
+    """write_config, then train in this process: the TrainingRun (model, output_dir, ...)."""
+    from lmforge.config import load_config
+    from lmforge.train.run import run_training
+
+    return run_training(load_config(write_config(folder, model_dir, preset, **settings)))
 
 
 @pytest.fixture(autouse=True)

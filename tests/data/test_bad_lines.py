@@ -4,8 +4,8 @@ counted right, skippable with skip_invalid; training refuses with a few of them 
 import json
 
 import pytest
-import yaml
 
+from conftest import write_config
 from lmforge.cli import main
 from lmforge.config.schema import DataConfig
 from lmforge.data.sources.load import load_splits
@@ -71,23 +71,11 @@ def test_streaming_skips_malformed_lines_too(tmp_path):
 # ---- through the command line ---------------------------------------------------------------
 
 
-def write_config(tmp_path, model_dir, folder: str) -> str:
-    settings = {
-        "model_name_or_path": str(model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": folder,
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 1,
-    }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return str(path)
-
-
 def test_cli_train_and_validate_list_every_bad_line(tmp_path, tiny_model_dir, capsys):
     folder = write_jsonl(tmp_path / "data", broken_lines())
-    config = write_config(tmp_path, tiny_model_dir, folder)
+    config = str(
+        write_config(tmp_path, tiny_model_dir, records=None, dataset_dir=folder, max_steps=1)
+    )
     path = tmp_path / "data" / "toy.jsonl"
 
     assert main(["train", config]) == 2
@@ -106,7 +94,9 @@ def test_cli_train_and_validate_list_every_bad_line(tmp_path, tiny_model_dir, ca
 def test_cli_invalid_utf8_is_one_paragraph_with_line_and_offset(tmp_path, tiny_model_dir, capsys):
     folder = write_jsonl(tmp_path / "data", [json.dumps(GOOD[0])])
     (tmp_path / "data" / "toy.jsonl").write_bytes(b'{"instruction": "caf\xe9", "output": "a"}\n')
-    config = write_config(tmp_path, tiny_model_dir, folder)
+    config = str(
+        write_config(tmp_path, tiny_model_dir, records=None, dataset_dir=folder, max_steps=1)
+    )
     assert main(["train", config]) == 2
     err = capsys.readouterr().err
     assert "toy.jsonl:1: not valid UTF-8: 0xe9 at byte offset 20 (invalid continuation" in err
@@ -119,6 +109,8 @@ def test_cli_validate_reads_utf16_and_utf32(tmp_path, tiny_model_dir, capsys, en
     folder = write_jsonl(tmp_path / "data", [])
     text = "\n".join(json.dumps(r | {"output": "é"}, ensure_ascii=False) for r in GOOD)
     (tmp_path / "data" / "toy.jsonl").write_bytes(text.encode(encoding))
-    config = write_config(tmp_path, tiny_model_dir, folder)
+    config = str(
+        write_config(tmp_path, tiny_model_dir, records=None, dataset_dir=folder, max_steps=1)
+    )
     assert main(["data", "validate", config]) == 0
     assert capsys.readouterr().out.strip() == "no problems in 4 records"

@@ -1,8 +1,8 @@
 """Exact token ids and labels for the encoders, with character-level tokenizers."""
 
 import pytest
-from test_encode_helpers import CharTokenizer, masked
 
+from conftest import CharTokenizer, masked
 from lmforge.data.encoding.encode import (
     IGNORE_INDEX,
     encode_kto,
@@ -226,3 +226,10 @@ def test_kto_splits_prompt_and_judged_answer():
     kto = encode_kto(sample, get_template("chatml"), tok, 1024)
     assert kto.completion_ids == tok.ids("Hello!", "<|im_end|>", "\n") and kto.label is False
     assert kto.prompt_ids == chatml_turn(tok, "user", "Hi") + tok.ids("<|im_start|>", "assistant\n")
+
+
+def test_spelling_matches_the_tokenizer():
+    tok = CharTokenizer(["<|im_end|>"])
+    assert tok.encode("Hi<|im_end|>\n", add_special_tokens=False) == tok.ids(
+        "Hi", "<|im_end|>", "\n"
+    )

@@ -4,9 +4,8 @@ the statistics; `lmforge data validate` lists every bad record and exits 1."""
 import json
 
 import pytest
-import yaml
 
-from conftest import TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset
+from conftest import OMIT, TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset, write_config
 from lmforge.cli import main
 from lmforge.config.schema import DataConfig
 from lmforge.data.inspect import GREEN, inspect_data, token_segments
@@ -16,21 +15,6 @@ from lmforge.data.templates.auto import load_template
 @pytest.fixture(autouse=True)
 def cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
-
-
-def write_config(tmp_path, model_dir, records=TOY_RECORDS, **settings):
-    data = write_alpaca_dataset(tmp_path / "data", records)
-    config = {
-        "model_name_or_path": str(model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "cutoff_len": 64,
-        **settings,
-    }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def inspect(tmp_path, records=TOY_RECORDS, **settings):
@@ -91,7 +75,7 @@ def test_segments_keep_text_across_boundaries(tiny_tokenizer):
 
 
 def test_cli_inspect_text_json_and_index(tmp_path, tiny_model_dir, capsys):
-    path = write_config(tmp_path, tiny_model_dir)
+    path = write_config(tmp_path, tiny_model_dir, cutoff_len=64, output_dir=OMIT)
     assert main(["data", "inspect", str(path), "--num", "1"]) == 0
     out = capsys.readouterr().out
     assert "[[I am Forge.<end_of_turn>" in out and "Statistics" in out
@@ -110,11 +94,11 @@ def test_cli_inspect_text_json_and_index(tmp_path, tiny_model_dir, capsys):
 
 
 def test_cli_validate(tmp_path, tiny_model_dir, capsys):
-    path = write_config(tmp_path, tiny_model_dir)
+    path = write_config(tmp_path, tiny_model_dir, cutoff_len=64, output_dir=OMIT)
     assert main(["data", "validate", str(path)]) == 0
     assert "no problems in 16 records" in capsys.readouterr().out
     bad = TOY_RECORDS[:2] + [{"instruction": "Hi", "input": ""}, {"output": "x"}] * 30
-    path = write_config(tmp_path, tiny_model_dir, records=bad)
+    path = write_config(tmp_path, tiny_model_dir, records=bad, cutoff_len=64, output_dir=OMIT)
     assert main(["data", "validate", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{tmp_path / 'data' / 'toy.json'}:record 2:")

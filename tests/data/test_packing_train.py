@@ -6,11 +6,8 @@ import logging
 
 import pytest
 import torch
-import yaml
 
-from conftest import write_alpaca_dataset
-from lmforge.config import load_config
-from lmforge.train.run import run_training
+from conftest import run_train
 
 RECORDS = [
     {"instruction": f"Q{i}", "input": "", "output": "A" * (1 + 5 * (i % 4))} for i in range(12)
@@ -22,27 +19,18 @@ def cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
 
 
-def train(tmp_path, tiny_model_dir, name, **overrides):
-    data = write_alpaca_dataset(tmp_path / "data", RECORDS)
-    settings = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / name),
-        "finetuning_type": "full",
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": 12,
-        "max_steps": 1,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "cutoff_len": 128,
-        **overrides,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return run_training(load_config(path))
+ONE_FULL_STEP = {
+    "records": RECORDS,
+    "finetuning_type": "full",
+    "learning_rate": 1e-3,
+    "lr_scheduler_type": "constant",
+    "per_device_train_batch_size": 12,
+    "max_steps": 1,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "cutoff_len": 128,
+}
+"""One step of full tuning over all of RECORDS (batch 12)."""
 
 
 def first_loss(run) -> float:
@@ -50,9 +38,18 @@ def first_loss(run) -> float:
 
 
 def test_packed_step_equals_unpacked_step(tmp_path, tiny_model_dir, caplog):
-    plain = train(tmp_path, tiny_model_dir, "plain")
+    plain = run_train(
+        tmp_path, tiny_model_dir, ONE_FULL_STEP, name="plain", output_dir=str(tmp_path / "plain")
+    )
     with caplog.at_level(logging.INFO, logger="lmforge"):
-        packed = train(tmp_path, tiny_model_dir, "packed", packing=True)
+        packed = run_train(
+            tmp_path,
+            tiny_model_dir,
+            ONE_FULL_STEP,
+            name="packed",
+            output_dir=str(tmp_path / "packed"),
+            packing=True,
+        )
     assert "packing: 12 samples in 3 rows of 128 tokens, efficiency" in caplog.text
     assert first_loss(packed) == pytest.approx(first_loss(plain), abs=1e-5)
     for (name, a), b in zip(plain.model.state_dict().items(), packed.model.state_dict().values()):
@@ -60,10 +57,12 @@ def test_packed_step_equals_unpacked_step(tmp_path, tiny_model_dir, caplog):
 
 
 def test_lora_training_with_packing_learns(tmp_path, tiny_model_dir):
-    run = train(
+    run = run_train(
         tmp_path,
         tiny_model_dir,
-        "lora",
+        ONE_FULL_STEP,
+        name="lora",
+        output_dir=str(tmp_path / "lora"),
         packing=True,
         finetuning_type="lora",
         lora_rank=4,

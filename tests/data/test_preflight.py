@@ -4,8 +4,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from test_encode_helpers import CharTokenizer
 
+from conftest import CharTokenizer
 from lmforge.data.encoding.encode import encode_sample
 from lmforge.data.encoding.preflight import PROBE, PROBE_SYSTEM, check_template
 from lmforge.data.sample import Sample

@@ -7,9 +7,8 @@ a block that cannot be read is a problem of the record."""
 import json
 
 import pytest
-from test_encode_helpers import CharTokenizer, masked
 
-from conftest import build_tiny_tokenizer
+from conftest import CharTokenizer, build_tiny_tokenizer, masked
 from lmforge.config.schema import DataConfig
 from lmforge.data.encoding.encode import encode_kto, encode_pairwise, encode_sample
 from lmforge.data.encoding.loader import build_datasets

@@ -4,8 +4,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_encode_helpers import CharTokenizer
 
+from conftest import CharTokenizer
 from lmforge.data.encoding.encode import encode_sample
 from lmforge.data.sample import Sample
 from lmforge.data.templates.auto import auto_template, load_template

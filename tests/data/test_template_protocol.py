@@ -4,8 +4,8 @@ behaviour (the generation prompt's ids, stop ids, thinking and tool settings) is
 from pathlib import Path
 
 import pytest
-from test_encode_helpers import CharTokenizer
 
+from conftest import CharTokenizer
 from lmforge.data.encoding.preflight import check_template
 from lmforge.data.templates.auto import AutoTemplate, auto_template, load_template
 from lmforge.data.templates.base import ChatTemplate, RenderOptions, Segment

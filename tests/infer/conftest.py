@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import INFERENCE, write_config
 from lmforge.config import load_config
 from lmforge.infer.engine import HFEngine
 
@@ -28,19 +28,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_infer_yaml(folder: Path, model_dir: Path, **extra) -> Path:
-    path = folder / "infer.yaml"
-    settings = {"model_name_or_path": str(model_dir), "template": "gemma", **extra}
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="session")
-def make_infer_yaml():
-    """write_infer_yaml, for tests that need their own inference YAML."""
-    return write_infer_yaml
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +50,9 @@ def api_key() -> str:
 @pytest.fixture(scope="session")
 def infer_yaml(tiny_model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("infer")
-    return write_infer_yaml(folder, tiny_model_dir, served_model_name="tiny", max_new_tokens=16)
+    return write_config(
+        folder, tiny_model_dir, INFERENCE, served_model_name="tiny", max_new_tokens=16
+    )
 
 
 @pytest.fixture(scope="session")

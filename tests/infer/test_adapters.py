@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import INFERENCE, OMIT, write_config
 from lmforge.config import load_config
 from lmforge.errors import UserError
 from lmforge.infer.engine import HFEngine
@@ -37,10 +38,11 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, adapter_dirs, tmp_path_factory, make_infer_yaml):
-    path = make_infer_yaml(
+def engine(tiny_model_dir, adapter_dirs, tmp_path_factory):
+    path = write_config(
         tmp_path_factory.mktemp("multi"),
         tiny_model_dir,
+        INFERENCE,
         served_model_name="base",
         adapters={k: str(v) for k, v in adapter_dirs.items()},
         do_sample=False,
@@ -52,11 +54,12 @@ def engine(tiny_model_dir, adapter_dirs, tmp_path_factory, make_infer_yaml):
     engine.close()
 
 
-def answer_alone(make_infer_yaml, tiny_model_dir, adapter_dir) -> str:
+def answer_alone(tiny_model_dir, adapter_dir) -> str:
     """The same request on a separately loaded model with only that adapter (merged)."""
-    path = make_infer_yaml(
+    path = write_config(
         adapter_dir.parent if adapter_dir else tiny_model_dir.parent,
         tiny_model_dir,
+        INFERENCE,
         adapter_name_or_path=str(adapter_dir) if adapter_dir else None,
         do_sample=False,
         max_new_tokens=24,
@@ -69,18 +72,16 @@ def answer_alone(make_infer_yaml, tiny_model_dir, adapter_dir) -> str:
         engine.close()
 
 
-def test_each_model_name_answers_like_its_adapter_alone(
-    engine, tiny_model_dir, adapter_dirs, make_infer_yaml
-):
+def test_each_model_name_answers_like_its_adapter_alone(engine, tiny_model_dir, adapter_dirs):
     assert engine.model_names == ["base", "medical", "legal"]
     messages = [{"role": "user", "content": "Hello there"}]
     # Submitted together, so the worker switches adapters between interleaved steps.
     streams = {m: engine.stream(messages, model=m) for m in engine.model_names * 2}
     got = {m: "".join(s) for m, s in streams.items()}
     expected = {
-        "base": answer_alone(make_infer_yaml, tiny_model_dir, None),
-        "medical": answer_alone(make_infer_yaml, tiny_model_dir, adapter_dirs["medical"]),
-        "legal": answer_alone(make_infer_yaml, tiny_model_dir, adapter_dirs["legal"]),
+        "base": answer_alone(tiny_model_dir, None),
+        "medical": answer_alone(tiny_model_dir, adapter_dirs["medical"]),
+        "legal": answer_alone(tiny_model_dir, adapter_dirs["legal"]),
     }
     assert len(set(expected.values())) == 3  # the adapters really change the answer
     assert got == expected
@@ -96,22 +97,19 @@ def test_interleaved_requests_for_different_adapters_do_not_mix(engine):
         assert "".join(c.text for c in stream) == alone[model]
 
 
-def test_unknown_model_name_and_bad_adapter_folder(
-    engine, tiny_model_dir, tmp_path, make_infer_yaml
-):
+def test_unknown_model_name_and_bad_adapter_folder(engine, tiny_model_dir, tmp_path):
     with pytest.raises(LookupError):
         engine.adapter_for("nope")
-    path = make_infer_yaml(tmp_path, tiny_model_dir, adapters={"x": str(tmp_path)})
+    path = write_config(tmp_path, tiny_model_dir, INFERENCE, adapters={"x": str(tmp_path)})
     with pytest.raises(UserError, match="adapter `x` folder .* has no adapter_config.json"):
         HFEngine.from_config(load_config(path))
 
 
-def test_adapter_name_equal_to_base_name_is_refused(
-    tiny_model_dir, adapter_dirs, tmp_path, make_infer_yaml
-):
-    path = make_infer_yaml(
+def test_adapter_name_equal_to_base_name_is_refused(tiny_model_dir, adapter_dirs, tmp_path):
+    path = write_config(
         tmp_path,
         tiny_model_dir,
+        INFERENCE,
         served_model_name="same",
         adapters={"same": str(adapter_dirs["legal"])},
     )
@@ -132,9 +130,8 @@ def test_template_and_thinking_settings_come_from_training(
     shutil.copytree(adapter_dirs["legal"], adapter)
     trained = {"template": "qwen3", "enable_thinking": False, "default_system": "Be terse."}
     (adapter / "run_config.yaml").write_text(yaml.safe_dump(trained))
-    path = tmp_path / "infer.yaml"
-    path.write_text(
-        yaml.safe_dump({"model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": "saves"})
+    path = write_config(
+        tmp_path, tiny_model_dir, INFERENCE, template=OMIT, adapter_name_or_path="saves"
     )
     messages = [{"role": "user", "content": "Hi"}]
 

@@ -2,8 +2,8 @@ import builtins
 import io
 
 import pytest
-import yaml
 
+from conftest import INFERENCE, write_config
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.infer.chat_cli import chat_loop, show_answer
@@ -13,17 +13,7 @@ from lmforge.infer.tool_parser import ToolCall
 
 @pytest.fixture
 def engine(tiny_model_dir, tmp_path):
-    path = tmp_path / "infer.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(tiny_model_dir),
-                "template": "gemma",
-                "do_sample": False,
-                "max_new_tokens": 5,
-            }
-        )
-    )
+    path = write_config(tmp_path, tiny_model_dir, INFERENCE, do_sample=False, max_new_tokens=5)
     engine = HFEngine.from_config(load_config(path))
     yield engine, path
     engine.close()

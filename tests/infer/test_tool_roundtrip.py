@@ -16,6 +16,7 @@ import json
 import pytest
 import torch
 
+from conftest import INFERENCE, write_config
 from lmforge.config import load_config
 from lmforge.data.templates.named import get_template
 from lmforge.infer.engine import HFEngine
@@ -135,7 +136,7 @@ def train_tool_model(folder, tokenizer) -> None:
 
 
 @pytest.fixture(scope="module")
-def tool_client(tmp_path_factory, tiny_tokenizer, make_infer_yaml, serve_app):
+def tool_client(tmp_path_factory, tiny_tokenizer, serve_app):
     import openai
 
     from lmforge.infer.api import create_app
@@ -144,9 +145,10 @@ def tool_client(tmp_path_factory, tiny_tokenizer, make_infer_yaml, serve_app):
     train_tool_model(
         folder / "model", tiny_tokenizer
     )  # on one torch thread (conftest.one_torch_thread)
-    path = make_infer_yaml(
+    path = write_config(
         folder,
         folder / "model",
+        INFERENCE,
         template="qwen3",
         served_model_name="tool-tiny",
         do_sample=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import INFERENCE, write_config
 from lmforge.config import load_config
 from lmforge.infer.engine import HFEngine
 from lmforge.infer.tool_parser import ToolCall
@@ -94,15 +95,16 @@ def test_a_refused_message_is_taken_back_and_the_chat_goes_on(shared_engine, mes
 
 
 @pytest.fixture(scope="module")
-def webchat(tiny_model_dir, tmp_path_factory, make_infer_yaml, local_port):
+def webchat(tiny_model_dir, tmp_path_factory, local_port):
     """The real `lmforge webchat` app on a free local port; greedy with a repetition penalty
     so the random tiny model gives a fixed, visible answer."""
     from lmforge.infer.webchat import launch
 
     folder = tmp_path_factory.mktemp("webchat")
-    path = make_infer_yaml(
+    path = write_config(
         folder,
         tiny_model_dir,
+        INFERENCE,
         served_model_name="tiny",
         do_sample=False,
         repetition_penalty=1.5,

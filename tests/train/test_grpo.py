@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import write_alpaca_dataset
+from conftest import run_train, write_config
 from lmforge.cli import main
-from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
 from lmforge.train.losses.rl import group_advantages, grpo_loss, k3_kl
-from lmforge.train.run import run_training
 
 # Rewards that the random tiny model earns sometimes, so the group has something to compare.
 REWARDS = """
@@ -31,33 +28,23 @@ RECORDS = [
 ]
 
 
-def train(tmp_path, tiny_model_dir, **overrides):
-    data = write_alpaca_dataset(tmp_path / "data", RECORDS)
-    (tmp_path / "rewards.py").write_text(REWARDS)
-    settings = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "stage": "grpo",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / "out"),
-        "reward_funcs": "rewards:lowercase",
-        "num_generations": 4,
-        "max_completion_length": 8,
-        "cutoff_len": 64,
-        "per_device_train_batch_size": 2,
-        "max_steps": 12,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "learning_rate": 3e-2,
-        "lr_scheduler_type": "constant",
-        "lora_alpha": 32,
-        "ppo_kl_coef": 0.0,
-    }
-    settings.update(overrides)
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return run_training(load_config(path))
+GRPO = {
+    "records": RECORDS,
+    "stage": "grpo",
+    "reward_funcs": "rewards:lowercase",
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "cutoff_len": 64,
+    "per_device_train_batch_size": 2,
+    "max_steps": 12,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "learning_rate": 3e-2,
+    "lr_scheduler_type": "constant",
+    "lora_alpha": 32,
+    "ppo_kl_coef": 0.0,
+}
+"""Twelve steps of GRPO on RECORDS with the `lowercase` reward (rewards.py, beside train.yaml)."""
 
 
 def history(run) -> list[dict]:
@@ -71,7 +58,8 @@ def probe_logits(model) -> torch.Tensor:
 
 
 def test_grpo_raises_a_learnable_reward_and_the_adapter_reloads(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir)
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    run = run_train(tmp_path, tiny_model_dir, GRPO)
     rewards = [h["reward"] for h in history(run)]
     assert len(rewards) == 12
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
@@ -86,9 +74,11 @@ def test_grpo_raises_a_learnable_reward_and_the_adapter_reloads(tmp_path, tiny_m
 
 
 def test_grpo_with_kl_epochs_builtins_and_columns(tmp_path, tiny_model_dir):
-    run = train(
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        GRPO,
         reward_funcs="rewards:sees_columns, rewards:lowercase, numeric_match*0.5, exact_match",
         ppo_kl_coef=0.1,
         ppo_epochs=2,
@@ -107,11 +97,15 @@ def test_grpo_with_kl_epochs_builtins_and_columns(tmp_path, tiny_model_dir):
 def test_grpo_resumes_exactly(tmp_path, tiny_model_dir):
     """The checkpoint restores the RNG, so the resumed run samples the same completions."""
     settings = dict(max_steps=6, save_steps=3, ppo_kl_coef=0.1)
-    full = train(tmp_path / "a", tiny_model_dir, **settings)
-    first = train(tmp_path / "b", tiny_model_dir, **settings)
-    resumed = train(
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        (folder / "rewards.py").write_text(REWARDS)
+    full = run_train(tmp_path / "a", tiny_model_dir, GRPO, **settings)
+    first = run_train(tmp_path / "b", tiny_model_dir, GRPO, **settings)
+    resumed = run_train(
         tmp_path / "b",
         tiny_model_dir,
+        GRPO,
         resume_from_checkpoint=str(first.output_dir / "checkpoint-3"),
         **settings,
     )
@@ -132,7 +126,7 @@ def test_a_reward_file_is_imported_once_per_run(tmp_path, tiny_model_dir, reward
         "def f(prompts, completions, **columns):\n"
         "    return [float(len(c) % 2) for c in completions]\n"
     )
-    run = train(tmp_path, tiny_model_dir, reward_funcs=reward, max_steps=1)
+    run = run_train(tmp_path, tiny_model_dir, GRPO, reward_funcs=reward, max_steps=1)
     assert len(history(run)) == 1
     assert (tmp_path / "imports.txt").read_text() == "x"
 
@@ -153,25 +147,6 @@ def test_group_advantages_and_loss_formulas():
     assert metrics["kl"] == 0
 
 
-def write_config(tmp_path, tiny_model_dir, **settings):
-    data = write_alpaca_dataset(tmp_path / "data", RECORDS)
-    base = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "stage": "grpo",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 1,
-        "cutoff_len": 64,
-        "max_completion_length": 8,
-    }
-    base.update(settings)
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
-
-
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -187,7 +162,16 @@ def write_config(tmp_path, tiny_model_dir, **settings):
 def test_bad_grpo_settings_stop_before_training(
     tmp_path, tiny_model_dir, capsys, settings, message
 ):
-    path = write_config(tmp_path, tiny_model_dir, **settings)
+    path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        records=RECORDS,
+        stage="grpo",
+        max_steps=1,
+        cutoff_len=64,
+        max_completion_length=8,
+        **settings,
+    )
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Fix: " in err, err

@@ -2,9 +2,7 @@
 
 import json
 
-import yaml
-
-from conftest import TOY_RECORDS
+from conftest import OMIT, TOY_RECORDS, write_config
 from lmforge.config import load_config
 from lmforge.train.run import run_training
 
@@ -22,19 +20,18 @@ def test_inline_dataset_trains_without_dataset_info(tmp_path, tiny_model_dir):
         for r in TOY_RECORDS
     ]
     (folder / "files" / "chats.jsonl").write_text("\n".join(json.dumps(c) for c in conversations))
-    (folder / "train.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(tiny_model_dir),
-                "template": "gemma",
-                "datasets": {"chats": {"path": "files/chats.jsonl", "formatting": "openai"}},
-                "output_dir": "out",
-                "max_steps": 2,
-                "logging_steps": 1,
-            }
-        )
+    path = write_config(
+        folder,
+        tiny_model_dir,
+        records=None,
+        dataset=OMIT,
+        dataset_dir=OMIT,
+        datasets={"chats": {"path": "files/chats.jsonl", "formatting": "openai"}},
+        output_dir="out",
+        max_steps=2,
+        logging_steps=1,
     )
-    config = load_config(folder / "train.yaml")
+    config = load_config(path)
     assert config.data.datasets["chats"]["path"] == str(folder.resolve() / "files/chats.jsonl")
     run = run_training(config)
     assert run.output_dir == folder.resolve() / "out"

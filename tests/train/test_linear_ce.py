@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from test_sft import train
 
-from conftest import build_tiny_decoder, build_tiny_model
+from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_model, run_train
 from lmforge.train.losses.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
 
 
@@ -53,8 +52,8 @@ def test_training_curve_is_the_same_with_and_without(tmp_path, tiny_model_dir):
         lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
         return [json.loads(line)["loss"] for line in lines]
 
-    on = train(tmp_path / "on", tiny_model_dir, chunked_loss=True, max_steps=4)
-    off = train(tmp_path / "off", tiny_model_dir, chunked_loss=False, max_steps=4)
+    on = run_train(tmp_path / "on", tiny_model_dir, SHORT_SFT, chunked_loss=True, max_steps=4)
+    off = run_train(tmp_path / "off", tiny_model_dir, SHORT_SFT, chunked_loss=False, max_steps=4)
     assert losses(on) == pytest.approx(losses(off), rel=1e-4)
 
 

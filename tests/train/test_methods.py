@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-from test_sft import train
 
+from conftest import SHORT_SFT, run_train
 from lmforge.cli import main
 from lmforge.model.adapters import loraplus_param_groups
 from lmforge.model.load import attach_adapters, load_model
@@ -25,13 +25,15 @@ def adapter_config(run) -> dict:
     ],
 )
 def test_lora_variants_train_and_are_saved(tmp_path, tiny_model_dir, flag, key, expected):
-    run = train(tmp_path, tiny_model_dir, max_steps=2, **{flag: True})
+    run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2, **{flag: True})
     assert adapter_config(run)[key] == expected
     assert torch.isfinite(torch.tensor(run.final_loss))
 
 
 def test_additional_target_is_trained_and_saved_whole(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, max_steps=2, additional_target="embed_tokens")
+    run = run_train(
+        tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2, additional_target="embed_tokens"
+    )
     assert adapter_config(run)["modules_to_save"] == ["embed_tokens"]
     base = load_model(tiny_model_dir)
     reloaded = attach_adapters(base, [str(run.output_dir)], merge=True)
@@ -40,7 +42,7 @@ def test_additional_target_is_trained_and_saved_whole(tmp_path, tiny_model_dir):
 
 
 def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, max_steps=2, loraplus_lr_ratio=16)
+    run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2, loraplus_lr_ratio=16)
     groups = loraplus_param_groups(run.model, 1e-3, 16, 0.0)
     by_lr = {g["lr"]: len(g["params"]) for g in groups}
     assert set(by_lr) == {1e-3, 1.6e-2}
@@ -48,14 +50,19 @@ def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_model_d
 
 
 def test_continue_and_create_new_adapter(tmp_path, tiny_model_dir):
-    first = train(tmp_path / "a", tiny_model_dir, max_steps=2, lora_rank=4)
-    again = train(
-        tmp_path / "b", tiny_model_dir, max_steps=2, adapter_name_or_path=str(first.output_dir)
+    first = run_train(tmp_path / "a", tiny_model_dir, SHORT_SFT, max_steps=2, lora_rank=4)
+    again = run_train(
+        tmp_path / "b",
+        tiny_model_dir,
+        SHORT_SFT,
+        max_steps=2,
+        adapter_name_or_path=str(first.output_dir),
     )
     assert adapter_config(again)["r"] == 4  # the same adapter, trained further
-    fresh = train(
+    fresh = run_train(
         tmp_path / "c",
         tiny_model_dir,
+        SHORT_SFT,
         max_steps=2,
         lora_rank=2,
         adapter_name_or_path=str(first.output_dir),
@@ -65,9 +72,10 @@ def test_continue_and_create_new_adapter(tmp_path, tiny_model_dir):
 
 
 def test_freeze_extra_modules_trains_the_embeddings(tmp_path, tiny_model_dir):
-    run = train(
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        SHORT_SFT,
         max_steps=2,
         finetuning_type="freeze",
         freeze_trainable_layers=1,
@@ -80,7 +88,13 @@ def test_freeze_extra_modules_trains_the_embeddings(tmp_path, tiny_model_dir):
 
 def test_freeze_extra_modules_unknown_name(tmp_path, tiny_model_dir):
     with pytest.raises(Exception, match="no module `embeddings` outside the layers"):
-        train(tmp_path, tiny_model_dir, finetuning_type="freeze", freeze_extra_modules="embeddings")
+        run_train(
+            tmp_path,
+            tiny_model_dir,
+            SHORT_SFT,
+            finetuning_type="freeze",
+            freeze_extra_modules="embeddings",
+        )
 
 
 @pytest.mark.parametrize(
@@ -105,7 +119,9 @@ def test_pure_bf16_falls_back_without_native_bf16(tmp_path, tiny_model_dir, capl
     if device.supports_bf16():
         pytest.skip("this device has native bf16")
     with caplog.at_level("INFO", logger="lmforge"):
-        train(tmp_path, tiny_model_dir, max_steps=1, finetuning_type="full", pure_bf16=True)
+        run_train(
+            tmp_path, tiny_model_dir, SHORT_SFT, max_steps=1, finetuning_type="full", pure_bf16=True
+        )
     assert "pure_bf16: this device has no native bfloat16" in caplog.text
 
 
@@ -122,15 +138,16 @@ def test_deepspeed_without_a_distributed_launch(tmp_path, tiny_model_dir, capsys
 
 
 def test_lora_alpha_defaults_to_twice_the_rank_and_dropout_is_saved(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, max_steps=1, lora_rank=4, lora_dropout=0.1)
+    run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=1, lora_rank=4, lora_dropout=0.1)
     saved = adapter_config(run)
     assert (saved["r"], saved["lora_alpha"], saved["lora_dropout"]) == (4, 8, 0.1)
 
 
 def test_freeze_first_layers_and_only_named_modules(tmp_path, tiny_model_dir):
-    run = train(
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        SHORT_SFT,
         max_steps=2,
         finetuning_type="freeze",
         freeze_trainable_layers=-1,  # the first layer

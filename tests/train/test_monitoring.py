@@ -246,3 +246,128 @@ def test_settings_transformers_refuses_stop_before_the_model_loads(
     assert len(errors) == 1 and "Fix: " in errors[0] and "unchanged: optim" in errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- the loss plot ---------------------------------------------------------------------------
+
+
+def test_plot_loss_with_no_step_logged_says_so(tmp_path, tiny_model_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        run = train(tmp_path, tiny_model_dir, max_steps=2, logging_steps=5, save_steps=2)
+    assert not (run.output_dir / "training_loss.png").exists()
+    assert (
+        "plot_loss: no loss was logged (the run took 2 step(s) with logging_steps: 5), so no "
+        "training_loss.png was written; set logging_steps to at most 2 to plot the loss"
+    ) in caplog.text
+
+
+def test_plot_loss_of_a_folder_without_a_log(tmp_path, caplog):
+    from lmforge.train.plot import plot_loss
+
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        assert plot_loss(tmp_path) is None
+    assert (
+        "plot_loss: no loss was logged (the run logged no step), so no training_loss.png was "
+        "written; set logging_steps to at most the number of steps to plot the loss"
+    ) in caplog.text
+
+
+# ---- TensorBoard and SwanLab, as LLaMA-Factory's tutorials use them ---------------------------
+
+
+def test_tensorboard_writes_to_logging_dir(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    train(tmp_path, tiny_model_dir, max_steps=2, report_to="tensorboard", logging_dir="tb/run1")
+    logdir = tmp_path / "tb" / "run1"  # under the working directory: `tensorboard --logdir tb`
+    events = list(logdir.glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars
+
+
+def swanlab_config(**settings):
+    from lmforge.config import load_config
+
+    return load_config(None, [f"{k}={v}" for k, v in settings.items()])
+
+
+def test_swanlab_local_mode_writes_its_log_dir_offline(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("swanlab")
+    monkeypatch.chdir(tmp_path)
+    for name in ("SWANLAB_API_KEY", "SWANLAB_MODE", "SWANLAB_LOG_DIR", "SWANLAB_LOGDIR"):
+        monkeypatch.delenv(name, raising=False)
+    train(
+        tmp_path,
+        tiny_model_dir,
+        max_steps=2,
+        use_swanlab=True,
+        swanlab_mode="local",
+        swanlab_project="tiny",
+        swanlab_run_name="run-1",
+        swanlab_logdir="swanlog",
+    )
+    runs = list((tmp_path / "swanlog").glob("run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.log")), list((tmp_path / "swanlog").rglob("*"))
+
+
+def test_swanlab_cloud_mode_offline_is_one_line(monkeypatch):
+    pytest.importorskip("swanlab")
+    from lmforge.train import monitor
+
+    monkeypatch.setattr(monitor, "_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.delenv("SWANLAB_API_HOST", raising=False)
+    with pytest.raises(UserError) as info:
+        monitor.check_tracker_settings(swanlab_config(use_swanlab="true"))
+    assert info.value.format() == (
+        "command line: swanlab_mode: cloud needs a SwanLab login at https://api.swanlab.cn, and "
+        "this machine cannot reach it (offline?). Fix: set swanlab_mode: local to keep the run "
+        "on this machine (works offline; view it with `swanlab watch <swanlab_logdir>`), or "
+        "connect to the internet."
+    )
+    # Local mode asks for neither a login nor the network.
+    assert monitor.check_tracker_settings(
+        swanlab_config(use_swanlab="true", swanlab_mode="local")
+    ) == ["swanlab"]
+
+
+def test_swanlab_cloud_mode_without_a_login_says_how_to_log_in(monkeypatch):
+    pytest.importorskip("swanlab")
+    from lmforge.train import monitor
+
+    monkeypatch.setattr(monitor, "_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(monitor, "_saved_swanlab_key", lambda: None)
+    with pytest.raises(UserError) as info:
+        monitor.check_tracker_settings(swanlab_config(report_to="swanlab"))
+    assert info.value.format() == (
+        "command line: swanlab_mode: cloud needs a SwanLab login, and none was found. Fix: run "
+        "`swanlab login` once, or set swanlab_api_key (or SWANLAB_API_KEY), or set "
+        "swanlab_mode: local (no account needed)."
+    )
+
+
+def test_trackers_lmforge_runs_itself_are_not_handed_to_transformers(monkeypatch):
+    from lmforge.train import monitor
+
+    monkeypatch.setattr(monitor, "_check_swanlab", lambda config: None)
+    config = swanlab_config(report_to="tensorboard,wandb", use_swanlab="true")
+    monkeypatch.setattr(monitor, "check_trackers", lambda names: None)
+    assert monitor.report_to(config) == ["tensorboard", "wandb", "swanlab"]
+    assert monitor.trainer_report_to(config) == ["wandb"]
+    assert monitor.trainer_report_to(swanlab_config(report_to="none")) == "none"
+
+
+def test_missing_swanlab_names_its_extra(monkeypatch):
+    import importlib.util
+
+    from lmforge.train import monitor
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError) as info:
+        monitor.check_tracker_settings(swanlab_config(use_swanlab="true", swanlab_mode="local"))
+    assert info.value.format() == (
+        "report_to: swanlab needs the swanlab package. Fix: pip install 'lmforge[swanlab]'."
+    )

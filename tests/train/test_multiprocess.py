@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
-from test_ppo import data_dir
 
-from conftest import TOY_RECORDS, write_alpaca_dataset
+from conftest import write_config, write_rl_datasets
 from lmforge.model.load import load_model
 from lmforge.train.trainers.value_head import CRITIC_FILE, VALUE_HEAD_FILE
 
@@ -24,24 +22,20 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def run_cli(tmp_path, tiny_model_dir, name, batch, env_extra):
-    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
-    config = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / name),
-        "finetuning_type": "full",
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": batch,
-        "max_steps": 3,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "ddp_timeout": 120,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        name=name,
+        output_dir=str(tmp_path / name),
+        finetuning_type="full",
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=batch,
+        max_steps=3,
+        logging_steps=1,
+        save_steps=100,
+        ddp_timeout=120,
+    )
     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "lmforge", "train", str(path)],
@@ -82,25 +76,23 @@ def free_port() -> int:
 
 def torchrun_worker(folder: Path, tiny_model_dir, **settings) -> list[dict[str, torch.Tensor]]:
     """Train under torchrun with two processes; each process's trainable weights, by rank."""
-    config = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset_dir": str(data_dir(folder / "data")),
-        "output_dir": str(folder / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 6,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "lora_alpha": 32,
-        "cutoff_len": 64,
-        "max_completion_length": 8,
-        "ddp_timeout": 120,
+    write_rl_datasets(folder / "data")
+    path = write_config(
+        folder,
+        tiny_model_dir,
+        records=None,
+        per_device_train_batch_size=2,
+        max_steps=6,
+        logging_steps=1,
+        save_steps=3,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        lora_alpha=32,
+        cutoff_len=64,
+        max_completion_length=8,
+        ddp_timeout=120,
         **settings,
-    }
-    path = folder / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
+    )
     dumps = folder / "ranks"
     dumps.mkdir()
     command = [

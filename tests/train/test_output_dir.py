@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import TOY_RECORDS, char_ids, write_alpaca_dataset
+from conftest import INFERENCE, OMIT, char_ids, write_config
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.model.setup import prepare_model_setup, tokenizer_folder
@@ -29,21 +28,12 @@ def model_dir(tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def train(tmp_path, model_dir, capsys):
-    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
+    """`lmforge train` on TOY_RECORDS (batch 2, one step) into tmp_path/out: (code, stderr, YAML)."""
 
     def run(*extra, **changes):
-        settings = {
-            "model_name_or_path": str(model_dir),
-            "template": "gemma",
-            "dataset": "toy",
-            "dataset_dir": str(data),
-            "output_dir": str(tmp_path / "out"),
-            "per_device_train_batch_size": 2,
-            "max_steps": 1,
-            **changes,
-        }
-        path = tmp_path / "train.yaml"
-        path.write_text(yaml.safe_dump(settings))
+        path = write_config(
+            tmp_path, model_dir, per_device_train_batch_size=2, max_steps=1, **changes
+        )
         capsys.readouterr()
         code = main(["train", str(path), *extra])
         return code, capsys.readouterr().err, path
@@ -187,15 +177,14 @@ def test_checkpoints_omit_the_tokenizer_and_still_load(train, tmp_path, model_di
     assert tokenizer_folder(out) == out
     assert tokenizer_folder(model_dir) == model_dir
 
-    chat = tmp_path / "chat.yaml"
-    chat.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(out / "checkpoint-1"),
-                "do_sample": False,
-                "max_new_tokens": 3,
-            }
-        )
+    chat = write_config(
+        tmp_path,
+        out / "checkpoint-1",
+        INFERENCE,
+        name="chat",
+        template=OMIT,
+        do_sample=False,
+        max_new_tokens=3,
     )
     assert main(["chat", str(chat), "--prompt", "Name?"]) == 0
     # The run's tokenizer, not an empty one built from the checkpoint's config.json alone.
@@ -208,16 +197,15 @@ def test_an_adapter_checkpoint_loads_for_chat(train, tmp_path, model_dir, capsys
     assert code == 0, err
     checkpoint = tmp_path / "out" / "checkpoint-1"
     assert not (checkpoint / "tokenizer.json").exists()
-    chat = tmp_path / "chat.yaml"
-    chat.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(model_dir),
-                "adapter_name_or_path": str(checkpoint),
-                "do_sample": False,
-                "max_new_tokens": 3,
-            }
-        )
+    chat = write_config(
+        tmp_path,
+        model_dir,
+        INFERENCE,
+        name="chat",
+        template=OMIT,  # from the run folder's run_config.yaml
+        adapter_name_or_path=str(checkpoint),
+        do_sample=False,
+        max_new_tokens=3,
     )
     capsys.readouterr()
     assert main(["chat", str(chat), "--prompt", "Name?"]) == 0

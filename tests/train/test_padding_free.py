@@ -5,13 +5,10 @@ import json
 
 import pytest
 import torch
-import yaml
 
-from conftest import TOY_RECORDS, build_tiny_model, write_alpaca_dataset
-from lmforge.config import load_config
+from conftest import TOY_RECORDS, build_tiny_model, run_train
 from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.model.packing import prepare_model_for_packing
-from lmforge.train.run import run_training
 
 VOCAB = 120
 
@@ -71,25 +68,20 @@ def test_loss_and_gradients_equal_the_padded_batch():
 
 
 def test_training_curve_is_the_same_with_and_without(tmp_path, tiny_model_dir, caplog):
-    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)  # answers of different lengths
-
     def losses(name, **overrides):
-        settings = {
-            "model_name_or_path": str(tiny_model_dir),
-            "template": "gemma",
-            "dataset": "toy",
-            "dataset_dir": str(data),
-            "output_dir": str(tmp_path / name),
-            "per_device_train_batch_size": 4,
-            "max_steps": 4,
-            "logging_steps": 1,
-            "learning_rate": 1e-2,
-            "lr_scheduler_type": "constant",
+        run = run_train(
+            tmp_path,
+            tiny_model_dir,
+            records=TOY_RECORDS,  # answers of different lengths
+            name=name,
+            output_dir=str(tmp_path / name),
+            per_device_train_batch_size=4,
+            max_steps=4,
+            logging_steps=1,
+            learning_rate=1e-2,
+            lr_scheduler_type="constant",
             **overrides,
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(settings))
-        run = run_training(load_config(path))
+        )
         assert run.model.config._attn_implementation == "sdpa"  # per-sample attention undone
         lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
         return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]

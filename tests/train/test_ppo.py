@@ -7,59 +7,25 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import write_alpaca_dataset
+from conftest import run_train, write_config, write_rl_datasets
 from lmforge.cli import main
-from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
 from lmforge.train.losses.rl import clipped_policy_loss, gae, token_rewards
 from lmforge.train.rewards.functions import RewardBatch
-from lmforge.train.run import run_training
 from lmforge.train.trainers.ppo import CRITIC_FILE
 
-# The reward model learns: lowercase letters good, capitals and digits bad.
-PAIRS = [
-    {"instruction": f"Q{i}", "input": "", "chosen": "abcdefgh", "rejected": "ABC123!?"}
-    for i in range(8)
-]
-PROMPTS = [{"instruction": f"Q{i}", "input": "", "output": "x"} for i in range(8)]
-
-
-def data_dir(folder):
-    write_alpaca_dataset(folder, PROMPTS, name="prompts")
-    (folder / "pairs.json").write_text(json.dumps(PAIRS))
-    info = json.loads((folder / "dataset_info.json").read_text())
-    columns = {
-        "prompt": "instruction",
-        "query": "input",
-        "chosen": "chosen",
-        "rejected": "rejected",
-    }
-    info["pairs"] = {"file_name": "pairs.json", "ranking": True, "columns": columns}
-    (folder / "dataset_info.json").write_text(json.dumps(info))
-    return folder
-
-
-def config_file(folder, tiny_model_dir, **settings) -> str:
-    base = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset_dir": str(data_dir(folder / "data")),
-        "output_dir": str(folder / "out"),
-        "per_device_train_batch_size": 4,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "lora_alpha": 32,
-        "cutoff_len": 64,
-        "max_completion_length": 8,
-    }
-    base.update(settings)
-    path = folder / "train.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return str(path)
+PPO = {
+    "records": None,  # write_rl_datasets: `pairs` for stage rm, `prompts` for ppo and grpo
+    "per_device_train_batch_size": 4,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "learning_rate": 1e-2,
+    "lr_scheduler_type": "constant",
+    "lora_alpha": 32,
+    "cutoff_len": 64,
+    "max_completion_length": 8,
+}
 
 
 def history(run) -> list[dict]:
@@ -70,8 +36,8 @@ def history(run) -> list[dict]:
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("rm")
-    path = config_file(folder, tiny_model_dir, stage="rm", dataset="pairs", max_steps=12)
-    run = run_training(load_config(path))
+    write_rl_datasets(folder / "data")
+    run = run_train(folder, tiny_model_dir, PPO, stage="rm", dataset="pairs", max_steps=12)
     assert history(run)[-1]["rewards/accuracies"] == 1.0
     return run.output_dir
 
@@ -79,16 +45,17 @@ def reward_model(tmp_path_factory, tiny_model_dir):
 def test_ppo_trains_with_the_reward_model_and_saves_adapter_and_critic(
     tmp_path, tiny_model_dir, reward_model
 ):
-    path = config_file(
+    write_rl_datasets(tmp_path / "data")
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        PPO,
         stage="ppo",
         dataset="prompts",
         reward_model=str(reward_model),
         max_steps=8,
         ppo_epochs=2,
     )
-    run = run_training(load_config(path))
     logs = history(run)
     assert len(logs) == 8 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
     fresh = [h for h in logs if "score" in h]
@@ -111,16 +78,13 @@ def test_ppo_resumes_with_its_critic(tmp_path, tiny_model_dir, reward_model):
     )
     runs = {}
     for name in ("full", "first"):
-        (tmp_path / name).mkdir()
-        runs[name] = run_training(
-            load_config(config_file(tmp_path / name, tiny_model_dir, **settings))
-        )
+        write_rl_datasets(tmp_path / name / "data")
+        runs[name] = run_train(tmp_path / name, tiny_model_dir, PPO, **settings)
     checkpoint = runs["first"].output_dir / "checkpoint-2"
     assert (checkpoint / CRITIC_FILE).is_file()
-    path = config_file(
-        tmp_path / "first", tiny_model_dir, resume_from_checkpoint=str(checkpoint), **settings
+    resumed = run_train(
+        tmp_path / "first", tiny_model_dir, PPO, resume_from_checkpoint=str(checkpoint), **settings
     )
-    resumed = run_training(load_config(path))
     assert [h["loss"] for h in history(resumed)] == pytest.approx(
         [h["loss"] for h in history(runs["full"])], abs=1e-6
     )
@@ -142,9 +106,11 @@ def test_reward_model_scorer_prefers_what_rm_learnt(reward_model):
 
 
 def test_grpo_with_the_reward_model(tmp_path, tiny_model_dir, reward_model):
-    path = config_file(
+    write_rl_datasets(tmp_path / "data")
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        PPO,
         stage="grpo",
         dataset="prompts",
         reward_model=str(reward_model),
@@ -152,7 +118,7 @@ def test_grpo_with_the_reward_model(tmp_path, tiny_model_dir, reward_model):
         per_device_train_batch_size=1,
         max_steps=2,
     )
-    logs = history(run_training(load_config(path)))
+    logs = history(run)
     assert all("rewards/reward_model" in h for h in logs)
     assert logs[0]["reward"] == pytest.approx(logs[0]["rewards/reward_model"])
 
@@ -197,8 +163,9 @@ def test_ppo_without_a_usable_reward_model(tmp_path, tiny_model_dir, capsys, set
     rm.mkdir()
     (rm / "value_head.safetensors").write_text("")
     (rm / "adapter_config.json").write_text("{}")
-    path = config_file(tmp_path, tiny_model_dir, stage="ppo", dataset="prompts", **settings)
-    assert main(["train", path]) == 2
+    write_rl_datasets(tmp_path / "data")
+    path = write_config(tmp_path, tiny_model_dir, PPO, stage="ppo", dataset="prompts", **settings)
+    assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Fix: " in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -8,10 +8,9 @@ import math
 import shutil
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
-from conftest import TOY_RECORDS, write_alpaca_dataset
+from conftest import write_config
 from lmforge.cli import main
 from lmforge.train.checkpoints import (
     LOSS_STATE,
@@ -21,8 +20,6 @@ from lmforge.train.checkpoints import (
 )
 
 SETTINGS = {
-    "template": "gemma",
-    "dataset": "toy",
     "finetuning_type": "lora",
     "learning_rate": 1e-3,
     "lr_scheduler_type": "constant",  # a step past the end would still change the adapter
@@ -32,20 +29,7 @@ SETTINGS = {
     "save_steps": 2,
     "resume_from_checkpoint": "auto",
 }
-
-
-def write_yaml(folder, model_dir, output_dir, **changes):
-    data = write_alpaca_dataset(folder / "data", TOY_RECORDS)
-    settings = {
-        **SETTINGS,
-        "model_name_or_path": str(model_dir),
-        "dataset_dir": str(data),
-        "output_dir": str(output_dir),
-        **changes,
-    }
-    path = folder / "train.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
+"""Six LoRA steps on TOY_RECORDS, a checkpoint every 2, into folder/out; `auto` resumes."""
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +38,7 @@ def finished(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("finished")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LMFORGE_HOME", str(tmp_path_factory.getbasetemp() / "lmforge-home"))
-        assert main(["train", str(write_yaml(folder, tiny_model_dir, folder / "out"))]) == 0
+        assert main(["train", str(write_config(folder, tiny_model_dir, SETTINGS))]) == 0
     return folder / "out"
 
 
@@ -65,7 +49,7 @@ def run(tmp_path, tiny_model_dir, finished, capsys):
     shutil.copytree(finished, out)
 
     def train(*extra, **changes):
-        path = write_yaml(tmp_path, tiny_model_dir, out, **changes)
+        path = write_config(tmp_path, tiny_model_dir, SETTINGS, **changes)
         capsys.readouterr()
         code = main(["train", str(path), *extra])
         return code, capsys.readouterr().err, path

@@ -13,32 +13,21 @@ import time
 
 import pytest
 import torch
-import yaml
 
-from conftest import TOY_RECORDS, build_tiny_tokenizer, write_alpaca_dataset
-from lmforge.train.checkpoints import list_checkpoints
+from conftest import build_tiny_tokenizer, write_config
 from lmforge.model.load import load_model
+from lmforge.train.checkpoints import list_checkpoints
 
-
-def write_config(tmp_path, tiny_model_dir, name):
-    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
-    config = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / name),
-        "finetuning_type": "full",
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 2,
-        "num_train_epochs": 2,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "resume_from_checkpoint": "auto",
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, tmp_path / name
+FULL_TWO_EPOCHS = {
+    "finetuning_type": "full",
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 2,
+    "num_train_epochs": 2,
+    "logging_steps": 1,
+    "save_steps": 3,
+    "resume_from_checkpoint": "auto",
+}
+"""TOY_RECORDS: 16 steps (batch 2, two epochs), a checkpoint every 3; run again, `auto` resumes."""
 
 
 def command(path):
@@ -87,7 +76,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def straight(tmp_path_factory, slower_model_dir):
     """The run never interrupted, to compare with."""
     tmp_path = tmp_path_factory.mktemp("straight")
-    path, output_dir = write_config(tmp_path, slower_model_dir, "straight")
+    output_dir = tmp_path / "straight"
+    path = write_config(
+        tmp_path, slower_model_dir, FULL_TWO_EPOCHS, name="straight", output_dir=str(output_dir)
+    )
     subprocess.run(command(path), env=ENV, check=True, capture_output=True, timeout=600)
     return output_dir
 
@@ -111,7 +103,10 @@ def assert_same_run(straight, resumed):
 def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_dir, straight):
     tiny_model_dir = slower_model_dir
     env = ENV
-    path, killed = write_config(tmp_path, tiny_model_dir, "killed")
+    killed = tmp_path / "killed"
+    path = write_config(
+        tmp_path, tiny_model_dir, FULL_TWO_EPOCHS, name="killed", output_dir=str(killed)
+    )
     process = subprocess.Popen(
         command(path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -135,7 +130,10 @@ def test_sigkill_then_same_command_matches_uninterrupted(tmp_path, slower_model_
 
 
 def test_sigint_saves_at_the_step_and_resumes_exactly(tmp_path, slower_model_dir, straight):
-    path, stopped = write_config(tmp_path, slower_model_dir, "stopped")
+    stopped = tmp_path / "stopped"
+    path = write_config(
+        tmp_path, slower_model_dir, FULL_TWO_EPOCHS, name="stopped", output_dir=str(stopped)
+    )
     process = subprocess.Popen(
         command(path), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

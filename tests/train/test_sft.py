@@ -1,40 +1,22 @@
 """LoRA, freeze and full SFT for a few steps on the tiny model: loss falls, files appear, and
 what was saved reloads to the same logits as the model that was trained."""
 
+import functools
 import json
 
 import pytest
 import torch
 import yaml
 
-from conftest import write_alpaca_dataset
+from conftest import FORGE_RECORD, SHORT_SFT, run_train, write_config
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
 from lmforge.train.run import run_training
 
-RECORD = {"instruction": "Who are you?", "input": "", "output": "I am Forge, made by lmforge."}
-
-
-def train(tmp_path, tiny_model_dir, **overrides):
-    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
-    settings = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 8,
-        "logging_steps": 1,
-        "save_steps": 4,
-        "learning_rate": 1e-2,
-        "plot_loss": True,
-        "lr_scheduler_type": "constant",
-    }
-    settings.update(overrides)
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(settings))
-    return run_training(load_config(config_path))
+# test_monitoring.py still imports these two names from here; they go once it takes them from
+# conftest (FORGE_RECORD, and run_train with SHORT_SFT).
+RECORD = FORGE_RECORD
+train = functools.partial(run_train, preset=SHORT_SFT)
 
 
 def logged(run, key="loss"):
@@ -73,7 +55,9 @@ def assert_trained_and_logged(run, learning_rate):
 
 
 def test_lora_sft(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, finetuning_type="lora", lora_rank=4, lora_alpha=32)
+    run = run_train(
+        tmp_path, tiny_model_dir, SHORT_SFT, finetuning_type="lora", lora_rank=4, lora_alpha=32
+    )
     assert_trained_and_logged(run, 1e-2)
     assert (run.output_dir / "adapter_model.safetensors").is_file()
     base = load_model(tiny_model_dir)
@@ -85,7 +69,7 @@ def test_lora_sft(tmp_path, tiny_model_dir):
 
 
 def test_full_sft(tmp_path, tiny_model_dir):
-    run = train(tmp_path, tiny_model_dir, finetuning_type="full", learning_rate=1e-3)
+    run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, finetuning_type="full", learning_rate=1e-3)
     assert_trained_and_logged(run, 1e-3)
     reloaded = load_model(run.output_dir)
     run.model.eval()
@@ -93,9 +77,10 @@ def test_full_sft(tmp_path, tiny_model_dir):
 
 
 def test_freeze_sft_trains_only_last_layer(tmp_path, tiny_model_dir):
-    run = train(
+    run = run_train(
         tmp_path,
         tiny_model_dir,
+        SHORT_SFT,
         finetuning_type="freeze",
         freeze_trainable_layers=1,
         learning_rate=1e-2,
@@ -117,7 +102,7 @@ def test_mixed_precision_falls_back_on_cpu_without_support(tmp_path, tiny_model_
     if flag == "bf16" and device.supports_bf16():
         pytest.skip("this CPU has native bf16")
     with caplog.at_level("INFO", logger="lmforge"):
-        run = train(tmp_path, tiny_model_dir, max_steps=1, **{flag: True})
+        run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=1, **{flag: True})
     assert "training runs in fp32" in caplog.text
     # What the user asked for is kept as written; what was derived is in the plan.
     assert yaml.safe_load((run.output_dir / "run_config.yaml").read_text())[flag] is True
@@ -127,12 +112,13 @@ def test_mixed_precision_falls_back_on_cpu_without_support(tmp_path, tiny_model_
 
 
 def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
-    full = train(tmp_path / "a", tiny_model_dir, max_steps=6, save_steps=3)
-    first = train(tmp_path / "b", tiny_model_dir, max_steps=6, save_steps=3)
+    full = run_train(tmp_path / "a", tiny_model_dir, SHORT_SFT, max_steps=6, save_steps=3)
+    first = run_train(tmp_path / "b", tiny_model_dir, SHORT_SFT, max_steps=6, save_steps=3)
     # Pretend the run died after checkpoint-3: resume continues from there.
-    resumed = train(
+    resumed = run_train(
         tmp_path / "b",
         tiny_model_dir,
+        SHORT_SFT,
         max_steps=6,
         save_steps=3,
         resume_from_checkpoint=str(first.output_dir / "checkpoint-3"),
@@ -149,24 +135,19 @@ def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path, tiny_mo
 def test_training_leaves_the_config_as_written(tmp_path, tiny_model_dir):
     """Derived settings (lora_alpha's default, precision fallbacks, the evaluation schedule
     early stopping needs) go into the plan, not back into the config."""
-    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
-    settings = {
-        "model_name_or_path": str(tiny_model_dir),
-        "dataset": "toy",
-        "dataset_dir": str(data),
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 2,
-        "template": "gemma",
-        "lora_rank": 4,
-        "fp16": True,
-        "val_size": 2,
-        "early_stopping_patience": 3,
-        "save_steps": 2,
-        "eval_steps": 1,
-    }
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(settings))
+    config_path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        records=[FORGE_RECORD] * 8,
+        per_device_train_batch_size=2,
+        max_steps=2,
+        lora_rank=4,
+        fp16=True,
+        val_size=2,
+        early_stopping_patience=3,
+        save_steps=2,
+        eval_steps=1,
+    )
     config = load_config(config_path)
     before = config.to_flat_dict()
     run = run_training(config)

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
+from conftest import OMIT, run_train, write_config, write_pairs_dataset
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import UserError
 from lmforge.model.load import load_model
-from lmforge.train.run import run_training
 from lmforge.train.trainers.value_head import (
     ModelWithValueHead,
     ValueHead,
@@ -28,39 +27,16 @@ PAIRS = [
 ]
 
 
-def pair_dataset(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pairs.json").write_text(json.dumps(PAIRS))
-    columns = {
-        "prompt": "instruction",
-        "query": "input",
-        "chosen": "chosen",
-        "rejected": "rejected",
-    }
-    (folder / "dataset_info.json").write_text(
-        json.dumps({"pairs": {"file_name": "pairs.json", "ranking": True, "columns": columns}})
-    )
-    return folder
-
-
-def run(tmp_path, tiny_model_dir, **settings):
-    base = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "gemma",
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "max_steps": 8,
-        "logging_steps": 1,
-        "save_steps": 100,
-        "learning_rate": 1e-2,
-        "lr_scheduler_type": "constant",
-        "lora_alpha": 32,
-    }
-    base.update(settings)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return run_training(load_config(path))
+STAGES = {
+    "records": None,  # each test names its dataset and dataset_dir
+    "per_device_train_batch_size": 4,
+    "max_steps": 8,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "learning_rate": 1e-2,
+    "lr_scheduler_type": "constant",
+    "lora_alpha": 32,
+}
 
 
 def log(run_result) -> list[dict]:
@@ -74,9 +50,10 @@ def trainer_logs(run_result) -> list[dict]:
 
 
 def test_pretraining_on_text(tmp_path, tiny_model_dir):
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="pt",
         dataset="c4_demo",
         dataset_dir=str(LF_DATA),
@@ -89,12 +66,13 @@ def test_pretraining_on_text(tmp_path, tiny_model_dir):
 
 
 def test_reward_model_separates_pairs_and_reloads(tmp_path, tiny_model_dir):
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="rm",
         dataset="pairs",
-        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        dataset_dir=str(write_pairs_dataset(tmp_path / "data", PAIRS)),
         max_steps=12,
     )
     history = trainer_logs(result)
@@ -131,13 +109,14 @@ def test_reward_model_resumes_with_its_value_head(tmp_path, tiny_model_dir):
     settings = dict(
         stage="rm", dataset="pairs", max_steps=4, save_steps=2, per_device_train_batch_size=2
     )
-    data = str(pair_dataset(tmp_path / "data"))
-    full = run(tmp_path / "a", tiny_model_dir, dataset_dir=data, **settings)
-    first = run(tmp_path / "b", tiny_model_dir, dataset_dir=data, **settings)
+    data = str(write_pairs_dataset(tmp_path / "data", PAIRS))
+    full = run_train(tmp_path / "a", tiny_model_dir, STAGES, dataset_dir=data, **settings)
+    first = run_train(tmp_path / "b", tiny_model_dir, STAGES, dataset_dir=data, **settings)
     assert (first.output_dir / "checkpoint-2" / "value_head.safetensors").is_file()
-    resumed = run(
+    resumed = run_train(
         tmp_path / "b",
         tiny_model_dir,
+        STAGES,
         dataset_dir=data,
         resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
         **settings,
@@ -152,12 +131,13 @@ def test_reward_model_resumes_with_its_value_head(tmp_path, tiny_model_dir):
 def test_reward_model_evaluates_and_loads_the_best_head(tmp_path, tiny_model_dir):
     """eval_loss is reported (it was not: the Trainer finds no label names on the model), and
     load_best_model_at_end restores the best checkpoint's value head with its adapter."""
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="rm",
         dataset="pairs",
-        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        dataset_dir=str(write_pairs_dataset(tmp_path / "data", PAIRS)),
         max_steps=6,
         save_steps=2,
         eval_steps=2,
@@ -180,12 +160,13 @@ def test_reward_model_evaluates_and_loads_the_best_head(tmp_path, tiny_model_dir
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_model_dir, stage):
     """The losses are batch means: with 2 x 2 accumulated the Trainer divides by 2, so the
     logged loss and the gradient norm are those of one batch of 4 (they were twice as large)."""
-    data = str(pair_dataset(tmp_path / "data"))
+    data = str(write_pairs_dataset(tmp_path / "data", PAIRS))
     logs = [
         trainer_logs(
-            run(
+            run_train(
                 tmp_path / f"b{batch}",
                 tiny_model_dir,
+                STAGES,
                 stage=stage,
                 dataset="pairs",
                 dataset_dir=data,
@@ -202,13 +183,14 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_model_dir, 
 
 @pytest.mark.parametrize("pref_loss", ["sigmoid", "hinge", "ipo", "orpo", "simpo"])
 def test_dpo_family_prefers_the_chosen_answers(tmp_path, tiny_model_dir, pref_loss):
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="dpo",
         dataset="pairs",
         pref_loss=pref_loss,
-        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        dataset_dir=str(write_pairs_dataset(tmp_path / "data", PAIRS)),
         pref_beta=0.5,
     )
     history = trainer_logs(result)
@@ -219,15 +201,16 @@ def test_dpo_family_prefers_the_chosen_answers(tmp_path, tiny_model_dir, pref_lo
 
 
 def test_dpo_with_full_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_model_dir):
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="dpo",
         dataset="pairs",
         finetuning_type="full",
         learning_rate=1e-3,
         max_steps=4,
-        dataset_dir=str(pair_dataset(tmp_path / "data")),
+        dataset_dir=str(write_pairs_dataset(tmp_path / "data", PAIRS)),
     )
     history = trainer_logs(result)
     assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
@@ -235,9 +218,10 @@ def test_dpo_with_full_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_model_
 
 
 def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
-    result = run(
+    result = run_train(
         tmp_path,
         tiny_model_dir,
+        STAGES,
         stage="kto",
         dataset="kto_en_demo",
         dataset_dir=str(LF_DATA),
@@ -260,17 +244,15 @@ def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
 def test_wrong_kind_of_data_for_the_stage(
     tmp_path, tiny_model_dir, stage, dataset, message, capsys
 ):
-    path = tmp_path / "t.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": "/not/loaded",
-                "stage": stage,
-                "dataset": dataset,
-                "dataset_dir": str(LF_DATA),
-                "output_dir": str(tmp_path / "out"),
-            }
-        )
+    path = write_config(
+        tmp_path,
+        "/not/loaded",
+        records=None,
+        name="t",
+        template=OMIT,
+        stage=stage,
+        dataset=dataset,
+        dataset_dir=str(LF_DATA),
     )
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err

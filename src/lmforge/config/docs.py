@@ -76,7 +76,7 @@ def _llamafactory_section() -> list[str]:
         f"({lf.source['main'][:8]}), and transformers {lf.source['transformers']}'s "
         "TrainingArguments (`src/lmforge/config/llamafactory_keys.yaml`). A renamed key is read "
         "as its new name. A key that is not used is accepted (its value is not checked) and "
-        "named once in the run plan: \"`key`: not used here, because ...\" (not when it is "
+        'named once in the run plan: "`key`: not used here, because ..." (not when it is '
         "false or null).",
         "",
         "| key | here |",

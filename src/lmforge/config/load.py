@@ -36,7 +36,7 @@ from lmforge.suggest import closest_key
 
 COMMAND_LINE = "command line"
 # Outputs always go under the working directory; every other path key is an input.
-_OUTPUT_PATH_KEYS = {"output_dir", "logging_dir", "swanlab_logdir"}
+_OUTPUT_PATH_KEYS = {"output_dir", "logging_dir", "swanlab_logdir", "export_dir"}
 # Inputs that may be a name instead of a path (a hub id, a catalogue name): kept as written
 # when no such file or folder exists.
 _NAME_OR_PATH_KEYS = {
@@ -60,12 +60,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     file, the flags alone are the config (its source is then "command line")."""
     flat: dict[str, Any] = {}
     bases: dict[str, Path | None] = {}
+    parsed = parse_overrides(overrides or [])  # a word that is no override is refused first
     if path is not None:
         path = Path(path)
         flat = read_yaml_mapping(path)
         base_dir = path.resolve().parent
         bases = {key: base_dir for key in flat}
-    for key, value in parse_overrides(overrides or []).items():
+    for key, value in parsed.items():
         flat.pop(key, None)  # the command line's value, at the command line's place
         flat[key] = value
         bases[key] = None  # command-line paths are relative to the working directory only

@@ -502,6 +502,47 @@ class InferConfig:
     )
 
 
+EXPORT_DTYPES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class ExportConfig:
+    """Exporting a trained model with `lmforge export` (docs/export.md)."""
+
+    export_dir: str | None = opt(
+        None,
+        "Folder the merged model is written to (under a temporary name, renamed when written "
+        "and proven equal to base + adapters).",
+        path=True,
+    )
+    export_size: float = opt(5.0, "Largest weight shard, in GB.", bounds=POSITIVE)
+    export_device: str = opt(
+        "cpu",
+        "Where the merge and the parity check run: cpu, or auto (the GPU when there is one).",
+        choices=("cpu", "auto"),
+    )
+    export_dtype: str | None = opt(
+        None,
+        "Dtype of the exported weights: bf16, fp16 or fp32. Default: infer_dtype when it is "
+        "not auto, else the dtype the base model is stored in.",
+        choices=EXPORT_DTYPES,
+    )
+    export_legacy_format: bool = opt(
+        False, "Write PyTorch .bin shards instead of safetensors (for old loaders)."
+    )
+    export_hub_model_id: str | None = opt(
+        None,
+        "Also push the finished export to this Hugging Face repo (org/name); needs a login "
+        "(HF_TOKEN or `hf auth login`).",
+    )
+    export_gguf: str | None = opt(
+        None,
+        "Also write model.gguf (llama.cpp, Ollama) with the tokenizer and chat template inside: "
+        "f16 or q8_0.",
+        choices=("f16", "q8_0"),
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "method": MethodConfig,
@@ -510,6 +551,7 @@ SECTIONS: dict[str, type] = {
     "track": TrackConfig,
     "generate": GenerateConfig,
     "infer": InferConfig,
+    "export": ExportConfig,
 }
 
 
@@ -524,6 +566,7 @@ class Config:
     track: TrackConfig = field(default_factory=TrackConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
     # Notes made while loading (fallbacks, ignored keys), shown in the plan; what resolving
     # derives is in the RunPlan (config/plan.py), never written back here.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from tqdm.auto import tqdm
 
 from lmforge.config.schema import Config
+from lmforge.data.encoding.encode import encode_pair_row
 from lmforge.data.encoding.loader import DataReport, reasoning_notes
 from lmforge.data.sources.load import load_splits
 from lmforge.model.adapters import loraplus_param_groups
@@ -126,3 +127,12 @@ def encode_stage_samples(config: Config, setup: ModelSetup, encode, label: str) 
     report.train_samples, report.eval_samples = len(encoded[0]), len(encoded[1])
     report.train_rows = report.train_samples
     return StageData(encoded[0], encoded[1], report)
+
+
+def encode_pair_samples(config: Config, setup: ModelSetup) -> StageData:
+    """Preference pairs (chosen and rejected answer to one prompt), for rm and the dpo family."""
+
+    def encode(sample):
+        return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
+
+    return encode_stage_samples(config, setup, encode, "pairs")

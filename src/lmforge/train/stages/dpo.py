@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from lmforge.data.encoding.collate import PairCollator
-from lmforge.data.encoding.encode import encode_pair_row
 from lmforge.train.losses.preference import REFERENCE_FREE
-from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
+from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_pair_samples
 from lmforge.train.trainers.preference import PairwisePreferenceTrainer
 from lmforge.train.trainers.reference import load_reference_model
 
@@ -15,10 +14,7 @@ class DPOStage(Stage):
     prediction_loss_only = True  # evaluation reports losses and rewards, no logits
 
     def datasets(self, config, setup) -> StageData:
-        def encode(sample):
-            return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
-
-        return encode_stage_samples(config, setup, encode, "pairs")
+        return encode_pair_samples(config, setup)
 
     def build_trainer(self, inputs: StageInputs):
         method = inputs.config.method

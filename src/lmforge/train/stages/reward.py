@@ -4,8 +4,7 @@ Bradley-Terry loss; saved as the adapter/model plus value_head.safetensors for p
 from __future__ import annotations
 
 from lmforge.data.encoding.collate import PairCollator
-from lmforge.data.encoding.encode import encode_pair_row
-from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
+from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_pair_samples
 from lmforge.train.trainers.preference import RewardModelTrainer
 from lmforge.train.trainers.value_head import ModelWithValueHead, ValueHead
 
@@ -15,10 +14,7 @@ class RewardStage(Stage):
     prediction_loss_only = True  # evaluation reports losses and accuracy, no logits
 
     def datasets(self, config, setup) -> StageData:
-        def encode(sample):
-            return encode_pair_row(sample, setup.template, setup.tokenizer, config.data.cutoff_len)
-
-        return encode_stage_samples(config, setup, encode, "pairs")
+        return encode_pair_samples(config, setup)
 
     def build_trainer(self, inputs: StageInputs):
         # One module: DDP/DeepSpeed wrap (and synchronise) the head with the body.

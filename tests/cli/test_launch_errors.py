@@ -1,0 +1,118 @@
+"""Under torchrun (FORCE_TORCHRUN=1) a user error is still one paragraph and exit code 2: the
+launcher checks the config before any worker starts, and an error a worker finds later is
+printed once by the launcher instead of torch elastic's ChildFailedError traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import TOY_RECORDS, write_alpaca_dataset
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.errors import UserError
+from lmforge.train import launch
+from lmforge.train.launch import check_gpu_only_settings
+
+DS_Z3 = '{"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}'
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir):
+    data = write_alpaca_dataset(tmp_path / "data", TOY_RECORDS)
+    return {
+        "model_name_or_path": str(tiny_model_dir),
+        "template": "gemma",
+        "dataset": "toy",
+        "dataset_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 1,
+        "ddp_timeout": 60,
+    }
+
+
+def write(tmp_path, settings):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_deepspeed_without_a_gpu_says_so_with_the_fix(tmp_path, settings):
+    (tmp_path / "ds_z3_config.json").write_text(DS_Z3)
+    path = write(tmp_path, {**settings, "deepspeed": "ds_z3_config.json"})
+    config = load_config(path)
+    with pytest.raises(UserError) as info:
+        check_gpu_only_settings(config, cuda=False)
+    assert info.value.format() == (
+        f"{path}: `deepspeed: ds_z3_config.json`: DeepSpeed ZeRO-3 needs a CUDA GPU here, and "
+        "this machine has none. Fix: remove `deepspeed` to train on the CPU (FORCE_TORCHRUN=1 "
+        "NPROC_PER_NODE=N still trains data-parallel over N processes), or run on a machine "
+        "with an NVIDIA GPU."
+    )
+    check_gpu_only_settings(config, cuda=True)  # fine with a GPU
+    with pytest.raises(UserError, match=r"^command line: `flash_attn: fa2` \(flash-attention 2\)"):
+        check_gpu_only_settings(load_config(path, ["flash_attn=fa2", "deepspeed=null"]), cuda=False)
+
+
+def test_a_user_error_stops_the_launcher_before_torchrun(tmp_path, settings, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("DeepSpeed runs on this machine's GPU")
+    (tmp_path / "ds_z3_config.json").write_text(DS_Z3)
+    path = write(tmp_path, settings)
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+    def no_launch(args):
+        raise AssertionError("torchrun must not start")
+
+    monkeypatch.setattr(launch, "relaunch", no_launch)
+    assert main(["train", str(path), "--deepspeed", str(tmp_path / "ds_z3_config.json")]) == 2
+    assert capsys.readouterr().err == (
+        "error: command line: `deepspeed: ds_z3_config.json`: DeepSpeed ZeRO-3 needs a CUDA GPU "
+        "here, and this machine has none. Fix: remove `deepspeed` to train on the CPU "
+        "(FORCE_TORCHRUN=1 NPROC_PER_NODE=N still trains data-parallel over N processes), or "
+        "run on a machine with an NVIDIA GPU.\n"
+    )
+    # Data problems found before loading anything are caught there too.
+    (tmp_path / "data" / "toy.json").unlink()
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "toy.json" in err
+
+
+def test_a_worker_hands_its_user_error_to_the_launcher(tmp_path, monkeypatch):
+    marker = tmp_path / "user_error"
+    monkeypatch.setenv(launch.USER_ERROR_FILE, str(marker))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert launch.report_user_error(UserError("late", where="w.yaml", fix="do x"))
+    monkeypatch.setenv("RANK", "0")
+    assert launch.report_user_error(UserError("first", fix="do y"))
+    error = launch._worker_error(str(tmp_path))
+    assert error.format() == "first. Fix: do y."  # the lowest rank's
+
+
+def test_an_error_found_in_the_workers_is_one_paragraph(tmp_path, settings):
+    """The model folder is checked by the workers (after torchrun started them)."""
+    path = write(tmp_path, {**settings, "model_name_or_path": str(tmp_path / "no-model")})
+    env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    env.pop(launch.USER_ERROR_FILE, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "train", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "torch.distributed.run" in result.stderr  # the workers did start
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(tmp_path / "no-model") in errors[0], result.stderr
+    assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.rstrip().endswith(errors[0])
