@@ -25,7 +25,7 @@ def resolve_for_training(
     if not train.do_train:
         raise UserError(
             "do_train is false, so `lmforge train` has nothing to do",
-            where=config.source,
+            where=config.where("do_train"),
             fix="set do_train: true",
         )
     if method.stage not in STAGES:
@@ -39,13 +39,13 @@ def resolve_for_training(
     if method.stage == "ppo" and not method.reward_model:
         raise UserError(
             "stage ppo needs a reward model",
-            where=config.source,
+            where=config.where("reward_model"),
             fix="train one with stage: rm, then set reward_model: to its output_dir",
         )
     if method.stage == "grpo" and not (method.reward_funcs or method.reward_model):
         raise UserError(
             "stage grpo needs rewards",
-            where=config.source,
+            where=config.where("reward_funcs"),
             fix="set reward_funcs (exact_match, regex_match, numeric_match or module:function) "
             "and/or reward_model (the output_dir of an rm run)",
         )
@@ -53,7 +53,7 @@ def resolve_for_training(
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
-            where=config.source,
+            where=config.where("loraplus_lr_ratio"),
             fix="set finetuning_type: lora or remove loraplus_lr_ratio",
         )
     _check_scheduler(config)
@@ -76,7 +76,9 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
     """What the device can run of the precision asked for; each fallback noted."""
     train, method = config.train, config.method
     if train.bf16 and train.fp16:
-        raise UserError("bf16 and fp16 are both true", where=config.source, fix="keep one of them")
+        raise UserError(
+            "bf16 and fp16 are both true", where=config.where("fp16"), fix="keep one of them"
+        )
     bf16, fp16, pure_bf16 = train.bf16, train.fp16, method.pure_bf16
     if bf16 and not bf16_supported:
         bf16 = False
@@ -101,7 +103,9 @@ def _check_quantization(config: Config, cuda: bool) -> None:
         return
     if bits not in (4, 8):
         raise UserError(
-            f"quantization_bit: {bits} is not supported", where=config.source, fix="use 4 or 8"
+            f"quantization_bit: {bits} is not supported",
+            where=config.where("quantization_bit"),
+            fix="use 4 or 8",
         )
     if config.method.finetuning_type != "lora":
         raise UserError(
@@ -142,7 +146,9 @@ def _get(config: Config, key: str):
 def _require(config: Config, key: str, value, example: str) -> None:
     if value in (None, ""):
         raise UserError(
-            f"`{key}` is not set", where=config.source, fix=f"add `{key}: {example}` (or {key}=...)"
+            f"`{key}` is not set",
+            where=config.where(key),
+            fix=f"add `{key}: {example}` (or {key}=...)",
         )
 
 
@@ -153,7 +159,7 @@ def _check_scheduler(config: Config) -> None:
     if config.train.lr_scheduler_type not in names:
         raise UserError(
             f"unknown lr_scheduler_type `{config.train.lr_scheduler_type}`",
-            where=config.source,
+            where=config.where("lr_scheduler_type"),
             fix=f"use one of: {', '.join(names)}",
         )
 
@@ -204,7 +210,7 @@ def _resume(config: Config) -> Resume:
     if not (Path(value) / "trainer_state.json").is_file():
         raise UserError(
             f"resume_from_checkpoint: {value} is not a checkpoint folder (no trainer_state.json)",
-            where=config.source,
+            where=config.where("resume_from_checkpoint"),
             fix="give a checkpoint-N folder from a previous run, or `auto` for the newest one",
         )
     return Resume(checkpoint=value)
@@ -219,7 +225,7 @@ def _check_output_dir(config: Config, resume: Resume) -> None:
     if output_dir.is_dir() and any(output_dir.iterdir()):
         raise UserError(
             f"output_dir {output_dir} is not empty",
-            where=config.source,
+            where=config.where("output_dir"),
             fix="choose a new output_dir, set overwrite_output_dir: true to replace it, "
             "or resume_from_checkpoint: auto to continue its newest checkpoint",
         )

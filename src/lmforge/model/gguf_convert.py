@@ -118,7 +118,7 @@ def convert_gguf(
         dtype = _write_folder(gguf_path, staging, generation_config or {}, verify=verify)
         _write_info(staging, origin or str(gguf_path), gguf_path, dtype, time.monotonic() - started)
         _make_readable(staging)
-        _move_into_place(staging, dest)
+        move_into_place(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -248,7 +248,8 @@ def _make_readable(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
-def _move_into_place(staging: Path, dest: Path) -> None:
+def move_into_place(staging: Path, dest: Path) -> None:
+    """Rename a finished staging folder to `dest`, replacing what is there (export uses it too)."""
     if not dest.exists():
         os.rename(staging, dest)
         return

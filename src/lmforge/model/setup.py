@@ -53,6 +53,7 @@ TRAINED_FORMAT_KEYS = {
     "preserve_thinking": "data",
     "tool_format": "data",
     "default_system": "data",
+    "date_string": "data",
 }
 
 

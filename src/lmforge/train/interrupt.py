@@ -144,7 +144,7 @@ def resume_command(config, argv: list[str] | None = None) -> str:
         start = argv.index("train") + 1
         words = argv[:start] + _without_resume(argv[start:])
     else:
-        words = ["train", config.source or "CONFIG.yaml"]
+        words = ["train", config.path or "CONFIG.yaml"]
     return shlex.join(["lmforge", *words, f"{_RESUME_KEY}=auto"])
 
 

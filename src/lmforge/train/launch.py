@@ -129,7 +129,7 @@ def preflight(config) -> None:
             ) from None
     check_datasets(probe.data, probe.method.stage)
     stage = get_stage(probe.method.stage)
-    getattr(stage, "check", lambda _config: None)(probe)
+    stage.check(probe)
     check_tracker_settings(probe)
 
 

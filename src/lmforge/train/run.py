@@ -26,15 +26,19 @@ from lmforge.model.varlen_attention import restore_attention
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_steps
 from lmforge.train.interrupt import raise_if_interrupted
-from lmforge.train.launch import is_launched, is_main_process
-from lmforge.train.monitor import OverfitWarningCallback, check_trackers
+from lmforge.train.launch import check_gpu_only_settings, is_launched, is_main_process
+from lmforge.train.monitor import (
+    OverfitWarningCallback,
+    tracker_callbacks,
+    tracker_lines,
+    trainer_report_to,
+)
 from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
 from lmforge.train.stages import get_stage
 from lmforge.train.stages.base import Stage, StageInputs
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -55,6 +59,7 @@ def run_training(config: Config) -> TrainingRun:
         check_output_dir=main_process,  # other ranks would see rank 0's first files
     )
     plan = choose_checkpoint(config, plan)  # a whole checkpoint (`auto`: the newest whole one)
+    check_gpu_only_settings(config, cuda=torch.cuda.is_available())
     check_distributed_settings(config)
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     stage = get_stage(config.method.stage)
@@ -68,7 +73,9 @@ def run_training(config: Config) -> TrainingRun:
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
     args = training_arguments(config, plan, stage, has_eval=has_eval)
-    if (done := completed_run(config, plan, args, data.report.train_rows)) is not None:  # nothing to do
+    if (
+        done := completed_run(config, plan, args, data.report.train_rows)
+    ) is not None:  # nothing to do
         _end_distributed()
         return TrainingRun(Path(config.train.output_dir), None, done.train_loss)
 
@@ -168,7 +175,7 @@ def final_eval_metrics(trainer) -> dict:
 
 
 def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> list:
-    callbacks = [JsonlLogCallback(output_dir)]
+    callbacks = [JsonlLogCallback(output_dir), *tracker_callbacks(config)]
     if has_eval:
         callbacks.append(OverfitWarningCallback())
     if config.train.early_stopping_patience:
@@ -212,7 +219,7 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         bf16=plan.precision.bf16,
         fp16=plan.precision.fp16,
         seed=train.seed,
-        report_to=[r.strip() for r in train.report_to.split(",") if r.strip()] or "none",
+        report_to=trainer_report_to(config),
         # transformers 5 renamed gradient_checkpointing; non-reentrant works with frozen inputs.
         activation_checkpointing=train.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False}
@@ -230,7 +237,6 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
     if torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None:
         kwargs["use_liger_kernel"] = True  # fused kernels incl. linear cross-entropy on CUDA
     kwargs.update(config.passthrough)
-    check_trackers(kwargs["report_to"] if isinstance(kwargs["report_to"], list) else [])
     try:
         return TrainingArguments(**kwargs)
     except ValueError as exc:  # e.g. an unknown optim, or strategies that do not fit together
@@ -281,5 +287,8 @@ def plan_lines(config: Config, plan: RunPlan, setup, model, report: DataReport, 
     if config.passthrough:
         passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items())
         lines.append(f"  passed to TrainingArguments: {passed}")
+    lines += [f"  {key}: not used here, because {reason}" for key, reason in config.not_used]
+    lines += [f"  path {key}: {found}" for key, found in config.paths.items()]
+    lines += [f"  tracking: {line}" for line in tracker_lines(config)]
     lines += [f"  note: {note}" for note in (*config.notes, *plan.notes)]
     return lines
