@@ -104,8 +104,8 @@ def load_registry(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
     if not info_path.is_file():
         raise UserError(
             f"no {INFO_FILE} in {dataset_dir}",
-            fix=f"set `dataset_dir` to the folder that holds {INFO_FILE} (relative paths in a "
-            "YAML file are read from the YAML file's folder), or declare the dataset inline "
+            fix=f"set `dataset_dir` to the folder that holds {INFO_FILE} (a relative path is read "
+            "from the working directory, else from the YAML file's folder), or declare the dataset inline "
             "under `datasets:` in the YAML file",
         )
     text = info_path.read_text(encoding="utf-8")
@@ -165,7 +165,7 @@ def inline_dataset_specs(mapping: dict[str, Any], base_dir: str | Path) -> list[
     """The `datasets:` mapping of a training YAML -> specs, in the order written.
 
     Each value is a dataset_info.json entry; `path` may stand for `file_name`; relative paths
-    are read from base_dir (the YAML file's folder).
+    are read from base_dir (config loading has already resolved them as docs/config.md says).
     """
     if not isinstance(mapping, dict):
         raise UserError(

@@ -378,6 +378,5 @@ def template_options(data) -> dict[str, Any]:
         "preserve_thinking": data.preserve_thinking,
         "default_system": data.default_system,
         "tool_format": data.tool_format,
-        # Llama 3.1's date; read when the data settings carry it (not a config key yet).
-        "date_string": getattr(data, "date_string", None),
+        "date_string": data.date_string,  # llama3.1's "Today Date"
     }
