@@ -255,7 +255,8 @@ def write_config(folder: Path, model_dir, preset: dict | None = None, **settings
 
     Defaults: template gemma, dataset `toy` in folder/data, output_dir folder/out; then `preset`
     (settings a file's tests share: SHORT_SFT, INFERENCE, ...), then `settings`, each on top of
-    the one before. A setting given as OMIT is left out. Two keys are not settings: `records`,
+    the one before, written in that order (the order of `adapters` is the order of the served
+    model names). A setting given as OMIT is left out. Two keys are not settings: `records`,
     what is written to folder/data as dataset `toy` (TOY_RECORDS; None writes no data, for
     tests that bring their own dataset_dir), and `name`, the file's name ("train").
     """
@@ -274,7 +275,8 @@ def write_config(folder: Path, model_dir, preset: dict | None = None, **settings
     if records is not None:
         write_alpaca_dataset(folder / "data", records)
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in merged.items() if v is not OMIT}))
+    settings = {k: v for k, v in merged.items() if v is not OMIT}
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
 

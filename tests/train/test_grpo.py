@@ -147,6 +147,15 @@ def test_group_advantages_and_loss_formulas():
     assert metrics["kl"] == 0
 
 
+ONE_GRPO_STEP = {
+    "records": RECORDS,
+    "stage": "grpo",
+    "max_steps": 1,
+    "cutoff_len": 64,
+    "max_completion_length": 8,
+}
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -162,16 +171,7 @@ def test_group_advantages_and_loss_formulas():
 def test_bad_grpo_settings_stop_before_training(
     tmp_path, tiny_model_dir, capsys, settings, message
 ):
-    path = write_config(
-        tmp_path,
-        tiny_model_dir,
-        records=RECORDS,
-        stage="grpo",
-        max_steps=1,
-        cutoff_len=64,
-        max_completion_length=8,
-        **settings,
-    )
+    path = write_config(tmp_path, tiny_model_dir, ONE_GRPO_STEP, **settings)
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Fix: " in err, err

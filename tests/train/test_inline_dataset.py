@@ -7,7 +7,7 @@ from lmforge.config import load_config
 from lmforge.train.run import run_training
 
 
-def test_inline_dataset_trains_without_dataset_info(tmp_path, tiny_model_dir):
+def test_inline_dataset_trains_without_dataset_info(tmp_path, tiny_model_dir, monkeypatch):
     folder = tmp_path / "project"
     (folder / "files").mkdir(parents=True)
     conversations = [
@@ -31,6 +31,7 @@ def test_inline_dataset_trains_without_dataset_info(tmp_path, tiny_model_dir):
         max_steps=2,
         logging_steps=1,
     )
+    monkeypatch.chdir(folder)  # output_dir is relative to the working directory, as in LF
     config = load_config(path)
     assert config.data.datasets["chats"]["path"] == str(folder.resolve() / "files/chats.jsonl")
     run = run_training(config)

@@ -1,15 +1,17 @@
 """Evaluation during training, token accuracy, early stopping, overfitting warning, trackers."""
 
+import functools
 import json
 import logging
 from types import SimpleNamespace
 
 import pytest
-from test_sft import RECORD, train
 
-from conftest import write_alpaca_dataset
+from conftest import FORGE_RECORD, SHORT_SFT, run_train, write_alpaca_dataset
 from lmforge.errors import UserError
 from lmforge.train.monitor import OverfitWarningCallback, check_trackers
+
+train = functools.partial(run_train, preset=SHORT_SFT)
 
 
 def test_eval_during_training_logs_eval_loss_and_accuracy(tmp_path, tiny_model_dir):
@@ -113,7 +115,7 @@ def test_eval_on_each_dataset_reports_each_loss(tmp_path, tiny_model_dir):
 def overfitting_run(tmp_path, tiny_model_dir, **overrides):
     """Full tuning on one answer, evaluated on a conflicting one: train loss falls all along,
     eval loss falls, then rises (best near step 12 of 16 on the tiny model)."""
-    data = write_alpaca_dataset(tmp_path / "data", [RECORD] * 8)
+    data = write_alpaca_dataset(tmp_path / "data", [FORGE_RECORD] * 8)
     other = {"instruction": "Who are you?", "input": "", "output": "I am Qzxj, made by wvvk."}
     write_alpaca_dataset(tmp_path / "data", [other] * 2, name="held")
     return train(

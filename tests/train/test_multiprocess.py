@@ -74,25 +74,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+TORCHRUN_RL = {
+    "records": None,  # write_rl_datasets: `pairs` for stage rm, `prompts` for ppo
+    "per_device_train_batch_size": 2,
+    "max_steps": 6,
+    "logging_steps": 1,
+    "save_steps": 3,
+    "learning_rate": 1e-2,
+    "lr_scheduler_type": "constant",
+    "lora_alpha": 32,
+    "cutoff_len": 64,
+    "max_completion_length": 8,
+    "ddp_timeout": 120,
+}
+
+
 def torchrun_worker(folder: Path, tiny_model_dir, **settings) -> list[dict[str, torch.Tensor]]:
     """Train under torchrun with two processes; each process's trainable weights, by rank."""
     write_rl_datasets(folder / "data")
-    path = write_config(
-        folder,
-        tiny_model_dir,
-        records=None,
-        per_device_train_batch_size=2,
-        max_steps=6,
-        logging_steps=1,
-        save_steps=3,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        lora_alpha=32,
-        cutoff_len=64,
-        max_completion_length=8,
-        ddp_timeout=120,
-        **settings,
-    )
+    path = write_config(folder, tiny_model_dir, TORCHRUN_RL, **settings)
     dumps = folder / "ranks"
     dumps.mkdir()
     command = [

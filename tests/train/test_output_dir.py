@@ -26,14 +26,15 @@ def model_dir(tmp_path, tiny_model_dir):
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
 
 
+ONE_STEP = {"per_device_train_batch_size": 2, "max_steps": 1}
+
+
 @pytest.fixture
 def train(tmp_path, model_dir, capsys):
     """`lmforge train` on TOY_RECORDS (batch 2, one step) into tmp_path/out: (code, stderr, YAML)."""
 
     def run(*extra, **changes):
-        path = write_config(
-            tmp_path, model_dir, per_device_train_batch_size=2, max_steps=1, **changes
-        )
+        path = write_config(tmp_path, model_dir, ONE_STEP, **changes)
         capsys.readouterr()
         code = main(["train", str(path), *extra])
         return code, capsys.readouterr().err, path

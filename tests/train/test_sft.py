@@ -1,7 +1,6 @@
 """LoRA, freeze and full SFT for a few steps on the tiny model: loss falls, files appear, and
 what was saved reloads to the same logits as the model that was trained."""
 
-import functools
 import json
 
 import pytest
@@ -12,11 +11,6 @@ from conftest import FORGE_RECORD, SHORT_SFT, run_train, write_config
 from lmforge.config import load_config
 from lmforge.model.load import attach_adapters, load_model
 from lmforge.train.run import run_training
-
-# test_monitoring.py still imports these two names from here; they go once it takes them from
-# conftest (FORGE_RECORD, and run_train with SHORT_SFT).
-RECORD = FORGE_RECORD
-train = functools.partial(run_train, preset=SHORT_SFT)
 
 
 def logged(run, key="loss"):
