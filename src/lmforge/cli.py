@@ -71,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
                 "(default 65536, or the model's context if longer)",
             )
 
+    _config_command(
+        sub,
+        "export",
+        "merge adapters into one model folder (and a GGUF, an Ollama Modelfile), checked "
+        "against what was trained",
+        "EXPORT.yaml",
+    )
+
+    _config_command(
+        sub,
+        "eval",
+        "score a model on a multiple-choice benchmark (MMLU, C-Eval, CMMLU)",
+        "EVAL.yaml",
+    )
+    _config_command(
+        sub, "predict", "generate answers for a dataset; write them with BLEU/ROUGE", "PREDICT.yaml"
+    )
+
     data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     inspect = _config_command(
@@ -157,6 +175,7 @@ def config_arguments(command: str, extra: list[str]) -> tuple[str | None, list[s
     path, overrides = split_config_argument(extra)
     if path is None and not overrides:
         kind = "train" if command.startswith(("train", "data")) else "infer"
+        kind = "export" if command == "export" else kind
         example = f"examples/quickstart/{kind}.yaml"
         raise UserError(
             f"`lmforge {command}` needs a config: a YAML file, --key value flags, or both",
@@ -237,6 +256,28 @@ def cmd_webchat(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_export(args, extra: list[str]) -> int:
+    from lmforge.commands.export import export_model
+
+    text, code = export_model(*config_arguments("export", extra))
+    print(text)
+    return code
+
+
+def cmd_eval(args, extra: list[str]) -> int:
+    from lmforge.commands.evaluate import evaluate
+
+    print(evaluate(*config_arguments("eval", extra)))
+    return 0
+
+
+def cmd_predict(args, extra: list[str]) -> int:
+    from lmforge.commands.predict import predict
+
+    print(predict(*config_arguments("predict", extra)))
+    return 0
+
+
 def cmd_data(args, extra: list[str]) -> int:
     from lmforge.commands.data import data_inspect, data_validate
 
@@ -280,12 +321,15 @@ def cmd_version(args, extra: list[str]) -> int:
     return 0
 
 
-CONFIG_COMMANDS = ("train", "chat", "api", "webchat", "data")
+CONFIG_COMMANDS = ("train", "chat", "api", "webchat", "export", "eval", "predict", "data")
 COMMANDS = {
     "train": cmd_train,
     "chat": cmd_chat,
     "api": cmd_api,
     "webchat": cmd_webchat,
+    "export": cmd_export,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
     "data": cmd_data,
     "models": cmd_models,
     "env": cmd_env,

@@ -93,8 +93,8 @@ def test_multimodal_and_hardware_keys_are_listed_with_why():
             "true",
             "--use_galore",
             "false",  # asks for nothing: not listed
-            "--do_predict",
-            "true",
+            "--generation_num_beams",
+            "4",
         ],
     )
     assert dict(config.not_used) == {
@@ -104,9 +104,13 @@ def test_multimodal_and_hardware_keys_are_listed_with_why():
         "audio settings have nothing to act on",
         "use_unsloth": "Unsloth's patched kernels are not used; lmforge's own chunked loss and "
         "padding_free save the memory here",
-        "do_predict": "prediction on a test set is `lmforge predict` (not yet available)",
+        "generation_num_beams": "`lmforge predict` and do_predict generate up to max_new_tokens "
+        "new tokens per answer with the generate settings (no beam search, no separate "
+        "generation config)",
     }
-    assert "do_predict" not in config.passthrough  # not handed to TrainingArguments to do nothing
+    assert "generation_num_beams" not in config.passthrough  # not handed on to do nothing
+    predict = load_config(None, ["--do_predict", "true"])  # lmforge's own key now
+    assert predict.eval.do_predict and "do_predict" not in predict.passthrough
 
 
 def test_renamed_keys_are_read_under_their_new_name():

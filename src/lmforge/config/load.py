@@ -36,7 +36,7 @@ from lmforge.suggest import closest_key
 
 COMMAND_LINE = "command line"
 # Outputs always go under the working directory; every other path key is an input.
-_OUTPUT_PATH_KEYS = {"output_dir", "logging_dir", "swanlab_logdir", "export_dir"}
+_OUTPUT_PATH_KEYS = {"output_dir", "logging_dir", "swanlab_logdir", "export_dir", "save_dir"}
 # Inputs that may be a name instead of a path (a hub id, a catalogue name): kept as written
 # when no such file or folder exists.
 _NAME_OR_PATH_KEYS = {
@@ -46,6 +46,7 @@ _NAME_OR_PATH_KEYS = {
     "ref_model",
     "reward_model",
     "deepspeed",
+    "task_dir",  # a benchmark folder, or a hub dataset id
 }
 _PATH_KEYWORDS = {"auto", "true", "false", "latest", "none"}
 _DATASET_DIR_KEYWORDS = {"online"}  # LLaMA-Factory's `dataset_dir: ONLINE`: hub dataset ids

@@ -543,6 +543,54 @@ class ExportConfig:
     )
 
 
+EVAL_TASKS = ("mmlu", "ceval", "cmmlu")
+
+
+@dataclass
+class EvalConfig:
+    """Benchmarks with `lmforge eval` and predictions with `lmforge predict` (docs/evaluate.md)."""
+
+    task: str | None = opt(
+        None,
+        "eval: the benchmark: mmlu, ceval, cmmlu, or the name of your own folder in the same "
+        "CSV layout; a suffix picks the split (mmlu_test, ceval_validation, cmmlu_test). "
+        "Default split: test (ceval: validation, its test answers are not public).",
+    )
+    task_dir: str = opt(
+        "evaluation",
+        "eval: folder holding the benchmark folder named by task (evaluation/mmlu/...), or the "
+        "benchmark folder itself, as its release lays it out; or a hub dataset id.",
+        path=True,
+    )
+    batch_size: int = opt(4, "eval: questions scored per forward pass.", bounds=POSITIVE_INT)
+    lang: str | None = opt(
+        None,
+        "eval: prompt wording, en or zh. Default: zh for ceval and cmmlu, en otherwise.",
+        choices=("en", "zh"),
+    )
+    n_shot: int = opt(
+        5,
+        "eval: solved examples from the dev split put before each question (few-shot).",
+        bounds=NON_NEGATIVE,
+    )
+    save_dir: str | None = opt(
+        None, "eval: folder eval_results.json is written to (default: terminal only).", path=True
+    )
+    compare_base: bool = opt(
+        False,
+        "eval: with adapter_name_or_path, also score the base model and report both.",
+    )
+    do_predict: bool = opt(
+        False,
+        "Generate answers for eval_dataset (else dataset) and write generated_predictions.jsonl "
+        "and predict_results.json (BLEU-4, ROUGE) to output_dir, as `lmforge predict` does.",
+    )
+    predict_with_generate: bool = opt(
+        False,
+        "With do_predict: score generated answers (needed for do_predict, as in LLaMA-Factory).",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "method": MethodConfig,
@@ -552,6 +600,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateConfig,
     "infer": InferConfig,
     "export": ExportConfig,
+    "eval": EvalConfig,
 }
 
 
@@ -567,6 +616,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
     # Notes made while loading (fallbacks, ignored keys), shown in the plan; what resolving
     # derives is in the RunPlan (config/plan.py), never written back here.

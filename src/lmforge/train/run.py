@@ -17,6 +17,7 @@ from lmforge.config.schema import Config
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import check_datasets
 from lmforge.errors import UserError
+from lmforge.evaluate.predict import check_predict_settings, run_prediction
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import attention_implementation, load_model, split_paths
@@ -64,6 +65,7 @@ def run_training(config: Config) -> TrainingRun:
     check_datasets(config.data, config.method.stage)  # fail fast on data, before the model
     stage = get_stage(config.method.stage)
     stage.check(config)  # e.g. grpo's reward functions
+    check_predict_settings(config)  # do_predict: stage sft + predict_with_generate, as in LF
     setup = prepare_model_setup(config)
     plan = plan.with_template(setup.template.name)
     if main_process:
@@ -131,6 +133,8 @@ def run_training(config: Config) -> TrainingRun:
         if config.train.plot_loss:
             plot_loss(output_dir)
     logger.info("Saved to %s (final train loss %.4f)", output_dir, result.training_loss)
+    if config.eval.do_predict and main_process:  # LLaMA-Factory's do_predict after training
+        run_prediction(config, model=trained, setup=setup, folder=output_dir)
     _end_distributed()
     return TrainingRun(output_dir, trainer.model, result.training_loss)
 

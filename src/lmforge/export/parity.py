@@ -1,0 +1,268 @@
+"""Parity: what was written, loaded back, against the model exported (base + adapters).
+
+The prompts are the training run's eval split (its first PROMPTS samples, each up to its last
+user turn), else BUILT_IN, rendered with the training template. The reference model (float32,
+the adapter attached, not merged) answers each greedily (NEW_TOKENS tokens at most, stopping
+at a stop token); its logits at every answer position are kept.
+
+- The merged folder, loaded in float32: its greedy answers must be identical and its logits
+  within FOLDER_LOGIT_TOLERANCE[dtype] of the reference (max absolute difference); a reward
+  model's value head scores too.
+- The GGUF, loaded through transformers' GGUF loader: the mean KL divergence per token of its
+  next-token distribution from the reference's (on the reference's answers), the share of
+  identical greedy answers, and its tokenizer's ids for the prompts, against GGUF_THRESHOLDS.
+docs/export.md explains the thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = 8
+NEW_TOKENS = 24
+MAX_PROMPT_TOKENS = 512
+BUILT_IN = (
+    "Who are you?",
+    "What is 2 + 2?",
+    "Write a haiku about the sea.",
+    "Translate 'good morning' into French.",
+    "Give me three tips for sleeping well.",
+    "What is the capital of Japan?",
+    "Explain what a neural network is in one sentence.",
+    "Say hello.",
+)
+# The merged folder: every greedy answer identical, and the largest logit difference within
+# the rounding of the stored dtype (float32 merges differ only in summation order).
+FOLDER_LOGIT_TOLERANCE = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
+# GGUF: (largest mean KL per token, smallest share of identical greedy answers).
+GGUF_THRESHOLDS = {"f16": (1e-3, 0.75), "q8_0": (1e-2, 0.5)}
+
+
+@dataclass
+class Reference:
+    prompts: list[list[int]]
+    answers: list[list[int]]
+    logits: list[torch.Tensor]  # [answer length + 1, vocab] per prompt, float32, on the CPU
+    stop_ids: list[int]
+    values: list[float] | None = None  # value head at the last token (reward models)
+    source: str = "built-in"
+
+
+@dataclass
+class FolderParity:
+    prompts: int
+    identical: int
+    max_abs_logit_diff: float
+    tolerance: float
+    value_head_max_diff: float | None = None
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        values_ok = self.value_head_max_diff is None or self.value_head_max_diff <= self.tolerance
+        return (
+            self.identical == self.prompts
+            and self.max_abs_logit_diff <= self.tolerance
+            and values_ok
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class GgufParity:
+    kind: str
+    prompts: int
+    identical: int
+    mean_kl: float
+    max_kl: float
+    tokenizer_identical: int
+    chat_template_identical: bool
+    thresholds: dict
+    differences: list[str] = field(default_factory=list)
+    error: str | None = None  # the GGUF could not be loaded back
+
+    @property
+    def identical_share(self) -> float:
+        return self.identical / self.prompts if self.prompts else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and self.mean_kl <= self.thresholds["mean_kl"]
+            and self.identical_share >= self.thresholds["identical_share"]
+            and self.tokenizer_identical == self.prompts
+            and self.chat_template_identical
+        )
+
+    def to_dict(self) -> dict:
+        data = {**asdict(self), "identical_share": self.identical_share, "passed": self.passed}
+        for key in ("mean_kl", "max_kl"):  # JSON has no infinity
+            data[key] = data[key] if math.isfinite(data[key]) else None
+        return data
+
+
+def prompt_messages(samples) -> list[tuple[list[dict], str | None]]:
+    """(messages up to the last user turn, system) of each sample that has a user turn."""
+    out = []
+    for sample in samples:
+        messages = list(getattr(sample, "messages", None) or [])
+        while messages and messages[-1].get("role") != "user":
+            messages.pop()
+        if messages:
+            out.append((messages, sample.system))
+    return out
+
+
+def build_prompts(template, tokenizer, conversations) -> list[tuple[str, list[int]]]:
+    """(text, ids) of the first PROMPTS generation prompts that fit MAX_PROMPT_TOKENS."""
+    prompts = []
+    for messages, system in conversations:
+        segments = template.render(tokenizer, messages, system, add_generation_prompt=True)
+        text = "".join(s.text for s in segments)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= MAX_PROMPT_TOKENS:
+            prompts.append((text, ids))
+        if len(prompts) == PROMPTS:
+            break
+    return prompts
+
+
+def built_in_conversations() -> list[tuple[list[dict], None]]:
+    return [([{"role": "user", "content": text}], None) for text in BUILT_IN]
+
+
+@torch.no_grad()
+def make_reference(model, prompts, stop_ids, *, device: str, head=None, source="built-in"):
+    """The reference model's greedy answers and their logits (and value head scores)."""
+    answers, logits, values = [], [], []
+    for prompt in prompts:
+        answer = greedy(model, prompt, stop_ids, device)
+        answers.append(answer)
+        out = _forward(model, prompt + answer, device, hidden=head is not None)
+        logits.append(out.logits[0, len(prompt) - 1 :].float().cpu())
+        if head is not None:
+            values.append(_value(head, out))
+    return Reference(
+        prompts, answers, logits, list(stop_ids), values if head is not None else None, source
+    )
+
+
+@torch.no_grad()
+def compare_folder(
+    model, reference: Reference, dtype_name: str, *, device: str, decode, head=None
+):
+    tolerance = FOLDER_LOGIT_TOLERANCE[dtype_name]
+    identical, worst, value_diff, differences = 0, 0.0, None, []
+    stop_ids = reference.stop_ids
+    for i, prompt in enumerate(reference.prompts):
+        expected = reference.answers[i]
+        out = _forward(model, prompt + expected, device, hidden=head is not None)
+        diff = (out.logits[0, len(prompt) - 1 :].float().cpu() - reference.logits[i]).abs().max()
+        worst = max(worst, diff.item())
+        if head is not None:
+            gap = abs(_value(head, out) - reference.values[i])
+            value_diff = gap if value_diff is None else max(value_diff, gap)
+        answer = greedy(model, prompt, stop_ids, device)
+        if answer == expected:
+            identical += 1
+        else:
+            differences.append(_difference(i, expected, answer, decode))
+    return FolderParity(
+        len(reference.prompts), identical, worst, tolerance, value_diff, differences
+    )
+
+
+@torch.no_grad()
+def compare_gguf(
+    model, reference: Reference, kind: str, *, device: str, decode, tokenizer_ids, template_ok
+):
+    """`tokenizer_ids`: how many prompts the GGUF's tokenizer encodes to the same ids."""
+    max_kl_allowed, share = GGUF_THRESHOLDS[kind]
+    identical, kls, differences = 0, [], []
+    stop_ids = reference.stop_ids
+    for i, prompt in enumerate(reference.prompts):
+        expected = reference.answers[i]
+        out = _forward(model, prompt + expected, device)
+        q = out.logits[0, len(prompt) - 1 :].float().cpu().log_softmax(-1)
+        p = reference.logits[i].log_softmax(-1)
+        kls.append((p.exp() * (p - q)).sum(-1))
+        answer = greedy(model, prompt, stop_ids, device)
+        if answer == expected:
+            identical += 1
+        else:
+            differences.append(_difference(i, expected, answer, decode))
+    per_token = torch.cat(kls) if kls else torch.zeros(1)
+    return GgufParity(
+        kind=kind,
+        prompts=len(reference.prompts),
+        identical=identical,
+        mean_kl=per_token.mean().item(),
+        max_kl=per_token.max().item(),
+        tokenizer_identical=tokenizer_ids,
+        chat_template_identical=template_ok,
+        thresholds={"mean_kl": max_kl_allowed, "identical_share": share},
+        differences=differences,
+    )
+
+
+def failed_gguf(kind: str, reference: Reference, error: str) -> GgufParity:
+    """The result for a GGUF that could not be loaded back."""
+    max_kl_allowed, share = GGUF_THRESHOLDS[kind]
+    return GgufParity(
+        kind=kind,
+        prompts=len(reference.prompts),
+        identical=0,
+        mean_kl=float("inf"),
+        max_kl=float("inf"),
+        tokenizer_identical=0,
+        chat_template_identical=False,
+        thresholds={"mean_kl": max_kl_allowed, "identical_share": share},
+        error=error,
+    )
+
+
+def greedy(model, prompt: list[int], stop_ids: list[int], device: str) -> list[int]:
+    """Greedy answer ids (the stop token included when one ends it)."""
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([prompt], device=device)
+    settings = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        eos_token_id=list(stop_ids),
+        pad_token_id=stop_ids[0] if stop_ids else 0,
+    )
+    out = model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=settings
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def _forward(model, ids: list[int], device: str, hidden: bool = False):
+    tensor = torch.tensor([ids], device=device)
+    return model(input_ids=tensor, output_hidden_states=hidden)
+
+
+def _value(head, out) -> float:
+    hidden = out.hidden_states[-1][0, -1]
+    return head(hidden.to(head.summary.weight.dtype)).item()
+
+
+def _difference(index: int, expected: list[int], got: list[int], decode) -> str:
+    """Where two answers part: the token index, and both answers from there, as text."""
+    first = next((k for k, (a, b) in enumerate(zip(expected, got)) if a != b), None)
+    if first is None:
+        first = min(len(expected), len(got))
+    return (
+        f"prompt {index + 1}, answer token {first}: expected {decode(expected[first:])!r}, "
+        f"got {decode(got[first:])!r}"
+    )
