@@ -162,8 +162,11 @@ def flag_value(argv: list[str], flag: str) -> str:
     return argv[argv.index(f"--{flag}") + 1]
 
 
-def trainer_log(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "trainer_log.jsonl").read_text().splitlines()]
+def step_losses(output_dir: Path) -> dict[int, float]:
+    """{step: loss} of every logged step in output_dir/trainer_log.jsonl."""
+    lines = (output_dir / "trainer_log.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    return {entry["current_steps"]: entry["loss"] for entry in entries if "loss" in entry}
 
 
 def not_used_lines(err: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import yaml
 
-from compat.conftest import PROMPTS, trainer_log
+from compat.conftest import PROMPTS, step_losses
 from lmforge.cli import main
 
 TRAIN = "examples/train_lora/qwen3_lora_sft_medical.yaml"
@@ -15,8 +15,9 @@ INFER = "examples/inference/qwen3_lora_sft_medical.yaml"
 
 
 def test_medical_lora_sft_then_chat_with_the_adapter(llamafactory_dir, monkeypatch, capsys):
-    assert main(["train", TRAIN, "max_steps=2", "logging_steps=1"]) == 0, capsys.readouterr().err[-3000:]
+    code = main(["train", TRAIN, "max_steps=2", "logging_steps=1"])
     err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
     out = llamafactory_dir / "saves/qwen3-8b/lora/sft"
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "adapter_config.json").is_file()
@@ -24,7 +25,7 @@ def test_medical_lora_sft_then_chat_with_the_adapter(llamafactory_dir, monkeypat
     assert (out / "training_loss.png").is_file()  # plot_loss: true
     saved = yaml.safe_load((out / "run_config.yaml").read_text())
     assert saved["template"] == "qwen3" and saved["max_steps"] == 2
-    losses = {entry["current_steps"]: entry["loss"] for entry in trainer_log(out) if "loss" in entry}
+    losses = step_losses(out)
     assert sorted(losses) == [1, 2] and all(loss > 0 for loss in losses.values()), losses
     # The reasoning in the <think> block is trained (qwen3 is a reasoning template).
     assert "carry reasoning that is not trained" not in err

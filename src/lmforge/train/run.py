@@ -288,8 +288,8 @@ def plan_lines(config: Config, plan: RunPlan, setup, model, report: DataReport, 
     ]
     if plan.resume.checkpoint:
         lines.append(f"  resume from: {plan.resume.checkpoint}")
-    if config.passthrough:
-        passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items())
+    passed = ", ".join(f"{k}={v}" for k, v in config.passthrough.items() if v is not None)
+    if passed:  # `key=null` on the command line unsets a passed-through key
         lines.append(f"  passed to TrainingArguments: {passed}")
     lines += [f"  {key}: not used here, because {reason}" for key, reason in config.not_used]
     lines += [f"  path {key}: {found}" for key, found in config.paths.items()]
