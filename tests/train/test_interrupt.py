@@ -78,7 +78,7 @@ def test_handlers_are_restored_after_training_even_when_it_fails():
 
 
 def test_resume_command():
-    config = types.SimpleNamespace(source="cfg/run.yaml")
+    config = types.SimpleNamespace(source="cfg/run.yaml", path="cfg/run.yaml")
     assert resume_command(config, ["train", "cfg/run.yaml"]) == (
         "lmforge train cfg/run.yaml resume_from_checkpoint=auto"
     )
@@ -137,3 +137,13 @@ def test_every_rank_stops_at_the_same_step(tmp_path):
         _rank, args=(str(tmp_path / "init"), stops), nprocs=2, start_method="fork", join=True
     )
     assert dict(stops) == {0: 3, 1: 3}
+
+
+def test_resume_command_of_a_flags_only_run():
+    """With flags only there is no file: the command line is repeated as it was."""
+    config = types.SimpleNamespace(source="command line", path=None)
+    argv = ["train", "--stage", "sft", "--dataset", "toy", "--output_dir", "saves/x"]
+    assert resume_command(config, argv) == (
+        "lmforge train --stage sft --dataset toy --output_dir saves/x resume_from_checkpoint=auto"
+    )
+    assert resume_command(config, []) == "lmforge train CONFIG.yaml resume_from_checkpoint=auto"
