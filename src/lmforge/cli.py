@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command(
         sub, "predict", "generate answers for a dataset; write them with BLEU/ROUGE", "PREDICT.yaml"
     )
+    _config_command(
+        sub,
+        "compare",
+        "answer the same prompts with the base and each adapter, side by side",
+        "COMPARE.yaml",
+    )
 
     data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -278,6 +284,13 @@ def cmd_predict(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_compare(args, extra: list[str]) -> int:
+    from lmforge.commands.compare import compare
+
+    print(compare(*config_arguments("compare", extra)))
+    return 0
+
+
 def cmd_data(args, extra: list[str]) -> int:
     from lmforge.commands.data import data_inspect, data_validate
 
@@ -321,7 +334,17 @@ def cmd_version(args, extra: list[str]) -> int:
     return 0
 
 
-CONFIG_COMMANDS = ("train", "chat", "api", "webchat", "export", "eval", "predict", "data")
+CONFIG_COMMANDS = (
+    "train",
+    "chat",
+    "api",
+    "webchat",
+    "export",
+    "eval",
+    "predict",
+    "compare",
+    "data",
+)
 COMMANDS = {
     "train": cmd_train,
     "chat": cmd_chat,
@@ -330,6 +353,7 @@ COMMANDS = {
     "export": cmd_export,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "compare": cmd_compare,
     "data": cmd_data,
     "models": cmd_models,
     "env": cmd_env,

@@ -580,6 +580,18 @@ class EvalConfig:
         False,
         "eval: with adapter_name_or_path, also score the base model and report both.",
     )
+    compare_adapters: str | None = opt(
+        None,
+        "compare: adapter or checkpoint folders, comma-separated, each compared with the base "
+        "on its own (default: adapter_name_or_path).",
+        path=True,
+    )
+    prompts: str | None = opt(
+        None,
+        "compare: a JSON or JSONL file of prompts (strings, or {prompt, reference}) answered "
+        "besides the eval split.",
+        path=True,
+    )
     do_predict: bool = opt(
         False,
         "Generate answers for eval_dataset (else dataset) and write generated_predictions.jsonl "

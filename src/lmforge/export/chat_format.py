@@ -30,7 +30,9 @@ def export_jinja(template: ChatTemplate) -> str | None:
         return jinja
     head = ""
     if template.thinking_mode() is False and "enable_thinking" in jinja:
-        head += "{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}"
+        head += (
+            "{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}"
+        )
     system = template.options.default_system
     if system:
         head += (

@@ -69,7 +69,8 @@ def _check_gemma3(config: Any) -> None:
     rope = getattr(config, "rope_parameters", None) or {}
     local = (rope.get("sliding_attention") or {}).get("rope_theta", 10000.0)
     scale_ok = config.query_pre_attn_scalar == config.head_dim or (
-        layers == 62 and config.query_pre_attn_scalar == config.hidden_size // config.num_attention_heads
+        layers == 62
+        and config.query_pre_attn_scalar == config.hidden_size // config.num_attention_heads
     )
     problems = []
     if list(getattr(config, "layer_types", fixed) or fixed) != fixed:
@@ -192,7 +193,9 @@ def transform(family: Family, config: Any, hf_name: str, data: np.ndarray) -> np
     """A tensor as llama.cpp stores it for this family."""
     if family.norm_shift and hf_name.endswith("norm.weight"):
         data = data + np.float32(family.norm_shift)
-    if family.permute_qk and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+    if family.permute_qk and hf_name.endswith(
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
+    ):
         heads = config.num_attention_heads
         if hf_name.endswith("k_proj.weight"):
             heads = config.num_key_value_heads
@@ -204,7 +207,5 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     """Rotary halves -> interleaved pairs, per head (llama.cpp's LlamaModel.permute)."""
     shape = weights.shape
     return (
-        weights.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
-        .swapaxes(1, 2)
-        .reshape(shape)
+        weights.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
     )

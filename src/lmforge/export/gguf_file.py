@@ -32,9 +32,7 @@ def check_gguf_export(config: Any, tokenizer) -> Vocab:
     """Everything that can refuse a GGUF export, before any weights load: the package, the
     model family, the tokenizer. Returns the tokenizer's GGUF vocabulary."""
     if importlib.util.find_spec("gguf") is None:
-        raise UserError(
-            "export_gguf needs the `gguf` package", fix="pip install 'lmforge[gguf]'"
-        )
+        raise UserError("export_gguf needs the `gguf` package", fix="pip install 'lmforge[gguf]'")
     family = family_of(config)
     return read_vocab(tokenizer, gemma=family.arch == "GEMMA3")
 
@@ -55,7 +53,9 @@ def write_gguf(
 
     config = model.config
     family = family_of(config)
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, family.arch)])
+    writer = gguf.GGUFWriter(
+        str(path), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, family.arch)]
+    )
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     write_hyperparameters(writer, config, family)

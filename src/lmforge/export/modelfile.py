@@ -90,7 +90,10 @@ def modelfile_text(
     system = template.system_prompt(None)
     if system:
         lines.append(f'SYSTEM """{_quoted(system, "SYSTEM")}"""')
-    lines += [f"PARAMETER stop {json.dumps(w, ensure_ascii=False)}" for w in stop_words(template, tokenizer)]
+    lines += [
+        f"PARAMETER stop {json.dumps(w, ensure_ascii=False)}"
+        for w in stop_words(template, tokenizer)
+    ]
     if context_length:
         lines.append(f"PARAMETER num_ctx {min(context_length, MAX_NUM_CTX)}")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 PROMPTS = 8
-NEW_TOKENS = 24
+NEW_TOKENS = 16
 MAX_PROMPT_TOKENS = 512
 BUILT_IN = (
     "Who are you?",
@@ -145,37 +145,29 @@ def make_reference(model, prompts, stop_ids, *, device: str, head=None, source="
     """The reference model's greedy answers and their logits (and value head scores)."""
     answers, logits, values = [], [], []
     for prompt in prompts:
-        answer = greedy(model, prompt, stop_ids, device)
+        answer, answer_logits = greedy(model, prompt, stop_ids, device)
         answers.append(answer)
-        out = _forward(model, prompt + answer, device, hidden=head is not None)
-        logits.append(out.logits[0, len(prompt) - 1 :].float().cpu())
+        logits.append(answer_logits)
         if head is not None:
-            values.append(_value(head, out))
+            values.append(_value(model, head, prompt + answer, device))
     return Reference(
         prompts, answers, logits, list(stop_ids), values if head is not None else None, source
     )
 
 
 @torch.no_grad()
-def compare_folder(
-    model, reference: Reference, dtype_name: str, *, device: str, decode, head=None
-):
+def compare_folder(model, reference: Reference, dtype_name: str, *, device: str, decode, head=None):
     tolerance = FOLDER_LOGIT_TOLERANCE[dtype_name]
     identical, worst, value_diff, differences = 0, 0.0, None, []
-    stop_ids = reference.stop_ids
-    for i, prompt in enumerate(reference.prompts):
-        expected = reference.answers[i]
-        out = _forward(model, prompt + expected, device, hidden=head is not None)
-        diff = (out.logits[0, len(prompt) - 1 :].float().cpu() - reference.logits[i]).abs().max()
-        worst = max(worst, diff.item())
+    for i, (same, logits) in enumerate(_answers(model, reference, device)):
+        worst = max(worst, (logits - reference.logits[i]).abs().max().item())
         if head is not None:
-            gap = abs(_value(head, out) - reference.values[i])
+            sequence = reference.prompts[i] + reference.answers[i]
+            gap = abs(_value(model, head, sequence, device) - reference.values[i])
             value_diff = gap if value_diff is None else max(value_diff, gap)
-        answer = greedy(model, prompt, stop_ids, device)
-        if answer == expected:
-            identical += 1
-        else:
-            differences.append(_difference(i, expected, answer, decode))
+        identical += same is None
+        if same is not None:
+            differences.append(_difference(i, reference.answers[i], same, decode))
     return FolderParity(
         len(reference.prompts), identical, worst, tolerance, value_diff, differences
     )
@@ -188,18 +180,13 @@ def compare_gguf(
     """`tokenizer_ids`: how many prompts the GGUF's tokenizer encodes to the same ids."""
     max_kl_allowed, share = GGUF_THRESHOLDS[kind]
     identical, kls, differences = 0, [], []
-    stop_ids = reference.stop_ids
-    for i, prompt in enumerate(reference.prompts):
-        expected = reference.answers[i]
-        out = _forward(model, prompt + expected, device)
-        q = out.logits[0, len(prompt) - 1 :].float().cpu().log_softmax(-1)
+    for i, (same, logits) in enumerate(_answers(model, reference, device)):
         p = reference.logits[i].log_softmax(-1)
+        q = logits.log_softmax(-1)
         kls.append((p.exp() * (p - q)).sum(-1))
-        answer = greedy(model, prompt, stop_ids, device)
-        if answer == expected:
-            identical += 1
-        else:
-            differences.append(_difference(i, expected, answer, decode))
+        identical += same is None
+        if same is not None:
+            differences.append(_difference(i, reference.answers[i], same, decode))
     per_token = torch.cat(kls) if kls else torch.zeros(1)
     return GgufParity(
         kind=kind,
@@ -212,6 +199,20 @@ def compare_gguf(
         thresholds={"mean_kl": max_kl_allowed, "identical_share": share},
         differences=differences,
     )
+
+
+def _answers(model, reference: Reference, device: str):
+    """Per prompt: (None if the model's greedy answer is the reference's, else its answer; the
+    model's logits at the reference answer's positions). When the answers agree, generation's
+    own logits are those; otherwise one forward pass over the reference answer gives them."""
+    for prompt, expected in zip(reference.prompts, reference.answers):
+        answer, logits = greedy(model, prompt, reference.stop_ids, device)
+        if answer == expected:
+            yield None, logits
+            continue
+        out = model(input_ids=torch.tensor([prompt + expected], device=device))
+        start = len(prompt) - 1
+        yield answer, out.logits[0, start : start + len(expected)].float().cpu()
 
 
 def failed_gguf(kind: str, reference: Reference, error: str) -> GgufParity:
@@ -230,8 +231,9 @@ def failed_gguf(kind: str, reference: Reference, error: str) -> GgufParity:
     )
 
 
-def greedy(model, prompt: list[int], stop_ids: list[int], device: str) -> list[int]:
-    """Greedy answer ids (the stop token included when one ends it)."""
+def greedy(model, prompt: list[int], stop_ids: list[int], device: str):
+    """(greedy answer ids, the stop token included when one ends it; the logits that chose
+    each of them, [len(answer), vocab], float32 on the CPU)."""
     from transformers import GenerationConfig
 
     ids = torch.tensor([prompt], device=device)
@@ -240,19 +242,20 @@ def greedy(model, prompt: list[int], stop_ids: list[int], device: str) -> list[i
         max_new_tokens=NEW_TOKENS,
         eos_token_id=list(stop_ids),
         pad_token_id=stop_ids[0] if stop_ids else 0,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
     out = model.generate(
         input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=settings
     )
-    return out[0, len(prompt) :].tolist()
+    answer = out.sequences[0, len(prompt) :].tolist()
+    logits = torch.cat([step[:1].float().cpu() for step in out.logits])
+    return answer, logits
 
 
-def _forward(model, ids: list[int], device: str, hidden: bool = False):
-    tensor = torch.tensor([ids], device=device)
-    return model(input_ids=tensor, output_hidden_states=hidden)
-
-
-def _value(head, out) -> float:
+def _value(model, head, ids: list[int], device: str) -> float:
+    """The value head's score at the last token (a reward model's reward)."""
+    out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
     hidden = out.hidden_states[-1][0, -1]
     return head(hidden.to(head.summary.weight.dtype)).item()
 

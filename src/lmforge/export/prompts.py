@@ -22,8 +22,10 @@ def parity_conversations(run_folder: Path | None, settings: dict) -> tuple[list,
     try:
         samples = _eval_samples(run_folder)
     except (UserError, OSError, ValueError) as exc:
-        logger.warning("parity: the training run's eval split cannot be read (%s); using the "
-                       "built-in prompts", str(exc).splitlines()[0])
+        logger.warning(
+            "parity: the training run's eval split cannot be read (%s); using the built-in prompts",
+            str(exc).splitlines()[0],
+        )
         return built_in_conversations(), "built-in prompts"
     conversations = prompt_messages(samples)
     if not conversations:

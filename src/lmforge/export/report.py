@@ -44,7 +44,9 @@ def parity_lines(report: dict) -> list[str]:
             f"{folder['tolerance']:g}) -> {'passed' if folder['passed'] else 'FAILED'}"
         )
         if folder.get("value_head_max_diff") is not None:
-            lines.append(f"- value head: max |score difference| {folder['value_head_max_diff']:.3g}")
+            lines.append(
+                f"- value head: max |score difference| {folder['value_head_max_diff']:.3g}"
+            )
     gguf = report.get("parity", {}).get("gguf")
     if gguf and gguf.get("error"):
         lines.append(f"- GGUF {gguf['kind']}: {gguf['error']} -> FAILED")
@@ -79,7 +81,11 @@ def model_card(report: dict) -> str:
     lines.append("")
     datasets = settings.get("dataset")
     if datasets:
-        lines += [f"Data: {datasets}" + (f" (eval: {settings['eval_dataset']})" if settings.get("eval_dataset") else ""), ""]
+        lines += [
+            f"Data: {datasets}"
+            + (f" (eval: {settings['eval_dataset']})" if settings.get("eval_dataset") else ""),
+            "",
+        ]
     shown = [(k, settings[k]) for k in CARD_SETTINGS if settings.get(k) not in (None, "", -1)]
     if shown:
         lines += ["## Training", "", "| setting | value |", "| --- | --- |"]

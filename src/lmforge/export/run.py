@@ -82,7 +82,9 @@ def run_export(config: Config) -> ExportResult:
             shard_bytes=job.shard_bytes,
             legacy=job.config.export.export_legacy_format,
         )
-        files.write_generation_config(staging, job.setup.resolved.path, model.config, stop_ids, tokenizer)
+        files.write_generation_config(
+            staging, job.setup.resolved.path, model.config, stop_ids, tokenizer
+        )
         files.write_tokenizer(tokenizer, staging, jinja)
         files.copy_value_head(job.value_head, staging)
         if gguf_kind:
@@ -107,7 +109,9 @@ def run_export(config: Config) -> ExportResult:
             parity["gguf"] = _gguf_parity(
                 job, staging, reference, prompts, gguf_kind, tokenizer, jinja
             ).to_dict()
-        passed = all(result["passed"] for key, result in parity.items() if key in ("folder", "gguf"))
+        passed = all(
+            result["passed"] for key, result in parity.items() if key in ("folder", "gguf")
+        )
 
         (staging / MODELFILE).write_text(
             modelfile_text(
@@ -122,7 +126,11 @@ def run_export(config: Config) -> ExportResult:
         report = _report(job, weights, gguf_kind, parity, passed, started)
         write_model_card(staging, report)
         write_report(staging, report)
-        final = files.finish(staging, job.export_dir) if passed else files.set_aside(staging, job.export_dir)
+        final = (
+            files.finish(staging, job.export_dir)
+            if passed
+            else files.set_aside(staging, job.export_dir)
+        )
     except BaseException:
         files.discard(staging)
         raise
