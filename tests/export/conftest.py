@@ -157,17 +157,17 @@ def family_model_dir(tmp_path_factory):
 
     def make(family: str) -> Path:
         if family not in made:
-            from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-                GGUF_PRE_TOKENIZER_SPLITS,
-            )
+            from lmforge.export.gguf_vocab import PRE_TOKENIZERS
 
             if family == "gemma3":
                 tokenizer = sentencepiece_tokenizer()
             else:
                 regex = "llama-bpe" if family in ("llama", "mistral") else "qwen2"
-                tokenizer = byte_level_tokenizer(GGUF_PRE_TOKENIZER_SPLITS[regex])
+                tokenizer = byte_level_tokenizer(PRE_TOKENIZERS[regex])
             folder = tmp_path_factory.mktemp(f"tiny-{family}")
-            _family_model(family, len(tokenizer)).save_pretrained(folder)
+            # Qwen2.5 has more embedding rows than tokens: the GGUF pads the vocabulary.
+            rows = len(tokenizer) + (8 if family == "qwen2" else 0)
+            _family_model(family, rows).save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             made[family] = folder
         return made[family]

@@ -47,6 +47,8 @@ def test_gguf_round_trip(tmp_path, family, family_model_dir, capsys):
     metadata = _metadata(out / GGUF_FILE)
     assert metadata["general.architecture"] == {"mistral": "llama"}.get(family, family)
     assert metadata["tokenizer.chat_template"]
+    rows = json.loads((out / "config.json").read_text())["vocab_size"]
+    assert metadata["tokens"] == rows  # Qwen2's padded rows get [PAD] tokens
 
 
 def test_gguf_q8_0_of_a_trained_adapter_loads_and_answers(tmp_path, family_model_dir):
@@ -83,9 +85,19 @@ def test_gguf_q8_0_of_a_trained_adapter_loads_and_answers(tmp_path, family_model
     assert answer.shape[1] > prompt["input_ids"].shape[1]
 
 
+def test_pre_tokenizer_names_are_the_ones_transformers_reads():
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    from lmforge.export.gguf_vocab import PRE_TOKENIZERS
+
+    for name, regex in PRE_TOKENIZERS.items():
+        assert GGUF_PRE_TOKENIZER_SPLITS[name] == regex, name
+
+
 def _metadata(path) -> dict:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
     wanted = ("general.architecture", "tokenizer.chat_template")
-    return {key: reader.fields[key].contents() for key in wanted if key in reader.fields}
+    found = {key: reader.fields[key].contents() for key in wanted if key in reader.fields}
+    return {**found, "tokens": len(reader.fields["tokenizer.ggml.tokens"].data)}

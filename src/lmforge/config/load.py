@@ -212,9 +212,24 @@ def build_config(flat: dict[str, Any], bases: dict[str, Path | None], *, where: 
         if kind == "schema":
             section_name, f = index[target]
             hint = _type_hints(SECTIONS[section_name])[f.name]
-            given, value = value, coerce(key, value, hint, f.metadata.get("choices"), where=source)
             bounds = f.metadata.get("bounds")
-            check_bounds(key, value, bounds, f.default, where=source, given=given)
+            word = _bounds_word(value, bounds)
+            if word is not None:  # a number key's word (val_size: auto)
+                value = word
+            else:
+                given = value
+                try:
+                    value = coerce(key, value, hint, f.metadata.get("choices"), where=source)
+                except UserError:
+                    if bounds is None or not bounds.words:
+                        raise
+                    raise UserError(
+                        f"`{key}: {_show(given)}` is not valid: {key} must be "
+                        f"{bounds.describe()}",
+                        where=source,
+                        fix=f"give `{key}` a number or {', '.join(bounds.words)}",
+                    ) from None
+                check_bounds(key, value, bounds, f.default, where=source, given=given)
             if f.metadata.get("path") and value is not None:
                 value = _resolve_path(config, target, value, bases.get(key))
             setattr(getattr(config, section_name), f.name, value)
@@ -272,6 +287,14 @@ def unknown_keys_error(keys: list[str], origins: dict[str, str]) -> UserError:
         where=where,
         fix="correct or remove them (docs/config.md lists every key lmforge accepts)",
     )
+
+
+def _bounds_word(value: Any, bounds: Bounds | None) -> str | None:
+    """The word `value` names when the number key also accepts words (`auto`), else None."""
+    if bounds is None or not bounds.words or not isinstance(value, str):
+        return None
+    word = value.strip().lower()
+    return word if word in bounds.words else None
 
 
 def check_bounds(

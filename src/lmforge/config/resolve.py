@@ -166,7 +166,10 @@ def _check_scheduler(config: Config) -> None:
 
 def _evaluation(config: Config) -> Evaluation:
     data, train = config.data, config.train
-    has_eval = data.val_size > 0 or bool(data.eval_dataset)
+    # `val_size: auto` may hold data out (known once the data is read; run.py checks then).
+    auto = data.val_size == "auto" and config.method.stage not in ("ppo", "grpo")
+    has_eval = (auto and not data.streaming) or bool(data.eval_dataset)
+    has_eval = has_eval or (data.val_size != "auto" and data.val_size > 0)
     wants_eval = (
         train.eval_strategy != "no"
         or train.early_stopping_patience
@@ -183,6 +186,8 @@ def _evaluation(config: Config) -> Evaluation:
     # Early stopping ends on the best checkpoint, so it needs evaluation and keeps the best.
     load_best = bool(train.load_best_model_at_end or train.early_stopping_patience)
     strategy = train.eval_strategy if has_eval else "no"
+    if strategy == "no" and has_eval and train.eval_steps:  # eval_steps set: evaluate then
+        strategy = "steps"
     if load_best:
         if strategy == "no":
             strategy = "steps"

@@ -28,6 +28,7 @@ class Bounds:
     high_open: bool = False
     or_count: bool = False
     nonzero: bool = False
+    words: tuple[str, ...] = ()  # words accepted besides numbers (val_size: auto)
 
     def allows(self, value: float) -> bool:
         if not math.isfinite(value) or (self.nonzero and value == 0):
@@ -60,6 +61,8 @@ class Bounds:
             text = "any whole number except 0" if text == "any number" else text + ", not 0"
         if self.or_count:
             text = f"a fraction {text}, or a whole count of at least 1"
+        if self.words:
+            text += "".join(f", or `{word}`" for word in self.words)
         return text
 
 
@@ -250,10 +253,12 @@ class DataConfig:
     max_samples: int | None = opt(
         None, "Use at most this many records of each dataset.", bounds=POSITIVE_INT
     )
-    val_size: float = opt(
-        0.0,
-        "Held-out share for evaluation: a fraction < 1 or a record count.",
-        bounds=Bounds(low=0, high=1, high_open=True, or_count=True),
+    val_size: float = opt(  # or the word "auto"
+        "auto",
+        "Held-out share for evaluation: a fraction < 1 or a record count; `auto`: 5% of the "
+        "records (at least 8, at most 500) when there are 50 or more and no eval_dataset (not "
+        "when streaming, nor for ppo/grpo); 0: none.",
+        bounds=Bounds(low=0, high=1, high_open=True, or_count=True, words=("auto",)),
     )
     mix_strategy: str = opt(
         "concat",
@@ -357,6 +362,11 @@ class TrainConfig:
         bounds=Bounds(low=0, high=2**32 - 1),
     )
     plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
+    report_compare: bool = opt(
+        True,
+        "In report.md (written when training ends): answer up to 5 held-out prompts with the "
+        "base and the trained model, side by side (stage sft).",
+    )
     report_to: str = opt(
         "none", "Experiment tracker: none, tensorboard, wandb, ... (comma-separated)."
     )

@@ -148,6 +148,7 @@ def read_entries(config: Config) -> tuple[list[Entry], list[Sample], bool]:
     the eval split first, then the prompts file. Data problems stop here, before any model."""
     from lmforge.data.encoding.loader import DataReport
     from lmforge.data.sources.load import dataset_names, load_samples, load_splits
+    from lmforge.data.sources.mixing import holds_out
     from lmforge.evaluate.predict import prediction_samples
 
     data = config.data
@@ -160,7 +161,7 @@ def read_entries(config: Config) -> tuple[list[Entry], list[Sample], bool]:
     held: list[Sample] = []
     if data.eval_dataset and not has_train:
         held = prediction_samples(config)
-    elif data.eval_dataset or data.val_size > 0:
+    elif data.eval_dataset or holds_out(data.val_size):
         train_part, held = load_splits(data, report, seed=seed, stage="sft")
         train = list(train_part)
     elif has_train:

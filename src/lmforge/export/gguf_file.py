@@ -34,7 +34,7 @@ def check_gguf_export(config: Any, tokenizer) -> Vocab:
     if importlib.util.find_spec("gguf") is None:
         raise UserError("export_gguf needs the `gguf` package", fix="pip install 'lmforge[gguf]'")
     family = family_of(config)
-    return read_vocab(tokenizer, gemma=family.arch == "GEMMA3")
+    return read_vocab(tokenizer, config.vocab_size, gemma=family.arch == "GEMMA3")
 
 
 def write_gguf(

@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 from lmforge.errors import UserError
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# llama.cpp's pre-tokenizer names for the split regexes we can name (llama.cpp and transformers'
-# GGUF loader both know them).
-_PRE_NAMES = ("llama-bpe", "qwen2", "tekken")
+# llama.cpp's pre-tokenizer names for the split regexes of the families we write (llama.cpp
+# and transformers' GGUF loader both know these names).
+PRE_TOKENIZERS = {
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "tekken": r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
 
 
 @dataclass
@@ -34,22 +42,38 @@ class Vocab:
     add_space_prefix: bool = False
 
 
-def read_vocab(tokenizer, *, gemma: bool = False) -> Vocab:
-    """The GGUF vocabulary of `tokenizer` (a fast tokenizer), or a UserError saying why not."""
+def read_vocab(tokenizer, vocab_size: int, *, gemma: bool = False) -> Vocab:
+    """The GGUF vocabulary of `tokenizer` (a fast tokenizer) for a model with `vocab_size`
+    embedding rows, or a UserError saying why not. Rows the tokenizer has no token for (Qwen2.5
+    pads its embeddings) become unused `[PAD<id>]` tokens, as llama.cpp writes them."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model") or {}
     tokens = _tokens_by_id(tokenizer)
+    if len(tokens) > vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokens)} tokens but the model only {vocab_size} embeddings",
+            fix="export with the tokenizer the model was trained with",
+        )
+    padding = [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     if model.get("type") == "BPE" and (model.get("byte_fallback") or "<0x00>" in model["vocab"]):
-        return _sentencepiece(spec, tokens, added, gemma=gemma)
+        return _padded(_sentencepiece(spec, tokens, added, gemma=gemma), padding)
     if model.get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
-        return _byte_level(spec, tokens, added)
+        return _padded(_byte_level(spec, tokens, added), padding)
     raise UserError(
         f"export_gguf cannot write this tokenizer (a {model.get('type')} tokenizer.json): GGUF "
         "holds SentencePiece-style BPE (Gemma, Llama 2, Mistral) or byte-level BPE (Llama 3, "
         "Qwen) tokenizers",
         fix="remove export_gguf; the merged folder is still written",
     )
+
+
+def _padded(vocab: Vocab, padding: list[str]) -> Vocab:
+    vocab.tokens += padding
+    vocab.types += [UNUSED] * len(padding)
+    if vocab.scores is not None:
+        vocab.scores += [-1000.0] * len(padding)
+    return vocab
 
 
 def _tokens_by_id(tokenizer) -> list[str]:
@@ -104,11 +128,8 @@ def _byte_level(spec: dict, tokens: list[str], added: dict) -> Vocab:
 
 def _pre_name(spec: dict) -> str:
     """llama.cpp's name for the pre-tokenizer's split regex."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-
     pattern = _split_regex(spec.get("pre_tokenizer") or {})
-    names = [n for n in _PRE_NAMES if GGUF_PRE_TOKENIZER_SPLITS.get(n) == pattern]
-    names += [n for n, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == pattern]
+    names = [name for name, regex in PRE_TOKENIZERS.items() if regex == pattern]
     if not names:
         raise UserError(
             "export_gguf cannot name this tokenizer's pre-tokenizer for llama.cpp (its split "

@@ -40,7 +40,12 @@ def load_reference(job):
     model.eval()
     for index, adapter in enumerate(job.adapters):
         check_adapter_fits(model, adapter, job.setup.resolved.path)
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except RuntimeError as exc:  # a modules_to_save copy of another shape
+            if "size mismatch" not in str(exc):
+                raise
+            raise _does_not_fit(adapter, job.setup.resolved.path, _first_line(exc)) from None
         if index < len(job.adapters) - 1:
             model = model.merge_and_unload()
     return model.eval()
@@ -74,14 +79,23 @@ def check_adapter_fits(model, adapter: Path, base: Path) -> None:
                 f"needs {list(expected)}"
             )
     if problems:
-        trained_on = _trained_on(adapter)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(
-            f"the adapter {adapter} does not fit the base model {base}: {problems[0]}{more}; it "
-            f"was trained on {trained_on}",
-            fix=f"set model_name_or_path to the model the adapter was trained on ({trained_on}), "
-            "or adapter_name_or_path to an adapter trained on this base",
-        )
+        raise _does_not_fit(adapter, base, problems[0] + more)
+
+
+def _does_not_fit(adapter: Path, base: Path, problem: str) -> UserError:
+    trained_on = _trained_on(adapter)
+    return UserError(
+        f"the adapter {adapter} does not fit the base model {base}: {problem}; it was trained "
+        f"on {trained_on}",
+        fix=f"set model_name_or_path to the model the adapter was trained on ({trained_on}), "
+        "or adapter_name_or_path to an adapter trained on this base",
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+    return lines[0] if lines else str(exc).splitlines()[0]
 
 
 def _expected(module, kind: str, shape) -> tuple[int, ...] | None:

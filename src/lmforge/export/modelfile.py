@@ -27,23 +27,28 @@ def go_template(texts: TurnTexts, bos_token: str | None = None) -> str:
     that is layout)."""
 
     def text(value: str) -> str:
-        if bos_token and value.startswith(bos_token):
-            value = value[len(bos_token) :]
         return _literal(value).replace(SYSTEM, "{{ $.System }}")
 
-    start_branch = f"{{{{ if $.System }}}}{text(texts.start_system)}{{{{ else }}}}{text(texts.start)}{{{{ end }}}}"
+    def opening(value: str) -> str:  # the conversation's start: without the tokenizer's BOS
+        if bos_token and value.startswith(bos_token):
+            value = value[len(bos_token) :]
+        return text(value)
+
+    # The system prompt goes before the first user message, or (Mistral) into the last one.
+    when = "and $last $.System" if texts.system_at_last_user else "$.System"
+    start_branch = (
+        f"{{{{ if {when} }}}}{opening(texts.start_system)}"
+        f"{{{{ else }}}}{opening(texts.start)}{{{{ end }}}}"
+    )
     next_branch = text(texts.after_answer)
+    if texts.system_at_last_user:
+        next_branch = (
+            f"{{{{ if {when} }}}}{text(texts.after_answer_system)}"
+            f"{{{{ else }}}}{next_branch}{{{{ end }}}}"
+        )
     lines = ['{{- $prev := "" }}', "{{- range $i, $m := .Messages }}"]
     if texts.system_at_last_user:
         lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
-        start_branch = (
-            f"{{{{ if and $last $.System }}}}{text(texts.start_system)}"
-            f"{{{{ else }}}}{text(texts.start)}{{{{ end }}}}"
-        )
-        next_branch = (
-            f"{{{{ if and $last $.System }}}}{text(texts.after_answer_system)}"
-            f"{{{{ else }}}}{text(texts.after_answer)}{{{{ end }}}}"
-        )
     lines += [
         '{{- if eq .Role "user" }}',
         f'{{{{- if eq $prev "" }}}}{start_branch}',

@@ -144,7 +144,7 @@ def built_in_conversations() -> list[tuple[list[dict], None]]:
 def make_reference(model, prompts, stop_ids, *, device: str, head=None, source="built-in"):
     """The reference model's greedy answers and their logits (and value head scores)."""
     answers, logits, values = [], [], []
-    for prompt in prompts:
+    for prompt in _progress(prompts, "Reference answers"):
         answer, answer_logits = greedy(model, prompt, stop_ids, device)
         answers.append(answer)
         logits.append(answer_logits)
@@ -159,7 +159,7 @@ def make_reference(model, prompts, stop_ids, *, device: str, head=None, source="
 def compare_folder(model, reference: Reference, dtype_name: str, *, device: str, decode, head=None):
     tolerance = FOLDER_LOGIT_TOLERANCE[dtype_name]
     identical, worst, value_diff, differences = 0, 0.0, None, []
-    for i, (same, logits) in enumerate(_answers(model, reference, device)):
+    for i, (same, logits) in enumerate(_answers(model, reference, device, "Folder answers")):
         worst = max(worst, (logits - reference.logits[i]).abs().max().item())
         if head is not None:
             sequence = reference.prompts[i] + reference.answers[i]
@@ -180,7 +180,7 @@ def compare_gguf(
     """`tokenizer_ids`: how many prompts the GGUF's tokenizer encodes to the same ids."""
     max_kl_allowed, share = GGUF_THRESHOLDS[kind]
     identical, kls, differences = 0, [], []
-    for i, (same, logits) in enumerate(_answers(model, reference, device)):
+    for i, (same, logits) in enumerate(_answers(model, reference, device, "GGUF answers")):
         p = reference.logits[i].log_softmax(-1)
         q = logits.log_softmax(-1)
         kls.append((p.exp() * (p - q)).sum(-1))
@@ -201,11 +201,18 @@ def compare_gguf(
     )
 
 
-def _answers(model, reference: Reference, device: str):
+def _progress(items, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=what, unit="prompt", leave=False)
+
+
+def _answers(model, reference: Reference, device: str, what: str):
     """Per prompt: (None if the model's greedy answer is the reference's, else its answer; the
     model's logits at the reference answer's positions). When the answers agree, generation's
     own logits are those; otherwise one forward pass over the reference answer gives them."""
-    for prompt, expected in zip(reference.prompts, reference.answers):
+    pairs = list(zip(reference.prompts, reference.answers))
+    for prompt, expected in _progress(pairs, what):
         answer, logits = greedy(model, prompt, reference.stop_ids, device)
         if answer == expected:
             yield None, logits

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from lmforge.config.run_files import RUN_CONFIG
+from lmforge.data.sources.mixing import holds_out
 from lmforge.errors import UserError
 from lmforge.export.parity import built_in_conversations, prompt_messages
 
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def parity_conversations(run_folder: Path | None, settings: dict) -> tuple[list, str]:
     """(conversations as (messages, system), where they came from)."""
-    has_eval = bool(settings.get("eval_dataset")) or (settings.get("val_size") or 0) > 0
+    has_eval = bool(settings.get("eval_dataset")) or holds_out(settings.get("val_size"))
     if run_folder is None or not has_eval or settings.get("stage") == "pt":
         return built_in_conversations(), "built-in prompts"
     try:

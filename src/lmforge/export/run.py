@@ -24,6 +24,7 @@ from lmforge.config.schema import Config
 from lmforge.export import folder as files
 from lmforge.export.chat_format import export_jinja, turn_texts
 from lmforge.export.gguf_file import GGUF_FILE, check_gguf_export, write_gguf
+from lmforge.export.gguf_vocab import adds_special
 from lmforge.export.job import ExportJob, plan_export
 from lmforge.export.merge import load_reference, merged
 from lmforge.export.modelfile import MODELFILE, modelfile_text
@@ -48,89 +49,50 @@ class ExportResult:
     hub_url: str | None = None
 
 
+@dataclass
+class _Formats:
+    """What the written files hold besides weights, settled before any weights load."""
+
+    jinja: str | None  # the chat template written into the tokenizer and the GGUF
+    stop_ids: list[int]
+    model_config: object  # the base's (text) config
+    vocab: object | None  # the GGUF vocabulary, with export_gguf
+
+
 def run_export(config: Config) -> ExportResult:
     started = time.monotonic()
     job = plan_export(config)
-    template, tokenizer = job.setup.template, job.setup.tokenizer
-    gguf_kind = job.config.export.export_gguf
-    base_config = _model_config(job)
-    vocab = check_gguf_export(base_config, tokenizer) if gguf_kind else None
-    turn_texts(template, tokenizer)  # a template Ollama cannot take is refused now
-    jinja = export_jinja(template)
-    stop_ids = template.stop_token_ids(tokenizer)
-    steps = 5 if gguf_kind else 4
-    step = _Steps(steps)
+    formats = _settle_formats(job)
+    step = _Steps(5 if job.config.export.export_gguf else 4)
 
     step("Loading %s%s", job.setup.resolved.path, _adapters_text(job))
     model = load_reference(job)
     head = _load_head(job, model)
     conversations, source = parity_conversations(job.run_folder, job.run_settings)
-    prompts = build_prompts(template, tokenizer, conversations)
+    prompts = build_prompts(job.setup.template, job.setup.tokenizer, conversations)
     logger.info("Reference answers of base + adapters on %d prompts (%s)", len(prompts), source)
     reference = make_reference(
-        model, [ids for _, ids in prompts], stop_ids, device=job.device, head=head, source=source
+        model,
+        [ids for _, ids in prompts],
+        formats.stop_ids,
+        device=job.device,
+        head=head,
+        source=source,
     )
-
     staging = files.staging_folder(job.export_dir)
     try:
-        step("Merging and writing %s weights to %s", job.dtype_name, staging.name)
-        model = merged(model)
-        weights = files.write_weights(
-            model,
-            staging,
-            dtype=job.dtype,
-            shard_bytes=job.shard_bytes,
-            legacy=job.config.export.export_legacy_format,
-        )
-        files.write_generation_config(
-            staging, job.setup.resolved.path, model.config, stop_ids, tokenizer
-        )
-        files.write_tokenizer(tokenizer, staging, jinja)
-        files.copy_value_head(job.value_head, staging)
-        if gguf_kind:
-            step("Writing %s (%s)", GGUF_FILE, gguf_kind)
-            write_gguf(
-                staging / GGUF_FILE,
-                model,
-                tokenizer,
-                vocab,
-                kind=gguf_kind,
-                name=job.export_dir.name,
-                chat_template=jinja,
-                eot_id=next((i for i in stop_ids if i != tokenizer.eos_token_id), None),
-            )
+        weights = _write(job, formats, merged(model), staging, step)
         del model
         gc.collect()
-
         step("Checking what was written against base + adapters")
-        parity = {"prompts": len(prompts), "source": source}
-        parity["folder"] = _folder_parity(job, staging, reference, head, tokenizer).to_dict()
-        if gguf_kind:
-            parity["gguf"] = _gguf_parity(
-                job, staging, reference, prompts, gguf_kind, tokenizer, jinja
-            ).to_dict()
-        passed = all(
-            result["passed"] for key, result in parity.items() if key in ("folder", "gguf")
-        )
-
-        (staging / MODELFILE).write_text(
-            modelfile_text(
-                template,
-                tokenizer,
-                source=f"./{GGUF_FILE}" if gguf_kind else ".",
-                context_length=getattr(base_config, "max_position_embeddings", None),
-                adds_bos=_adds_bos(tokenizer),
-            ),
-            encoding="utf-8",
-        )
-        report = _report(job, weights, gguf_kind, parity, passed, started)
-        write_model_card(staging, report)
-        write_report(staging, report)
-        final = (
-            files.finish(staging, job.export_dir)
-            if passed
-            else files.set_aside(staging, job.export_dir)
-        )
+        parity = _check(job, formats, staging, reference, prompts, head)
+        passed = all(parity[key]["passed"] for key in ("folder", "gguf") if key in parity)
+        step("Writing the Modelfile, model card and report")
+        report = _describe(job, formats, staging, weights, parity, passed, started)
+        if passed:
+            final = files.finish(staging, job.export_dir)
+        else:
+            final = files.set_aside(staging, job.export_dir)
     except BaseException:
         files.discard(staging)
         raise
@@ -146,6 +108,81 @@ def run_export(config: Config) -> ExportResult:
 
         result.hub_url = push_folder(final, hub_id)
     return result
+
+
+def _settle_formats(job: ExportJob) -> _Formats:
+    """The chat template and stop tokens as exported; refuses a GGUF or Modelfile the model
+    cannot have, before any weights load."""
+    template, tokenizer = job.setup.template, job.setup.tokenizer
+    model_config = _model_config(job)
+    gguf_kind = job.config.export.export_gguf
+    vocab = check_gguf_export(model_config, tokenizer) if gguf_kind else None
+    turn_texts(template, tokenizer)  # a template Ollama cannot take is refused now
+    return _Formats(export_jinja(template), template.stop_token_ids(tokenizer), model_config, vocab)
+
+
+def _write(job: ExportJob, formats: _Formats, model, staging: Path, step) -> list[str]:
+    """Weights, configs, tokenizer, value head (and the GGUF) into the staging folder."""
+    tokenizer = job.setup.tokenizer
+    step("Merging and writing %s weights to %s", job.dtype_name, staging.name)
+    weights = files.write_weights(
+        model,
+        staging,
+        dtype=job.dtype,
+        shard_bytes=job.shard_bytes,
+        legacy=job.config.export.export_legacy_format,
+    )
+    files.write_generation_config(
+        staging, job.setup.resolved.path, model.config, formats.stop_ids, tokenizer
+    )
+    files.write_tokenizer(tokenizer, staging, formats.jinja)
+    files.copy_value_head(job.value_head, staging)
+    kind = job.config.export.export_gguf
+    if kind:
+        step("Writing %s (%s)", GGUF_FILE, kind)
+        end_of_turn = [i for i in formats.stop_ids if i != tokenizer.eos_token_id]
+        write_gguf(
+            staging / GGUF_FILE,
+            model,
+            tokenizer,
+            formats.vocab,
+            kind=kind,
+            name=job.export_dir.name,
+            chat_template=formats.jinja,
+            eot_id=end_of_turn[0] if end_of_turn else None,
+        )
+    return weights
+
+
+def _check(job, formats: _Formats, staging: Path, reference, prompts, head) -> dict:
+    parity = {"prompts": len(prompts), "source": reference.source}
+    tokenizer = job.setup.tokenizer
+    parity["folder"] = _folder_parity(job, staging, reference, head, tokenizer).to_dict()
+    kind = job.config.export.export_gguf
+    if kind:
+        result = _gguf_parity(job, staging, reference, prompts, kind, tokenizer, formats.jinja)
+        parity["gguf"] = result.to_dict()
+    return parity
+
+
+def _describe(job, formats: _Formats, staging: Path, weights, parity, passed, started) -> dict:
+    """The Modelfile, the model card and export_report.json; returns the report."""
+    kind = job.config.export.export_gguf
+    tokenizer = job.setup.tokenizer
+    (staging / MODELFILE).write_text(
+        modelfile_text(
+            job.setup.template,
+            tokenizer,
+            source=f"./{GGUF_FILE}" if kind else ".",
+            context_length=getattr(formats.model_config, "max_position_embeddings", None),
+            adds_bos=adds_special(tokenizer)[0],
+        ),
+        encoding="utf-8",
+    )
+    report = _report(job, weights, kind, parity, passed, started)
+    write_model_card(staging, report)
+    write_report(staging, report)
+    return report
 
 
 class _Steps:
@@ -238,12 +275,6 @@ def _gguf_parity(job, staging: Path, reference, prompts, kind: str, tokenizer, j
     finally:
         del loaded
         gc.collect()
-
-
-def _adds_bos(tokenizer) -> bool:
-    from lmforge.export.gguf_vocab import adds_special
-
-    return adds_special(tokenizer)[0]
 
 
 def _report(job: ExportJob, weights, gguf_kind, parity: dict, passed: bool, started) -> dict:

@@ -207,15 +207,9 @@ class OverfitWarningCallback(TrainerCallback):
         if not metrics or "eval_loss" not in metrics:
             return
         self.history.append((state.global_step, metrics["eval_loss"], self.last_train_loss))
-        recent = self.history[-(self.patience + 1) :]
-        if self.warned or len(recent) <= self.patience:
+        if self.warned:
             return
-        eval_rising = all(b[1] > a[1] for a, b in zip(recent, recent[1:]))
-        train_falling = all(
-            a[2] is not None and b[2] is not None and b[2] < a[2]
-            for a, b in zip(recent, recent[1:])
-        )
-        if eval_rising and train_falling:
+        if overfitting(self.history, self.patience):
             best_step, best_loss, _ = min(self.history, key=lambda h: h[1])
             logger.warning(
                 "Overfitting: eval loss rose for %d evaluations while train loss fell. "
@@ -227,6 +221,31 @@ class OverfitWarningCallback(TrainerCallback):
                 best_checkpoint(args, state, best_step),
             )
             self.warned = True
+
+
+def overfitting(history: list[tuple[int, float, float | None]], patience: int = 2) -> bool:
+    """The last `patience` evaluations each had a higher eval loss than the one before, while
+    train loss fell (history: (step, eval loss, train loss at that time) per evaluation)."""
+    recent = history[-(patience + 1) :]
+    if len(recent) <= patience:
+        return False
+    eval_rising = all(b[1] > a[1] for a, b in zip(recent, recent[1:]))
+    train_falling = all(
+        a[2] is not None and b[2] is not None and b[2] < a[2] for a, b in zip(recent, recent[1:])
+    )
+    return eval_rising and train_falling
+
+
+def eval_history(log_history: list[dict]) -> list[tuple[int, float, float | None]]:
+    """(step, eval loss, the train loss logged last before it) per evaluation, from
+    trainer.state.log_history: what OverfitWarningCallback records as training runs."""
+    history, last_train = [], None
+    for entry in log_history:
+        if "loss" in entry:
+            last_train = entry["loss"]
+        if "eval_loss" in entry:
+            history.append((entry.get("step", 0), entry["eval_loss"], last_train))
+    return history
 
 
 def best_checkpoint(args, state, best_step: int) -> str:

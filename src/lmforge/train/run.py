@@ -36,6 +36,7 @@ from lmforge.train.monitor import (
 )
 from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
+from lmforge.train.report import write_report
 from lmforge.train.stages import get_stage
 from lmforge.train.stages.base import Stage, StageInputs
 
@@ -72,6 +73,7 @@ def run_training(config: Config) -> TrainingRun:
         check_output_dir(config, plan, setup.resolved.path)  # writable, not the model's folder
     data = stage.datasets(config, setup)
     has_eval = bool(data.eval)
+    check_eval_data(config, plan, has_eval)
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
     args = training_arguments(config, plan, stage, has_eval=has_eval)
@@ -106,7 +108,8 @@ def run_training(config: Config) -> TrainingRun:
     # Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3 gathers weights in its hooks).
     if not args.use_liger_kernel and not config.passthrough.get("deepspeed"):
         use_lean_gated_mlps(trainer.model)
-    for line in plan_lines(config, plan, setup, trainer.model, data.report, args):
+    lines = plan_lines(config, plan, setup, trainer.model, data.report, args)
+    for line in lines:
         logger.info(line)
 
     if main_process:
@@ -124,14 +127,24 @@ def run_training(config: Config) -> TrainingRun:
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    if has_eval:
-        trainer.save_metrics("eval", final_eval_metrics(trainer))
+    eval_metrics = final_eval_metrics(trainer) if has_eval else None
+    if eval_metrics is not None:
+        trainer.save_metrics("eval", eval_metrics)
     if main_process:
         # The template used in training goes into the saved tokenizer, so every consumer uses it.
         setup.tokenizer.chat_template = setup.template.jinja
         setup.tokenizer.save_pretrained(str(output_dir))
         if config.train.plot_loss:
             plot_loss(output_dir)
+        write_report(
+            config,
+            trainer,
+            setup,
+            trained,
+            plan_lines=lines,
+            train_loss=result.training_loss,
+            eval_metrics=eval_metrics,
+        )
     logger.info("Saved to %s (final train loss %.4f)", output_dir, result.training_loss)
     if config.eval.do_predict and main_process:  # LLaMA-Factory's do_predict after training
         run_prediction(config, model=trained, setup=setup, folder=output_dir)
@@ -163,6 +176,19 @@ def _end_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def check_eval_data(config: Config, plan: RunPlan, has_eval: bool) -> None:
+    """Evaluation asked for, and `val_size: auto` held nothing out (too few records)."""
+    if has_eval or (plan.evaluation.strategy == "no" and not plan.evaluation.load_best_model_at_end):
+        return
+    raise UserError(
+        "evaluation is asked for (eval_strategy, eval_steps, early_stopping_patience or "
+        "load_best_model_at_end) but there is no evaluation data: val_size: auto held out none "
+        "(fewer than 50 records)",
+        where=config.source,
+        fix="set val_size (e.g. 0.1, or a count such as 8) or eval_dataset",
+    )
 
 
 def final_eval_metrics(trainer) -> dict:

@@ -22,7 +22,17 @@ from lmforge.data.sample import Sample
 from lmforge.data.sources import placeholders
 from lmforge.data.sources.formats import check_stage, to_sample
 from lmforge.data.sources.hub import iter_hub_records
-from lmforge.data.sources.mixing import mix, mix_iter, sample_count, shuffle_buffer, val_count
+from lmforge.data.sources.mixing import (
+    NO_AUTO_STAGES,
+    auto_split,
+    explicit_val_size,
+    is_auto,
+    mix,
+    mix_iter,
+    sample_count,
+    shuffle_buffer,
+    val_count,
+)
 from lmforge.data.sources.mixing import split as split
 from lmforge.data.sources.readers import RawRecord, iter_records
 from lmforge.data.sources.registry import DatasetSpec, resolve_datasets
@@ -187,7 +197,7 @@ def load_splits(
     streaming; eval comes from eval_dataset or val_size (not both), and is always a list."""
     train_specs = resolve_specs(data, stage=stage)
     eval_specs = resolve_specs(data, eval_dataset_names(data), stage=stage)
-    if eval_specs and data.val_size > 0:
+    if eval_specs and explicit_val_size(data.val_size) > 0:
         raise UserError(
             "both val_size and eval_dataset are set",
             fix="hold out part of the training data with val_size, or evaluate on "
@@ -203,6 +213,13 @@ def load_splits(
         evaluation = mix(
             [r.samples for r in eval_reads], data.mix_strategy, data.interleave_probs, seed
         )
+        return train, evaluation
+    if is_auto(data.val_size):
+        if stage in NO_AUTO_STAGES:
+            return train, []
+        train, evaluation, note = auto_split(train, seed)
+        logger.info(note)
+        _append(report, "notes", note)
         return train, evaluation
     return split(train, data.val_size, seed)
 
@@ -294,7 +311,12 @@ def _stream_splits(data, report, train_specs, eval_specs, seed, stage, max_steps
             [r.samples for r in eval_reads], data.mix_strategy, data.interleave_probs, seed
         )
         return SampleStream(mixed), evaluation
-    count = val_count(data.val_size, None)
+    if is_auto(data.val_size):
+        count = 0
+        if stage not in NO_AUTO_STAGES:
+            _append(report, "notes", "val_size: auto: streaming data has no known length, no split")
+    else:
+        count = val_count(data.val_size, None)
     evaluation = list(itertools.islice(mixed(), count)) if count else []
     return SampleStream(lambda: itertools.islice(mixed(), count, None)), evaluation
 

@@ -118,6 +118,51 @@ def sample_count(samples: Sequence[T], count: int, seed: int) -> list[T]:
     return [samples[i] for i in chosen]
 
 
+AUTO = "auto"  # val_size: auto, the default
+AUTO_MIN_RECORDS = 50  # fewer records than this: no automatic split
+AUTO_SHARE, AUTO_MIN, AUTO_MAX = 0.05, 8, 500
+NO_AUTO_STAGES = ("ppo", "grpo")  # they do not evaluate during training
+
+
+def is_auto(val_size) -> bool:
+    return isinstance(val_size, str) and val_size.strip().lower() == AUTO
+
+
+def holds_out(val_size) -> bool:
+    """Whether val_size may hold records out (`auto`, or a number above 0)."""
+    return is_auto(val_size) or (val_size or 0) > 0
+
+
+def explicit_val_size(val_size) -> float:
+    """val_size as the number the user gave; `auto` counts as 0 (not given)."""
+    return 0.0 if is_auto(val_size) else float(val_size or 0)
+
+
+def auto_val_count(total: int) -> int:
+    """`val_size: auto`: 5% of the records, at least 8 and at most 500; none below 50 records."""
+    if total < AUTO_MIN_RECORDS:
+        return 0
+    return min(AUTO_MAX, max(AUTO_MIN, int(round(total * AUTO_SHARE))))
+
+
+def auto_split(samples: list[T], seed: int) -> tuple[list[T], list[T], str]:
+    """`val_size: auto` on a list: (train, eval, the note saying what was done)."""
+    count = auto_val_count(len(samples))
+    if not count:
+        return (
+            samples,
+            [],
+            f"val_size: auto: fewer than {AUTO_MIN_RECORDS} records ({len(samples)}), no split",
+        )
+    train, evaluation = split(samples, count, seed)
+    return (
+        train,
+        evaluation,
+        f"val_size: auto held out {count} of {len(samples)} records for evaluation "
+        "(val_size: 0 turns this off)",
+    )
+
+
 def val_count(val_size: float, total: int | None) -> int:
     """val_size as a number of records: a fraction < 1 of total, or a count >= 1."""
     if val_size <= 0:

@@ -9,6 +9,7 @@ import torch
 
 from lmforge.config.schema import Config
 from lmforge.data.encoding.collate import PromptCollator
+from lmforge.data.sources.mixing import explicit_val_size
 from lmforge.errors import UserError
 from lmforge.train.rewards.functions import RewardTerm, build_reward_terms
 from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
@@ -49,7 +50,7 @@ def check_rl_config(config: Config) -> list[RewardTerm]:
             where=where,
             fix="set per_device_train_batch_size: 2 or more, or ppo_whiten_rewards: false",
         )
-    if data.val_size > 0 or data.eval_dataset:
+    if explicit_val_size(data.val_size) > 0 or data.eval_dataset:  # `auto`: no split here
         raise UserError(
             f"stage {stage} does not evaluate during training (there is no eval loss for "
             "sampled completions)",
