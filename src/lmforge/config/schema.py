@@ -31,6 +31,8 @@ class Bounds:
     words: tuple[str, ...] = ()  # words accepted besides numbers (val_size: auto)
 
     def allows(self, value: float) -> bool:
+        if isinstance(value, str):  # a word the key accepts besides numbers (`auto`)
+            return value in self.words
         if not math.isfinite(value) or (self.nonzero and value == 0):
             return False
         if self.or_count and value >= 1 and float(value).is_integer():
