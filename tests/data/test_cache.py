@@ -23,7 +23,7 @@ def cache_home(tmp_path, monkeypatch):
 
 def config(tmp_path, records=TOY_RECORDS, **overrides) -> DataConfig:
     folder = write_alpaca_dataset(tmp_path / "data", records)
-    settings = {"cutoff_len": 64, **overrides}
+    settings = {"cutoff_len": 64, "val_size": 0, **overrides}  # every record encoded
     return DataConfig(dataset="toy", dataset_dir=str(folder), **settings)
 
 

@@ -44,7 +44,7 @@ def test_statistics(tmp_path):
         {"instruction": "Long?", "input": "", "output": "x" * 80},  # answer cut
         {"instruction": "y" * 100, "input": "", "output": "z"},  # no answer left: dropped
     ]
-    result = inspect(tmp_path, records=records, packing=True)
+    result = inspect(tmp_path, records=records, packing=True, val_size=0)
     stats = result.stats()
     assert stats["records"] == {"toy": 18} and stats["train_samples"] == 17
     assert stats["duplicates"] == 12  # TOY_RECORDS is four records, four times

@@ -104,7 +104,9 @@ def test_reasoning_the_template_does_not_train_is_counted_and_reported(tmp_path)
     tokenizer = build_tiny_tokenizer()
 
     def notes(template, **settings):
-        data = DataConfig(dataset="r", dataset_dir=str(folder), cutoff_len=64, **settings)
+        data = DataConfig(
+            dataset="r", dataset_dir=str(folder), cutoff_len=64, val_size=0, **settings
+        )
         _, _, report = build_datasets(data, load_template(template, tokenizer, data), tokenizer, 0)
         return [line for line in report.lines() if line.startswith("note: ")]
 
@@ -117,7 +119,7 @@ def test_reasoning_the_template_does_not_train_is_counted_and_reported(tmp_path)
         "enable_thinking: true (or null) to train it"
     ]
     assert notes("qwen3") == [] and notes("qwen3", enable_thinking=None) == []
-    data = DataConfig(dataset="r", dataset_dir=str(folder), cutoff_len=64)
+    data = DataConfig(dataset="r", dataset_dir=str(folder), cutoff_len=64, val_size=0)
     shown = inspect_data(data, load_template("gemma", tokenizer, data), tokenizer, 0, num=0)
     assert shown.stats()["notes"][0].startswith("2 samples carry reasoning that is not trained")
     assert "note: 2 samples carry reasoning" in shown.render(color=False)

@@ -381,7 +381,9 @@ def test_every_reasoning_not_trained_as_reasoning_is_counted_in_a_note(tmp_path,
     tokenizer = build_tiny_tokenizer()
 
     def notes(template, **settings):
-        data = DataConfig(dataset="d", dataset_dir=str(folder), cutoff_len=128, **settings)
+        data = DataConfig(
+            dataset="d", dataset_dir=str(folder), cutoff_len=128, val_size=0, **settings
+        )
         _, _, report = build_datasets(data, load_template(template, tokenizer, data), tokenizer, 0)
         return [line for line in report.lines() if line.startswith("note: ")]
 
@@ -396,7 +398,9 @@ def test_every_reasoning_not_trained_as_reasoning_is_counted_in_a_note(tmp_path,
         "(qwen3, deepseekr1; see docs/thinking.md) to train it",
         TEXT_NOTE,
     ]
-    data = DataConfig(dataset="d", dataset_dir=str(folder), cutoff_len=128, enable_thinking=False)
+    data = DataConfig(
+        dataset="d", dataset_dir=str(folder), cutoff_len=128, enable_thinking=False, val_size=0
+    )
     shown = inspect_data(data, load_template("qwen3", tokenizer, data), tokenizer, 0, num=0)
     assert shown.stats()["notes"] == [
         DROPPED + "enable_thinking is false; set enable_thinking: true (or null) to train it",
@@ -409,7 +413,9 @@ def test_alpaca_reasoning_with_thinking_off_is_dropped_with_a_note_not_silently(
     folder = tmp_path / "data"
     samples(folder, {}, [{"instruction": "2+2?", "output": think("Add.", "4")}])
     tokenizer = build_tiny_tokenizer()
-    data = DataConfig(dataset="d", dataset_dir=str(folder), cutoff_len=128, enable_thinking=False)
+    data = DataConfig(
+        dataset="d", dataset_dir=str(folder), cutoff_len=128, enable_thinking=False, val_size=0
+    )
     train, _, report = build_datasets(data, load_template("qwen3", tokenizer, data), tokenizer, 0)
     assert "Add." not in tokenizer.decode(train[0]["input_ids"])
     assert report.notes == [
