@@ -15,3 +15,12 @@ def lmforge_home() -> Path:
 def models_dir() -> Path:
     """Where catalogue models are converted and kept."""
     return lmforge_home() / "models"
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists: where a folder about to be created would be
+    made, and whose disk and permissions decide whether it can be."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing

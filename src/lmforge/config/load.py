@@ -224,8 +224,7 @@ def build_config(flat: dict[str, Any], bases: dict[str, Path | None], *, where: 
                     if bounds is None or not bounds.words:
                         raise
                     raise UserError(
-                        f"`{key}: {_show(given)}` is not valid: {key} must be "
-                        f"{bounds.describe()}",
+                        f"`{key}: {_show(given)}` is not valid: {key} must be {bounds.describe()}",
                         where=source,
                         fix=f"give `{key}` a number or {', '.join(bounds.words)}",
                     ) from None

@@ -23,7 +23,7 @@ def load_base(config: Config):
 
     from lmforge.config.resolve import resolve_for_inference
     from lmforge.infer.adapters import check_adapter_folder
-    from lmforge.model.load import inference_dtype, load_model, split_paths
+    from lmforge.model.load import load_for_inference, split_paths
     from lmforge.model.setup import prepare_model_setup, with_training_settings
 
     resolve_for_inference(config)
@@ -31,12 +31,7 @@ def load_base(config: Config):
         check_adapter_folder(adapter)  # before the slow part
     config = with_training_settings(config)  # the prompt format used in training
     setup = prepare_model_setup(config)
-    model = load_model(
-        setup.resolved.path,
-        dtype=inference_dtype(config.model.infer_dtype),
-        flash_attn=config.model.flash_attn,
-        trust_remote_code=config.model.trust_remote_code,
-    )
+    model = load_for_inference(setup.resolved.path, config.model)
     if torch.cuda.is_available():
         model = model.to("cuda")
     return config, setup, model.eval()

@@ -20,6 +20,7 @@ from lmforge.config.schema import Config
 from lmforge.errors import UserError
 from lmforge.model.load import split_paths
 from lmforge.model.setup import ModelSetup, prepare_model_setup, training_run_settings
+from lmforge.paths import nearest_existing
 
 REPORT_FILE = "export_report.json"  # marks a folder as an lmforge export
 DTYPES = {
@@ -177,9 +178,7 @@ def check_export_dir(export_dir: Path, inputs: list[Path], where: str | None) ->
             where=where,
             fix="choose a folder path that does not exist yet (e.g. exports/my-model)",
         )
-    existing = export_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(export_dir)
     if existing != export_dir and not existing.is_dir():
         raise UserError(
             f"export_dir {export_dir} cannot be created: {existing} is a file",

@@ -221,7 +221,7 @@ class HFEngine(BaseEngine):
         import torch
 
         from lmforge.infer.adapters import check_adapter_folder, load_named_adapters
-        from lmforge.model.load import attach_adapters, inference_dtype, load_model, split_paths
+        from lmforge.model.load import attach_adapters, load_for_inference, split_paths
         from lmforge.model.setup import prepare_model_setup, with_training_settings
 
         resolve_for_inference(config)
@@ -229,12 +229,7 @@ class HFEngine(BaseEngine):
         for name, path in (config.infer.adapters or {}).items():
             check_adapter_folder(path, name)  # before the slow part
         setup = prepare_model_setup(config)
-        model = load_model(
-            setup.resolved.path,
-            dtype=inference_dtype(config.model.infer_dtype),
-            flash_attn=config.model.flash_attn,
-            trust_remote_code=config.model.trust_remote_code,
-        )
+        model = load_for_inference(setup.resolved.path, config.model)
         # adapter_name_or_path: merged into the base (LLaMA-Factory's meaning); `adapters`:
         # kept apart and switched per request.
         model = attach_adapters(model, split_paths(config.model.adapter_name_or_path), merge=True)

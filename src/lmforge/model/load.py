@@ -86,6 +86,17 @@ def inference_dtype(infer_dtype: str) -> torch.dtype:
     return torch.float32
 
 
+def load_for_inference(path, model_config):
+    """The model at `path` as inference loads it: the config's infer_dtype, attention
+    implementation and trust_remote_code (`model_config` is a ModelConfig)."""
+    return load_model(
+        path,
+        dtype=inference_dtype(model_config.infer_dtype),
+        flash_attn=model_config.flash_attn,
+        trust_remote_code=model_config.trust_remote_code,
+    )
+
+
 def attach_adapters(model, adapter_paths: list[str], *, merge: bool):
     """Load LoRA adapters on top of `model`; merged for inference speed when `merge`."""
     from peft import PeftModel

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lmforge.config.plan import RunPlan
 from lmforge.errors import UserError
+from lmforge.paths import nearest_existing
 from lmforge.train.checkpoints import STAGING
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ def check_output_dir(config, plan: RunPlan, model_path: str | Path | None) -> No
     model it trains. Writes nothing."""
     output_dir = Path(config.train.output_dir).expanduser().absolute()
     where = config.source
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(output_dir)
     if existing != output_dir and not existing.is_dir():
         raise UserError(
             f"output_dir {output_dir} cannot be created: {existing} is a file",
@@ -124,10 +123,7 @@ def estimate_disk(
 def check_free_space(output_dir: Path, estimate: DiskEstimate) -> bool:
     """Warn (with the numbers) when the disk holding output_dir has less free space than the
     run will write; True when there is enough."""
-    existing = Path(output_dir).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(Path(output_dir).absolute())).free
     if free >= estimate.total:
         return True
     logger.warning(

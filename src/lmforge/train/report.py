@@ -74,9 +74,15 @@ def compare_rows(config, setup, model, *, generate=None) -> tuple[list[dict], st
     from lmforge.train.launch import is_launched
 
     if config.method.stage != "sft":
-        return [], f"the before/after table is written for stage sft (this run: {config.method.stage})"
+        return (
+            [],
+            f"the before/after table is written for stage sft (this run: {config.method.stage})",
+        )
     if is_launched():
-        return [], "the before/after table is not written for distributed runs (use lmforge compare)"
+        return (
+            [],
+            "the before/after table is not written for distributed runs (use lmforge compare)",
+        )
     disable = getattr(model, "disable_adapter", None)
     if config.method.finetuning_type != "lora" or disable is None:
         return [], (
@@ -91,7 +97,9 @@ def compare_rows(config, setup, model, *, generate=None) -> tuple[list[dict], st
     if not entries:
         return [], "there are no held-out prompts (val_size: 0, or too few records for auto)"
     tokenizer, template = setup.tokenizer, setup.template
-    items, _ = encode_samples([e.sample for e in entries], tokenizer, template, config.data.cutoff_len)
+    items, _ = encode_samples(
+        [e.sample for e in entries], tokenizer, template, config.data.cutoff_len
+    )
     settings = generation_settings(config, tokenizer, template)
     settings.update(
         do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=COMPARE_TOKENS
@@ -199,8 +207,15 @@ def format_report(
 
 
 def write_report(
-    config, trainer, setup, model, *, plan_lines: list[str], train_loss: float,
-    eval_metrics: dict | None, generate=None,
+    config,
+    trainer,
+    setup,
+    model,
+    *,
+    plan_lines: list[str],
+    train_loss: float,
+    eval_metrics: dict | None,
+    generate=None,
 ) -> Path:
     """report.md in output_dir, written atomically (call on the main process only)."""
     from lmforge.evaluate.predict import write_text_atomic

@@ -180,7 +180,9 @@ def _end_distributed() -> None:
 
 def check_eval_data(config: Config, plan: RunPlan, has_eval: bool) -> None:
     """Evaluation asked for, and `val_size: auto` held nothing out (too few records)."""
-    if has_eval or (plan.evaluation.strategy == "no" and not plan.evaluation.load_best_model_at_end):
+    if has_eval or (
+        plan.evaluation.strategy == "no" and not plan.evaluation.load_best_model_at_end
+    ):
         return
     raise UserError(
         "evaluation is asked for (eval_strategy, eval_steps, early_stopping_patience or "
