@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # the default job on this CPU, 2 rounds
     python benchmarks/run.py --device cuda        # on a GPU
     python benchmarks/run.py --rounds 3 --tools lmforge,llamafactory
+    python benchmarks/run.py --device cuda --model-shape gemma-3-1b --sites SITES   # bare GPU box
 
 The three tools alternate (A B C A B C ...) so that machine drift hits all of them. Every run
 is a fresh process with the step probe (probe/sitecustomize.py) inside; the table reports the
@@ -10,13 +11,16 @@ median over rounds of: real (non-padding) tokens/s and s/step over the measured 
 memory (RSS on CPU, peak allocated on GPU), the loss at the last step, and MFU (model FLOPs of
 the measured steps, see flops.py, over the matmul peak of the same device and dtype, measured
 by this script in the same run). LLaMA-Factory is installed from PyPI into its own virtual
-environment (benchmarks/.venv-llamafactory) on first use.
+environment (benchmarks/.venv-llamafactory) on first use, or, on a machine without internet
+(`--sites`, see gpu/README.md), each tool runs on its own folder of pre-fetched wheels. A run
+whose loss or gradient norm is not finite is reported as invalid and not ranked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -35,6 +39,9 @@ LLAMAFACTORY = "llamafactory==0.9.5"
 TORCH_CPU = "torch==2.13.0"
 VENV = HERE / ".venv-llamafactory"
 TOOLS = ("lmforge", "llamafactory", "plain")
+# Variants for the GPU tables: lmforge without liger-kernel (its own fused loss) and with padded
+# batches (padding_free: false), LLaMA-Factory with its enable_liger_kernel.
+VARIANTS = ("lmforge_no_liger", "lmforge_padded", "llamafactory_liger")
 
 
 @dataclass(frozen=True)
@@ -90,19 +97,24 @@ def shared_config(job: Job, out: Path) -> dict:
     }
 
 
-def lmforge_command(job: Job, out: Path) -> list[str]:
+def lmforge_command(job: Job, out: Path, **changes) -> list[str]:
+    """lmforge with its defaults (padding-free batches, its fused loss or liger's on CUDA). No
+    held-out split and no before/after answers at the end: LLaMA-Factory does neither."""
     config = shared_config(job, out)
-    config["padding_free"] = True  # the batch's samples in one row: no padding computed
+    config.update(val_size=0, report_compare=False, **changes)
     path = _write_yaml(config, out / "lmforge.yaml")
     return [sys.executable, "-m", "lmforge", "train", str(path)]
 
 
-def llamafactory_command(job: Job, out: Path) -> list[str]:
+def llamafactory_command(job: Job, out: Path, **changes) -> list[str]:
     config = shared_config(job, out)
-    config.update(overwrite_cache=True, preprocessing_num_workers=1)
+    config.update(overwrite_cache=True, preprocessing_num_workers=1, **changes)
     if job.device == "cpu":
         config["use_cpu"] = True  # transformers refuses bf16 on a CPU without it
     path = _write_yaml(config, out / "llamafactory.yaml")
+    if OFFLINE_SITES:  # its own wheels on PYTHONPATH (run_tool), no venv
+        code = "import sys; from llamafactory.cli import main; sys.argv[0] = 'llamafactory-cli'; main()"
+        return [sys.executable, "-c", code, "train", str(path)]
     return [str(VENV / "bin" / "llamafactory-cli"), "train", str(path)]
 
 
@@ -126,7 +138,30 @@ COMMANDS = {
     "lmforge": lmforge_command,
     "llamafactory": llamafactory_command,
     "plain": plain_command,
+    "lmforge_no_liger": lambda job, out: lmforge_command(job, out, use_liger_kernel=False),
+    "lmforge_padded": lambda job, out: lmforge_command(job, out, padding_free=False),
+    "llamafactory_liger": lambda job, out: llamafactory_command(job, out, enable_liger_kernel=True),
 }
+
+# --sites DIR: per-tool wheel folders prepared by gpu/prepare.sh (no internet on the machine).
+OFFLINE_SITES: Path | None = None
+
+
+def tool_pythonpath(tool: str) -> list[str]:
+    """lmforge and plain on the lmforge stack (site-lm), LLaMA-Factory on the versions it pins
+    (site-lf); liger-kernel (site-liger) where the tool would use it."""
+    if OFFLINE_SITES is None:
+        return [str(HERE.parent / "src")] if tool.startswith("lmforge") else []
+    sites = {
+        "lmforge": ["site-lm", "site-liger"],
+        "lmforge_no_liger": ["site-lm"],
+        "lmforge_padded": ["site-lm", "site-liger"],
+        "llamafactory": ["site-lf"],
+        "llamafactory_liger": ["site-lf", "site-liger"],
+        "plain": ["site-lm"],
+    }[tool]
+    own = [str(HERE.parent / "src")] if tool.startswith("lmforge") else []
+    return own + [str(OFFLINE_SITES / site) for site in sites]
 
 
 def _write_yaml(config: dict, path: Path) -> Path:
@@ -159,6 +194,11 @@ def ensure_llamafactory(device: str) -> None:
 def prepare_job(args: argparse.Namespace, work: Path) -> Job:
     if args.model:
         model_dir = Path(args.model).resolve()
+    elif args.model_shape:
+        from model_shapes import build, embedded_model_dir
+
+        tokenizer = Path(args.tokenizer) if args.tokenizer else embedded_model_dir()
+        model_dir = build(args.model_shape, tokenizer, work / "models")
     else:
         from lmforge.model.pull import pull_model
 
@@ -208,7 +248,9 @@ def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
     env.update(
         BENCH_STEP_LOG=str(step_log),
         BENCH_PAD_ID="0",  # Gemma's <pad>
-        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE / "probe"), env.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(HERE / "probe"), *tool_pythonpath(tool), env.get("PYTHONPATH")])
+        ),
         HF_HUB_OFFLINE="1",
         DISABLE_VERSION_CHECK="1",  # LLaMA-Factory: accept this transformers
         TOKENIZERS_PARALLELISM="false",
@@ -225,19 +267,34 @@ def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
         result = subprocess.run(command, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if result.returncode != 0 or not step_log.exists():
+        # Reported in the table (e.g. out of memory), and the other tools still run.
         tail = (out / "output.log").read_text(errors="replace").splitlines()[-25:]
-        raise SystemExit(
-            f"{tool} failed (exit {result.returncode}); end of {out / 'output.log'}:\n"
-            + "\n".join(tail)
-        )
+        print(f"{tool} failed (exit {result.returncode}); end of {out / 'output.log'}:", flush=True)
+        print("\n".join(tail), flush=True)
+        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "")
+        return {"failed": f"exit {result.returncode}: {reason.strip()[:160]}"}
     measured = summarise(json.loads(step_log.read_text()), job)
     measured["wall_s"] = wall
     print(
         f"    {measured['tokens_per_s']:.1f} real tokens/s, {measured['s_per_step']:.2f} s/step, "
-        f"peak {measured['peak_gib']:.2f} GiB, last loss {measured['last_loss']:.4f}",
+        f"peak {measured['peak_gib']:.2f} GiB, last loss {measured['last_loss']:.4f}"
+        + (f"  INVALID: {measured['invalid']}" if measured["invalid"] else ""),
         flush=True,
     )
     return measured
+
+
+def invalid_reason(steps: list[dict]) -> str | None:
+    """A run whose loss or gradient norm is not finite (or whose loss is exactly 0, what a
+    NaN-poisoned run logs in some tools) did not train: its speed means nothing."""
+    for s in steps:
+        for key in ("loss", "grad_norm"):
+            value = s.get(key)
+            if value is not None and not math.isfinite(value):
+                return f"{key} {value} at step {s['step']}"
+        if s.get("loss") == 0.0:
+            return f"loss 0 at step {s['step']}"
+    return None
 
 
 def summarise(log: dict, job: Job) -> dict:
@@ -260,6 +317,7 @@ def summarise(log: dict, job: Job) -> dict:
         "peak_gib": peak_bytes / 2**30,
         "last_loss": measured[-1].get("loss", float("nan")),
         "flops_per_s": flops / elapsed,
+        "invalid": invalid_reason(steps),
         "info": info,
     }
 
@@ -274,6 +332,14 @@ def table(results: dict[str, list[dict]], peaks: dict[str, float], job: Job) -> 
     ]
     for tool, runs in results.items():
         if not runs:
+            continue
+        failed = [r["failed"] for r in runs if r.get("failed")]
+        if failed:
+            lines.append(f"| {tool} | failed: {failed[0]} | | | | | |")
+            continue
+        bad = [r["invalid"] for r in runs if r.get("invalid")]
+        if bad:
+            lines.append(f"| {tool} | invalid: {bad[0]} | | | | | |")
             continue
         dtype = _matmul_dtype(runs[0]["info"])
         tps = [r["tokens_per_s"] for r in runs]
@@ -311,6 +377,14 @@ def _matmul_dtype(info: dict) -> str:
     )
 
 
+def device_peak(dtype: str, device: str) -> float:
+    """The matmul peak MFU divides by. On a GPU one 8192x8192x8192 product: small ones
+    measure kernel-launch overhead, not the tensor cores."""
+    if device == "cuda":
+        return matmul_peak(dtype, device, seconds=1.0, shapes=[(8192, 8192, 8192)])
+    return matmul_peak(dtype, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -318,6 +392,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--model", help="a model folder (default: the embedded Gemma-3-270M)")
+    parser.add_argument(
+        "--model-shape",
+        help="a random-weight model of a published shape (model_shapes.py: gemma-3-270m, "
+        "gemma-3-1b, qwen3-1.7b, llama-3.2-3b) with the embedded tokenizer",
+    )
+    parser.add_argument("--tokenizer", help="--model-shape's tokenizer folder (default: embedded)")
+    parser.add_argument(
+        "--sites",
+        type=Path,
+        help="folder of per-tool wheel installs (site-lm, site-lf, site-liger) for a machine "
+        "without internet, made by gpu/run.sh from gpu/prepare.sh's wheels",
+    )
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--min-tokens", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=400)
@@ -332,20 +418,22 @@ def main() -> None:
     args = parser.parse_args()
 
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = sorted(set(tools) - set(TOOLS))
+    unknown = sorted(set(tools) - set(COMMANDS))
     if unknown:
-        parser.error(f"unknown tool(s) {unknown}; choose from {', '.join(TOOLS)}")
-    if "llamafactory" in tools:
+        parser.error(f"unknown tool(s) {unknown}; choose from {', '.join(COMMANDS)}")
+    global OFFLINE_SITES
+    OFFLINE_SITES = args.sites.resolve() if args.sites else None
+    if any(t.startswith("llamafactory") for t in tools) and OFFLINE_SITES is None:
         ensure_llamafactory(args.device)
     job = prepare_job(args, args.work)
 
-    peaks = {d: matmul_peak(d, args.device) for d in ("float32", "bfloat16")}
+    peaks = {d: device_peak(d, args.device) for d in ("float32", "bfloat16")}
     results: dict[str, list[dict]] = {t: [] for t in tools}
     for round_index in range(1, args.rounds + 1):
         for tool in tools:
             results[tool].append(run_tool(tool, job, args.work, round_index))
     for dtype in peaks:  # the peak again at the end: the better of the two counts
-        peaks[dtype] = max(peaks[dtype], matmul_peak(dtype, args.device))
+        peaks[dtype] = max(peaks[dtype], device_peak(dtype, args.device))
 
     text = table(results, peaks, job)
     print("\n" + text)

@@ -119,6 +119,8 @@ def _install(trainer_module) -> None:
                 for record in self.steps:
                     if record["step"] == state.global_step:
                         record["loss"] = float(logs["loss"])
+                        if logs.get("grad_norm") is not None:
+                            record["grad_norm"] = float(logs["grad_norm"])
 
         def on_train_end(self, args, state, control, **kwargs):
             self.info["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -95,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
         "COMPARE.yaml",
     )
 
+    _config_command(
+        sub,
+        "synth",
+        "write training data from documents through an OpenAI-compatible LLM (`synth augment "
+        "CONFIG.yaml`: rewrite each record of a dataset into variants)",
+        "[augment] SYNTH.yaml",
+    )
+
+    estimate = _config_command(
+        sub,
+        "estimate",
+        "peak memory and time of a training run before it runs, with what to change if it "
+        "does not fit",
+        "TRAIN.yaml",
+    )
+    estimate.add_argument("--gpu", metavar="NAME", help="estimate for this card (e.g. 4090, A100, H100)")
+    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs (data parallel, ZeRO)")
+    estimate.add_argument(
+        "--calibrate", action="store_true", help="time a few real steps here and extrapolate"
+    )
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
     data = sub.add_parser("data", help="see how samples are tokenized and trained; check records")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     inspect = _config_command(
@@ -112,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
         "check every record; list problems as file:record:field: reason",
         "TRAIN.yaml",
     )
+
+    webui = sub.add_parser(
+        "webui", help="the board: train, inspect data, chat, evaluate and export in the browser"
+    )
+    webui.add_argument(
+        "--host", help="address to listen on (default 127.0.0.1; another needs --auth)"
+    )
+    webui.add_argument("--port", type=int, help="port (default 7860)")
+    webui.add_argument(
+        "--auth",
+        metavar="USER:PASS",
+        help="require this login (or set LMFORGE_WEBUI_AUTH=user:pass); needed with --host "
+        "other than 127.0.0.1 and with --share",
+    )
+    webui.add_argument(
+        "--share", action="store_true", help="also publish a public gradio.live link (needs --auth)"
+    )
+    webui.add_argument(
+        "--workdir",
+        default="lmforge_board",
+        help="the board's work folder: saved YAMLs, job logs, job state (default lmforge_board)",
+    )
+    webui.add_argument("--lang", choices=("en", "zh"), default="en", help="page language")
 
     models = sub.add_parser("models", help="the local model catalogue")
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -180,9 +225,11 @@ def config_arguments(command: str, extra: list[str]) -> tuple[str | None, list[s
 
     path, overrides = split_config_argument(extra)
     if path is None and not overrides:
-        kind = "train" if command.startswith(("train", "data")) else "infer"
+        kind = "train" if command.startswith(("train", "data", "estimate")) else "infer"
         kind = "export" if command == "export" else kind
         example = f"examples/quickstart/{kind}.yaml"
+        if command.startswith("synth"):
+            example = "examples/synth/synth.yaml"
         raise UserError(
             f"`lmforge {command}` needs a config: a YAML file, --key value flags, or both",
             fix=f"for example `lmforge {command} {example}`, or `lmforge {command} "
@@ -291,6 +338,20 @@ def cmd_compare(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_estimate(args, extra: list[str]) -> int:
+    from lmforge.commands.estimate import estimate_command
+
+    text, code = estimate_command(
+        *config_arguments("estimate", extra),
+        gpu=args.gpu,
+        gpus=args.gpus,
+        calibrate=args.calibrate,
+        as_json=args.json,
+    )
+    print(text)
+    return code
+
+
 def cmd_data(args, extra: list[str]) -> int:
     from lmforge.commands.data import data_inspect, data_validate
 
@@ -310,6 +371,24 @@ def cmd_data(args, extra: list[str]) -> int:
         )
     )
     return 0
+
+
+def cmd_webui(args, extra: list[str]) -> int:
+    from lmforge.webui.app import serve
+
+    serve(args.host, args.port, args.auth, args.share, args.workdir, args.lang)
+    return 0
+
+
+def cmd_synth(args, extra: list[str]) -> int:
+    from lmforge.commands.synth import synth
+
+    augment = bool(extra) and extra[0] == "augment"
+    words = extra[1:] if augment else extra
+    path, overrides = config_arguments("synth augment" if augment else "synth", words)
+    text, code = synth(path, overrides, augment=augment)
+    print(text)
+    return code
 
 
 def cmd_models(args, extra: list[str]) -> int:
@@ -344,6 +423,8 @@ CONFIG_COMMANDS = (
     "predict",
     "compare",
     "data",
+    "synth",
+    "estimate",
 )
 COMMANDS = {
     "train": cmd_train,
@@ -355,6 +436,9 @@ COMMANDS = {
     "predict": cmd_predict,
     "compare": cmd_compare,
     "data": cmd_data,
+    "estimate": cmd_estimate,
+    "synth": cmd_synth,
+    "webui": cmd_webui,
     "models": cmd_models,
     "env": cmd_env,
     "version": cmd_version,

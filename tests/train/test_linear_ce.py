@@ -88,6 +88,7 @@ def test_no_gradient_work_under_no_grad():
 
 def test_chunks_hold_128_mib_of_logits_whatever_the_vocabulary():
     assert chunk_tokens_for(262_144) == 128  # Gemma 3
+    assert chunk_tokens_for(262_144, "cuda") == 512  # a GPU: larger chunks are faster
     assert chunk_tokens_for(128_256) == 261  # Llama 3
     assert chunk_tokens_for(32_000) == 1024  # capped
     assert chunk_tokens_for(10_000_000) == 32  # floored

@@ -43,6 +43,19 @@ class Resume:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """How samples are laid out in a batch."""
+
+    padding_free: bool = False  # each batch's samples side by side in one row
+    auto: bool = False  # chosen by lmforge (padding_free unset): padded rows if the model needs
+
+    def describe(self) -> str:
+        if not self.padding_free:
+            return "padded rows"
+        return "padding-free (each batch in one row)" + (", the default" if self.auto else "")
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Derived settings of one training run; built by `config.resolve.resolve_for_training`."""
 
@@ -50,6 +63,7 @@ class RunPlan:
     precision: Precision
     evaluation: Evaluation
     resume: Resume
+    batching: Batching = Batching()
     notes: tuple[str, ...] = ()  # what was changed from the config, and why
     template: str | None = None  # filled in once the tokenizer is loaded
 
@@ -71,5 +85,6 @@ class RunPlan:
             "eval_strategy": self.evaluation.strategy,
             "load_best_model_at_end": self.evaluation.load_best_model_at_end,
             "resume_from_checkpoint": self.resume.checkpoint,
+            "padding_free": self.batching.padding_free,
             "notes": list(self.notes),
         }

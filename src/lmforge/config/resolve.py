@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.config.plan import Evaluation, Precision, Resume, RunPlan
+from lmforge.config.plan import Batching, Evaluation, Precision, Resume, RunPlan
 from lmforge.config.schema import STAGES, Config
 from lmforge.errors import UserError
 
@@ -68,8 +68,20 @@ def resolve_for_training(
         precision=precision,
         evaluation=evaluation,
         resume=resume,
+        batching=_batching(config),
         notes=tuple(notes),
     )
+
+
+def _batching(config: Config) -> Batching:
+    """padding_free unset: on for supervised fine-tuning without packing, the fastest correct
+    layout on the CPU and on CUDA (benchmarks/README.md); the stage falls back to padded rows
+    when the model cannot keep samples in one row apart."""
+    data = config.data
+    if data.padding_free is not None:
+        return Batching(padding_free=data.padding_free)
+    packing = bool(data.packing or data.neat_packing)
+    return Batching(padding_free=config.method.stage == "sft" and not packing, auto=True)
 
 
 def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str]) -> Precision:

@@ -289,11 +289,12 @@ class DataConfig:
         False, "Pack several samples into each row of cutoff_len (no attention across samples)."
     )
     neat_packing: bool = opt(False, "LLaMA-Factory's name for packing without cross-attention.")
-    padding_free: bool = opt(
-        False,
+    padding_free: bool | None = opt(
+        None,
         "Put each batch's samples side by side in one row instead of padding them: the same "
         "samples per step and the same loss, no compute spent on padding (no attention across "
-        "samples).",
+        "samples). Unset: on for sft without packing (the fastest layout on CPU and GPU), with "
+        "padded rows where the model cannot keep the samples of a row apart.",
     )
     preprocessing_num_workers: int | None = opt(
         None, "Processes used to tokenize the data.", bounds=POSITIVE_INT
@@ -383,6 +384,11 @@ class TrainConfig:
         "compute_accuracy, a LoRA-adapted lm_head, or liger-kernel.",
     )
     compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
+    skip_memory_check: bool = opt(
+        False,
+        "Train even when the memory estimate (`lmforge estimate`) exceeds the device's free "
+        "memory by more than 25 % (by default training stops before loading the model).",
+    )
     early_stopping_patience: int | None = opt(
         None,
         "Stop after this many evaluations without a better eval loss (keeps the best).",
@@ -615,6 +621,100 @@ class EvalConfig:
     )
 
 
+SYNTH_LLM_KEYS = (
+    "base_url model api_key_env temperature max_tokens timeout concurrency requests_per_minute "
+    "max_retries retry_wait"
+).split()
+
+
+@dataclass
+class SynthConfig:
+    """Training data from documents with `lmforge synth`, and `synth augment` (docs/synth.md)."""
+
+    documents: str | None = opt(
+        None,
+        "synth: the documents, comma-separated (or a YAML list): files, folders (read "
+        "recursively) or globs; .md .txt .html, and .pdf .docx with the synth extra.",
+    )
+    llm: dict[str, str] | None = opt(
+        None,
+        "synth: the OpenAI-compatible endpoint, a mapping: base_url and model (required), "
+        "api_key_env (the environment variable holding the key), temperature (0.7), max_tokens "
+        "(2048), timeout (seconds per request, 120), concurrency (requests at once, 4), "
+        "requests_per_minute (0: no limit), max_retries (5, on 429/5xx/timeouts), retry_wait "
+        "(first backoff in seconds, 1).",
+    )
+    chunk_min_chars: int = opt(
+        200, "synth: a chunk shorter than this joins its neighbour.", bounds=POSITIVE_INT
+    )
+    chunk_max_chars: int = opt(
+        1500,
+        "synth: longest chunk, in characters (a table or code block longer than this stays whole).",
+        bounds=POSITIVE_INT,
+    )
+    chunk_overlap: int = opt(
+        0,
+        "synth: characters of the previous chunk repeated at the start of the next, as context.",
+        bounds=NON_NEGATIVE,
+    )
+    questions_per_chars: int = opt(
+        240,
+        "synth: one question per this many characters of a chunk (at least one per chunk).",
+        bounds=POSITIVE_INT,
+    )
+    answer_style: str = opt(
+        "detailed",
+        "synth: how answers are written: concise (a few sentences) or detailed.",
+        choices=("concise", "detailed"),
+    )
+    cot: bool = opt(
+        False,
+        "synth: also write the reasoning, as a <think>...</think> block before the answer (read "
+        "as the reasoning by reasoning templates).",
+    )
+    language: str = opt(
+        "auto",
+        "synth: language of the questions and answers: zh, en, or auto (each chunk's own).",
+        choices=("auto", "zh", "en"),
+    )
+    quality_threshold: float | None = opt(
+        None,
+        "synth: have the LLM score each pair from 1 to 10 and keep pairs scoring at least this "
+        "(null: no scoring).",
+        bounds=Bounds(low=0, high=10),
+    )
+    dedupe_threshold: float = opt(
+        0.9,
+        "synth: drop a question whose character-trigram similarity (Jaccard) to an earlier one is "
+        "at least this (1: exact duplicates only).",
+        bounds=Bounds(low=0, high=1, low_open=True),
+    )
+    format: str = opt(
+        "alpaca",
+        "synth: files written to output_dir: alpaca (alpaca.json), sharegpt (sharegpt.json) or "
+        "both; with dataset_info.json.",
+        choices=("alpaca", "sharegpt", "both"),
+    )
+    eval_share: float = opt(
+        0.0,
+        "synth: share of chunks whose pairs go to eval.json instead (whole chunks, so no eval "
+        "question shares a chunk with a training one).",
+        bounds=Bounds(low=0, high=1, high_open=True),
+    )
+    prompt_dir: str | None = opt(
+        None,
+        "synth: folder with your own en.yaml / zh.yaml prompts, each key replacing the built-in "
+        "one (docs/synth.md lists them).",
+        path=True,
+    )
+    augment_variants: int = opt(
+        3, "synth augment: rewrites asked for per record of `dataset`.", bounds=POSITIVE_INT
+    )
+    augment_keep_original: bool = opt(
+        True, "synth augment: also write each original record next to its rewrites."
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "method": MethodConfig,
@@ -625,6 +725,7 @@ SECTIONS: dict[str, type] = {
     "infer": InferConfig,
     "export": ExportConfig,
     "eval": EvalConfig,
+    "synth": SynthConfig,
 }
 
 
@@ -641,6 +742,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     passthrough: dict[str, Any] = field(default_factory=dict)
     # Notes made while loading (fallbacks, ignored keys), shown in the plan; what resolving
     # derives is in the RunPlan (config/plan.py), never written back here.

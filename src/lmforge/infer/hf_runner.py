@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.compat import cache_keyword, output_cache
 from lmforge.infer.adapters import AdapterSwitch
 from lmforge.infer.scheduler import Sequence
 
@@ -20,6 +21,7 @@ class HFRunner:
         self.device = model.device
         config = getattr(model, "config", None)
         self.max_length = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
+        self.cache_keyword = cache_keyword(model)  # `cache` (transformers >= 5.24) or the old name
 
     def activate(self, adapter: str | None) -> None:
         if self.adapters is not None:
@@ -31,10 +33,10 @@ class HFRunner:
         feed = seq.ids[seq.cached : seq.cached + self.prefill_chunk]
         out = self.model(
             input_ids=torch.tensor([feed], device=self.device),
-            past_key_values=seq.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_keyword: seq.cache},
         )
-        seq.cache = out.past_key_values
+        seq.cache = output_cache(out)
         seq.cached += len(feed)
         return out.logits[0, -1] if seq.cached == len(seq.ids) else None

@@ -20,12 +20,15 @@ def prepare_model_for_packing(model) -> None:
             config.use_cache = False  # generate() still caches: it passes its own use_cache
 
 
-def check_isolation(model, collator) -> None:
+def check_isolation(model, collator, *, autocast_dtype=None) -> None:
     """Prove that packed samples do not see each other, on this model as configured.
 
     One batch of two rows, A1+B and A2+B, as training batches several rows; then B alone. With
     isolation, B's logits do not depend on what precedes it (they match to rounding) and equal
-    B's logits alone (positions restart). Costs two forward passes of a few dozen tokens."""
+    B's logits alone (positions restart). Costs two forward passes of a few dozen tokens.
+    `autocast_dtype`: the mixed precision training runs in (flash kernels need half precision)."""
+    import contextlib
+
     import torch
 
     embeddings = model.get_input_embeddings()
@@ -49,14 +52,20 @@ def check_isolation(model, collator) -> None:
 
     was_training = model.training
     model.eval()
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             after_a1, after_a2 = logits([np.concatenate([a, b]) for a in (a1, a2)], [7, 5])
             alone = logits([b], [5])[0]
     finally:
         model.train(was_training)
     scale = max(1.0, alone.abs().max().item())
-    low_precision = embeddings.weight.dtype in (torch.float16, torch.bfloat16)
+    half = (torch.float16, torch.bfloat16)
+    low_precision = embeddings.weight.dtype in half or autocast_dtype in half
     # Isolated samples differ only by rounding (exactly 0 on CPU); a leak moves logits by O(1).
     tolerance = scale * (2e-2 if low_precision else 1e-3)
     impl = getattr(model.config, "_attn_implementation", "?")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lmforge import device
+from lmforge.compat import checkpointing_arguments
 from lmforge.config.plan import RunPlan
 from lmforge.config.resolve import resolve_for_training
 from lmforge.config.run_files import RUN_CONFIG, RUN_PLAN, write_yaml
@@ -17,13 +17,13 @@ from lmforge.config.schema import Config
 from lmforge.data.encoding.loader import DataReport
 from lmforge.data.sources.load import check_datasets
 from lmforge.errors import UserError
+from lmforge.estimate.check import memory_line_and_check
 from lmforge.evaluate.predict import check_predict_settings, run_prediction
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
-from lmforge.model.varlen_attention import NAME as VARLEN_ATTENTION
-from lmforge.model.varlen_attention import restore_attention
+from lmforge.model.varlen_attention import restore_attention, varlen_kernel_of
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_steps
 from lmforge.train.interrupt import raise_if_interrupted
@@ -74,6 +74,7 @@ def run_training(config: Config) -> TrainingRun:
     data = stage.datasets(config, setup)
     has_eval = bool(data.eval)
     check_eval_data(config, plan, has_eval)
+    memory_line = memory_line_and_check(config, plan, setup, data)  # stops a run that cannot fit
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
     args = training_arguments(config, plan, stage, has_eval=has_eval)
@@ -98,6 +99,7 @@ def run_training(config: Config) -> TrainingRun:
     output_dir = Path(config.train.output_dir)
     inputs = StageInputs(
         config=config,
+        plan=plan,
         setup=setup,
         model=model,
         args=args,
@@ -105,10 +107,14 @@ def run_training(config: Config) -> TrainingRun:
         callbacks=tuple(training_callbacks(config, has_eval=has_eval, output_dir=output_dir)),
     )
     trainer = stage.build_trainer(inputs)
-    # Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3 gathers weights in its hooks).
-    if not args.use_liger_kernel and not config.passthrough.get("deepspeed"):
+    # On the CPU only: on an H100 the lean MLP measured slower (1.99 vs 1.71 ms a layer,
+    # benchmarks/gpu/kernels.py). Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3
+    # gathers weights in its hooks).
+    if args.device.type == "cpu" and not args.use_liger_kernel and not config.passthrough.get(
+        "deepspeed"
+    ):
         use_lean_gated_mlps(trainer.model)
-    lines = plan_lines(config, plan, setup, trainer.model, data.report, args)
+    lines = plan_lines(config, plan, setup, trainer, data.report, args, memory_line)
     for line in lines:
         logger.info(line)
 
@@ -252,11 +258,12 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         fp16=plan.precision.fp16,
         seed=train.seed,
         report_to=trainer_report_to(config),
-        # transformers 5 renamed gradient_checkpointing; non-reentrant works with frozen inputs.
-        activation_checkpointing=train.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False}
-        if train.gradient_checkpointing
-        else None,
+        # activation_checkpointing (transformers >= 5.23) or gradient_checkpointing, whichever
+        # TrainingArguments has; non-reentrant works with frozen inputs.
+        **checkpointing_arguments(
+            train.gradient_checkpointing,
+            {"use_reentrant": False} if train.gradient_checkpointing else None,
+        ),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         prediction_loss_only=stage.prediction_loss_only,
@@ -266,8 +273,6 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         kwargs.update(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
-    if torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None:
-        kwargs["use_liger_kernel"] = True  # fused kernels incl. linear cross-entropy on CUDA
     kwargs.update(config.passthrough)
     try:
         return TrainingArguments(**kwargs)
@@ -282,13 +287,22 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
 
 
 def attention_line(config: Config, model) -> str:
-    name = attention_implementation(config.model.flash_attn)
-    if getattr(model.config, "_attn_implementation", None) == VARLEN_ATTENTION:
-        return f"{name}, one call per sample (no row-wide mask)"
-    return name
+    """The kernel that actually runs: a variable-length one for packed/padding-free rows."""
+    kernel = varlen_kernel_of(model)
+    return kernel.describe if kernel else attention_implementation(config.model.flash_attn)
 
 
-def plan_lines(config: Config, plan: RunPlan, setup, model, report: DataReport, args) -> list[str]:
+def batching_line(plan: RunPlan, trainer) -> str:
+    """What the collator does (padding_free unset falls back to padded rows for some models)."""
+    collator = trainer.data_collator
+    collator = getattr(collator, "collator", collator)  # under HiddenStatesCollator
+    if getattr(collator, "flatten", False) and plan.batching.padding_free:
+        return ", " + plan.batching.describe()
+    return ""
+
+
+def plan_lines(config: Config, plan: RunPlan, setup, trainer, report: DataReport, args, memory=None) -> list[str]:
+    model = trainer.model
     train = config.train
     effective = (
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -308,10 +322,11 @@ def plan_lines(config: Config, plan: RunPlan, setup, model, report: DataReport, 
         *(f"  data: {line}" for line in report.lines()),
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
         f"accumulation x {args.world_size} process(es) = {effective}"
-        + (", padding-free (each batch in one row)" if config.data.padding_free else ""),
+        + batching_line(plan, trainer),
         f"  steps: {planned_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
         f"  precision: {plan.precision.describe()}; attention: {attention_line(config, model)}",
         f"  device: {device.describe()}",
+        *([f"  memory: {memory}"] if memory else []),
         f"  output: {train.output_dir}",
     ]
     if plan.resume.checkpoint:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # heavy imports, needed for the annotations only
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    from lmforge.config.plan import RunPlan
     from lmforge.model.setup import ModelSetup
 
 # Encoded rows: a list of dicts, a datasets.Dataset or a packed set (anything indexable).
@@ -44,6 +45,7 @@ class StageInputs:
     """What the runner hands a stage to build its trainer from."""
 
     config: Config
+    plan: RunPlan  # what was derived from the config: precision, batching, ...
     setup: ModelSetup  # resolved model, tokenizer, template
     model: torch.nn.Module  # with the fine-tuning method (LoRA, freeze, full) applied
     args: TrainingArguments

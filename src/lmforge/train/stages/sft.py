@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
-from lmforge.data.encoding.collate import make_collator
+from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.data.encoding.loader import build_datasets, packing_enabled
+from lmforge.errors import UserError
 from lmforge.model.packing import check_isolation, prepare_model_for_packing
-from lmforge.model.varlen_attention import use_varlen_attention
+from lmforge.model.varlen_attention import kernel_for_model, restore_attention, use_varlen_attention
 from lmforge.train.stages.base import Stage, StageData, StageInputs
 from lmforge.train.stages.language_model import language_model_trainer
 
@@ -39,21 +41,79 @@ class SFTStage(Stage):
         )
 
     def build_trainer(self, inputs: StageInputs):
-        data, model = inputs.config.data, inputs.model
+        data, model, plan = inputs.config.data, inputs.model, inputs.plan
         packing = packing_enabled(data)
-        several_per_row = packing or data.padding_free
-        # Several samples per row: sdpa attends per sample instead of through a row-wide mask.
+        padding_free = plan.batching.padding_free and not packing
+        if not (packing or padding_free):
+            return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
+        if plan.batching.auto and not packing and _zero3():
+            # Sharded weights cannot run the isolation check outside DeepSpeed's engine.
+            logger.warning("padded rows: padding-free batches are not the default under ZeRO-3")
+            return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
+        # Several samples per row: a variable-length kernel attends per sample instead of
+        # through a row-wide mask (the device's fastest: model/varlen_attention.py).
+        autocast = _autocast_dtype(plan.precision)
+        device = inputs.args.device
+        kernel = kernel_for_model(
+            model,
+            inputs.config.model.flash_attn,
+            device_type=device.type,
+            half_precision=autocast is not None or plan.precision.pure_bf16,
+        )
         collator = make_collator(
             inputs.setup.tokenizer.pad_token_id,
             packing=packing,
             attn_implementation=model.config._attn_implementation,
-            padding_free=data.padding_free,
-            varlen=several_per_row and use_varlen_attention(model),
+            padding_free=padding_free,
+            varlen=use_varlen_attention(model, kernel),
         )
-        if several_per_row:  # isolation is checked on this very model, not assumed
-            prepare_model_for_packing(model)
-            check_isolation(model, collator)
+        prepare_model_for_packing(model)
+        try:  # isolation is checked on this very model, on its training device, not assumed
+            with _full_weights(model):
+                _move_to(model, device)
+                check_isolation(model, collator, autocast_dtype=autocast)
+        except UserError as exc:
+            if packing or not plan.batching.auto:
+                raise
+            # padding_free unset: padded rows are correct for every model, just slower.
+            restore_attention(model)
+            logger.warning("padded rows instead of padding-free batches: %s", exc.what)
+            collator = PadCollator(inputs.setup.tokenizer.pad_token_id)
         return language_model_trainer(inputs, collator)
 
 
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def _full_weights(model):
+    """ZeRO-3 shards every weight: gather them for the check's two small forward passes."""
+    import contextlib
+
+    if not _zero3():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+
+def _move_to(model, device) -> None:
+    """Onto the training device now (the Trainer would move it there next) so the check runs
+    the kernel training will run; quantized and sharded models are already where they train."""
+    weight = next(model.parameters())
+    if weight.device.type == "cpu" and device.type != "cpu" and not _zero3():
+        model.to(device)
+
+
+def _autocast_dtype(precision):
+    import torch
+
+    if precision.bf16:
+        return torch.bfloat16
+    return torch.float16 if precision.fp16 else None
+
+
+logger = logging.getLogger(__name__)
 STAGE = SFTStage()

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from lmforge.compat import is_activation_checkpointing as checkpointing_on
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_FILE = "critic_head.safetensors"
 
@@ -90,8 +92,21 @@ class ModelWithValueHead(nn.Module):
             loss=getattr(out, "loss", None), logits=getattr(out, "logits", None), head_values=values
         )
 
+    # The Trainer calls activation_checkpointing_enable (transformers >= 5.23) or, before,
+    # gradient_checkpointing_enable; each goes to the body's method of the same name.
     def activation_checkpointing_enable(self, **kwargs) -> None:
         self.pretrained_model.activation_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.pretrained_model.gradient_checkpointing_enable(**kwargs)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:  # read by the Trainer before wrapping in DDP
+        return checkpointing_on(self.pretrained_model)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return checkpointing_on(self.pretrained_model)
 
     def save_head(self, folder) -> None:
         save_value_head(self.value_head, folder, self.head_file)

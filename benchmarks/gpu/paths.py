@@ -1,0 +1,155 @@
+"""The multi-GPU and memory-saving paths on one GPU: 3 steps each, launched as a tutorial does,
+the loss of each step against the plain path's.
+
+    python benchmarks/gpu/paths.py --model DIR --work DIR [--paths plain,zero3,...]
+
+Every run is `lmforge train` on the same YAML plus one change (a `deepspeed:` file from
+examples/deepspeed with FORCE_TORCHRUN=1, accelerate's FSDP config from examples/accelerate,
+`quantization_bit: 4`, `pure_bf16: true`), with the benchmark's step probe inside for the
+losses and the peak GPU memory. Prints a markdown table and writes it to WORK/paths.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LMFORGE = [sys.executable, "-m", "lmforge", "train"]
+FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+        "--config_file", str(ROOT / "examples/accelerate/fsdp_config.yaml"), "-m", "lmforge",
+        "train"]  # fmt: skip
+TORCHRUN = {"FORCE_TORCHRUN": "1"}
+
+# name -> (config changes, command, environment)
+PATHS: dict[str, tuple[dict, list[str], dict]] = {
+    "plain": ({}, LMFORGE, {}),
+    "zero2": ({"deepspeed": "examples/deepspeed/ds_z2_config.json"}, LMFORGE, TORCHRUN),
+    "zero2_offload": (
+        {"deepspeed": "examples/deepspeed/ds_z2_offload_config.json"}, LMFORGE, TORCHRUN
+    ),
+    "zero3": ({"deepspeed": "examples/deepspeed/ds_z3_config.json"}, LMFORGE, TORCHRUN),
+    "zero3_offload": (
+        {"deepspeed": "examples/deepspeed/ds_z3_offload_config.json"}, LMFORGE, TORCHRUN
+    ),
+    "fsdp": ({}, FSDP, {}),
+    "qlora_4bit": ({"quantization_bit": 4}, LMFORGE, {}),
+    "pure_bf16": ({"pure_bf16": True}, LMFORGE, {}),
+}
+
+
+def base_config(model: Path, out: Path) -> dict:
+    return {
+        "model_name_or_path": str(model),
+        "template": "gemma",
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": 8,
+        "lora_target": "all",
+        "dataset": "identity,general",
+        "dataset_dir": str(ROOT / "examples/data"),
+        "cutoff_len": 512,
+        "output_dir": str(out),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant",
+        "save_strategy": "no",
+        "bf16": True,
+        "seed": 42,
+        "val_size": 0,
+        "report_compare": False,
+        "report_to": "none",
+    }
+
+
+def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
+    changes, command, env_changes = PATHS[name]
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    config = {**base_config(model, out / "run"), **changes}
+    path = out / "train.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    step_log = out / "steps.json"
+    step_log.unlink(missing_ok=True)
+    env = dict(os.environ, **env_changes, BENCH_STEP_LOG=str(step_log), BENCH_PAD_ID="0")
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT / "benchmarks/probe"), env.get("PYTHONPATH")])
+    )
+    start = time.perf_counter()
+    with open(out / "output.log", "w") as log:
+        try:
+            rc = subprocess.run(
+                [*command, str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                timeout=timeout,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    result = {"path": name, "rc": rc, "wall_s": time.perf_counter() - start, "losses": []}
+    if step_log.exists():
+        probe = json.loads(step_log.read_text())
+        result["losses"] = [s.get("loss") for s in sorted(probe["steps"], key=lambda s: s["step"])]
+        result["peak_gib"] = (probe["info"].get("cuda_peak_bytes") or 0) / 2**30
+    if rc != 0:
+        lines = (out / "output.log").read_text(errors="replace").splitlines()
+        result["error"] = " | ".join(line.strip() for line in lines[-6:])[-600:]
+    return result
+
+
+def table(results: list[dict]) -> str:
+    plain = next((r["losses"] for r in results if r["path"] == "plain"), [])
+    lines = [
+        "| path | exit | losses (3 steps) | max rel. diff to plain | peak GiB | wall s |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        losses = r["losses"]
+        diffs = [
+            abs(a - b) / abs(b)
+            for a, b in zip(losses, plain)
+            if a is not None and b is not None and math.isfinite(a)
+        ]
+        shown = ", ".join(f"{x:.4f}" if x is not None else "-" for x in losses) or "-"
+        diff = f"{max(diffs):.2e}" if diffs and r["path"] != "plain" else "-"
+        lines.append(
+            f"| {r['path']} | {r['rc']} | {shown} | {diff} | {r.get('peak_gib', 0):.2f} "
+            f"| {r['wall_s']:.0f} |"
+        )
+    for r in results:
+        if r.get("error"):
+            lines.append(f"\n{r['path']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--timeout", type=int, default=240, help="seconds per run")
+    args = parser.parse_args()
+    results = []
+    for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
+        result = run_path(name, args.model.resolve(), args.work.resolve(), args.timeout)
+        print(f"{name}: exit {result['rc']}, losses {result['losses']}, "
+              f"{result['wall_s']:.0f} s", flush=True)
+        results.append(result)
+    text = table(results)
+    print("\n" + text)
+    (args.work / "paths.md").write_text(text + "\n")
+    (args.work / "paths.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

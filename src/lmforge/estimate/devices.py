@@ -1,0 +1,130 @@
+"""The device an estimate is for: a card from gpus.yaml, or the machine this runs on."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from lmforge.errors import UserError
+from lmforge.suggest import did_you_mean
+
+GIB = 2**30
+CARDS_FILE = Path(__file__).with_name("gpus.yaml")
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    kind: str  # "cuda" (a GPU, from the table or this machine) or "cpu"
+    memory_bytes: int  # what one device holds (CPU: the machine's available RAM)
+    peak_flops: float  # dense bf16 (GPU) or measured fp32 matmul (CPU) FLOP/s
+    mfu: float  # share of the peak lmforge reaches (gpus.yaml)
+    source: str  # where the figures come from, for the report
+
+
+@cache
+def card_table() -> dict:
+    return yaml.safe_load(CARDS_FILE.read_text())
+
+
+def cards() -> list[dict]:
+    return card_table()["gpus"]
+
+
+def mfu(kind: str) -> float:
+    return float(card_table()["mfu"]["gpu" if kind == "cuda" else "cpu"])
+
+
+def _key(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def find_card(name: str) -> dict:
+    wanted = _key(name).removeprefix("nvidia ")
+    for card in cards():
+        if wanted in {_key(card["name"]), *(_key(a) for a in card.get("aliases", []))}:
+            return card
+    names = [card["name"] for card in cards()]
+    hint = did_you_mean(name, names + [str(a) for c in cards() for a in c.get("aliases", [])])
+    raise UserError(
+        f"--gpu {name} is not a card lmforge knows" + (f" ({hint.strip()})" if hint else ""),
+        fix=f"use one of: {', '.join(names)} (src/lmforge/estimate/gpus.yaml lists them; add "
+        "yours there with its memory and bf16 TFLOP/s)",
+    )
+
+
+def card_device(name: str) -> Device:
+    card = find_card(name)
+    return Device(
+        name=card["name"],
+        kind="cuda",
+        memory_bytes=int(card["memory_gib"] * GIB),
+        peak_flops=float(card["bf16_tflops"]) * 1e12,
+        mfu=mfu("cuda"),
+        source="gpus.yaml",
+    )
+
+
+def this_device(*, measure_peak=None) -> Device:
+    """The device here: the first CUDA GPU (matched in gpus.yaml for its throughput), else the
+    CPU with its available RAM and a matmul peak measured now."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        try:
+            card = find_card(props.name)
+            peak, source = float(card["bf16_tflops"]) * 1e12, f"gpus.yaml ({card['name']})"
+        except UserError:
+            peak, source = 100e12, "not in gpus.yaml: 100 TFLOP/s assumed"
+        return Device(props.name, "cuda", props.total_memory, peak, mfu("cuda"), source)
+    peak = (measure_peak or cpu_matmul_peak)()
+    return Device(
+        name=f"CPU ({os.cpu_count()} cores)",
+        kind="cpu",
+        memory_bytes=available_ram(),
+        peak_flops=peak,
+        mfu=mfu("cpu"),
+        source="fp32 matmul peak measured now; memory: available RAM",
+    )
+
+
+def free_memory(kind: str) -> int:
+    """Free memory of this device now: CUDA's free bytes, or the available RAM."""
+    if kind == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    return available_ram()
+
+
+def available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 16 * GIB
+
+
+def cpu_matmul_peak(seconds: float = 0.6) -> float:
+    """fp32 FLOP/s of a 1024 x 1024 matmul on this CPU, best of a few (about half a second)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b  # warm up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 1024**3 / (time.perf_counter() - start))
+    return best

@@ -1,0 +1,181 @@
+"""The settings an estimate depends on, read once from the config (and the run plan).
+
+Advice changes a copy of these (`dataclasses.replace`) and estimates again; nothing here is
+read from the config a second time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.errors import UserError
+
+# Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
+# states) or absolute bytes (8-bit optimizers keep one byte per state).
+OPTIMIZER_STATES: dict[str, tuple[float, str]] = {
+    "adamw_torch": (2, "x"),
+    "adamw_torch_fused": (2, "x"),
+    "adamw_hf": (2, "x"),
+    "adamw_apex_fused": (2, "x"),
+    "adamw_torch_xla": (2, "x"),
+    "adamw_torch_npu_fused": (2, "x"),
+    "paged_adamw_32bit": (2, "x"),
+    "adamw_anyprecision": (2, "x"),
+    "adamw_8bit": (2, "bytes"),
+    "adamw_bnb_8bit": (2, "bytes"),
+    "paged_adamw_8bit": (2, "bytes"),
+    "adamw_torch_4bit": (1, "bytes"),
+    "lion_32bit": (1, "x"),
+    "paged_lion_32bit": (1, "x"),
+    "lion_8bit": (1, "bytes"),
+    "paged_lion_8bit": (1, "bytes"),
+    "rmsprop": (1, "x"),
+    "adagrad": (1, "x"),
+    "sgd": (0, "x"),
+    "adafactor": (0.02, "x"),  # factored second moments: rows + columns, not rows x columns
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str
+    finetuning_type: str
+    lora_rank: int
+    quantization_bit: int | None
+    pure_bf16: bool
+    autocast_16bit: bool  # bf16/fp16 mixed precision: activations kept in 16 bits
+    batch_size: int
+    accumulation: int
+    gradient_checkpointing: bool
+    chunked_loss: bool  # asked for; used unless the head is adapted (see memory.py)
+    lean_mlp: bool  # model/gated_mlp.py (not with liger or DeepSpeed)
+    optim: str
+    zero_stage: int  # 0: no DeepSpeed
+    offload_optimizer: bool
+    offload_param: bool
+    world_size: int
+    cutoff_len: int
+    packing: bool
+    padding_free: bool
+    per_sample_attention: bool  # sdpa/fa2 run attention per sample in flattened rows
+    reference_copy: bool  # a frozen copy of the model as reference (dpo/kto/ppo/grpo, not LoRA)
+    reward_model: bool  # ppo: a second model scores rollouts
+    generated_tokens: int  # ppo/grpo: tokens generated after each prompt
+    generations: int  # grpo: completions per prompt
+    epochs: float
+    max_steps: int
+    seed: int
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes per frozen weight: fp32 unless pure_bf16 (QLoRA: see memory.py)."""
+        return 2 if self.pure_bf16 else 4
+
+    @property
+    def activation_bytes(self) -> int:
+        return 2 if (self.autocast_16bit or self.pure_bf16) else 4
+
+
+def settings_from_config(config, plan=None, *, world_size: int = 1, device_kind: str = "cpu") -> Settings:
+    """Settings of the run `config` describes on `world_size` devices of `device_kind`."""
+    method, data, train = config.method, config.data, config.train
+    passthrough = config.passthrough
+    zero, offload_opt, offload_param = deepspeed_settings(passthrough.get("deepspeed"), config)
+    if plan is not None:
+        autocast = plan.precision.bf16 or plan.precision.fp16
+        pure = plan.precision.pure_bf16
+    else:
+        autocast = bool(train.bf16 or train.fp16)
+        pure = bool(method.pure_bf16)
+    liger = device_kind == "cuda" and _liger_installed()
+    stage = method.stage
+    uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
+        stage == "dpo" and method.pref_loss in ("orpo", "simpo")
+    )
+    return Settings(
+        stage=stage,
+        finetuning_type=method.finetuning_type,
+        lora_rank=method.lora_rank,
+        quantization_bit=method.quantization_bit,
+        pure_bf16=pure,
+        autocast_16bit=autocast,
+        batch_size=train.per_device_train_batch_size,
+        accumulation=train.gradient_accumulation_steps,
+        gradient_checkpointing=bool(train.gradient_checkpointing),
+        chunked_loss=bool(train.chunked_loss and not train.compute_accuracy and not liger)
+        and stage in ("sft", "pt"),
+        lean_mlp=not liger and not zero,
+        optim=str(passthrough.get("optim") or "adamw_torch"),
+        zero_stage=zero,
+        offload_optimizer=offload_opt,
+        offload_param=offload_param,
+        world_size=max(1, world_size),
+        cutoff_len=data.cutoff_len,
+        packing=bool(data.packing or data.neat_packing),
+        padding_free=_padding_free(config, plan),
+        per_sample_attention=config.model.flash_attn != "disabled",
+        reference_copy=uses_reference and method.finetuning_type != "lora",
+        reward_model=stage == "ppo",
+        generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,
+        generations=method.num_generations if stage == "grpo" else 1,
+        epochs=float(train.num_train_epochs),
+        max_steps=int(train.max_steps),
+        seed=int(train.seed),
+    )
+
+
+def _padding_free(config, plan) -> bool:
+    """The plan's batching (padding_free unset: on for sft without packing), else the key."""
+    batching = getattr(plan, "batching", None)
+    if batching is not None:
+        return bool(batching.padding_free)
+    data = config.data
+    if data.padding_free is None:
+        return config.method.stage == "sft" and not (data.packing or data.neat_packing)
+    return bool(data.padding_free)
+
+
+def deepspeed_settings(value, config) -> tuple[int, bool, bool]:
+    """(ZeRO stage, optimizer offloaded, parameters offloaded) of a DeepSpeed config file or
+    dict; (0, False, False) without DeepSpeed."""
+    if not value:
+        return 0, False, False
+    if isinstance(value, dict):
+        ds = value
+    else:
+        path = Path(str(value))
+        try:
+            ds = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"deepspeed: {value} cannot be read as a DeepSpeed JSON file ({exc})",
+                where=config.where("deepspeed"),
+                fix="point deepspeed at a JSON file such as examples/deepspeed/ds_z3_config.json",
+            ) from None
+    zero = ds.get("zero_optimization") or {}
+    stage = int(zero.get("stage", 0) or 0)
+
+    def offloaded(key: str) -> bool:
+        return str((zero.get(key) or {}).get("device", "none")).lower() in ("cpu", "nvme")
+
+    return stage, offloaded("offload_optimizer"), offloaded("offload_param")
+
+
+def _liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def optimizer_bytes_per_param(optim: str, param_bytes: int) -> tuple[float, bool]:
+    """Bytes of optimizer state per trainable parameter, and whether the optimizer is known."""
+    name = optim.lower()
+    if name in OPTIMIZER_STATES:
+        count, unit = OPTIMIZER_STATES[name]
+        return (count * param_bytes if unit == "x" else float(count)), True
+    for known, (count, unit) in OPTIMIZER_STATES.items():  # e.g. adamw_torch_fused variants
+        if name.startswith(known.split("_")[0]) and ("8bit" in name) == ("8bit" in known):
+            return (count * param_bytes if unit == "x" else float(count)), True
+    return 2.0 * param_bytes, False

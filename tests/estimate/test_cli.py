@@ -1,0 +1,155 @@
+"""`lmforge estimate` end to end on a tiny model folder, advice, and the check before training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from conftest import write_config
+from lmforge.cli import main
+from lmforge.config import load_config
+from lmforge.estimate import estimate_run
+from lmforge.estimate.advice import advise
+from lmforge.estimate.core import compute
+from lmforge.estimate.devices import GIB, Device, card_device, cards
+
+
+def _estimate(capsys, *argv):
+    code = main(["estimate", *argv])
+    return code, capsys.readouterr()
+
+
+def test_json_keys(tmp_path, tiny_model_dir, capsys):
+    path = write_config(tmp_path, tiny_model_dir)
+    code, out = _estimate(capsys, str(path), "--gpu", "4090", "--json", "lora_rank=4")
+    assert code == 0
+    data = json.loads(out.out)
+    assert {"total_bytes", "device_bytes", "fits", "terms", "time", "advice"} <= set(data)
+    assert data["fits"] is True and data["device_bytes"] == int(24 * GIB)
+    assert data["total_bytes"] == sum(
+        v for k, v in data["terms"].items() if k not in data["peak_group"]
+    ) + max(
+        data["terms"]["activations"] + data["terms"]["loss buffers"],
+        data["terms"]["optimizer step"],
+    )
+    assert data["time"]["real_tokens"] > 0 and data["time"]["seconds"] > 0
+
+
+def test_text_report_on_this_machine(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setattr("lmforge.estimate.devices.cpu_matmul_peak", lambda: 100e9)
+    path = write_config(tmp_path, tiny_model_dir)
+    code, out = _estimate(capsys, str(path), "--finetuning_type", "full")
+    assert code == 0
+    for word in ("Peak memory per device", "weights", "optimizer states", "activations", "Time"):
+        assert word in out.out
+    assert "Room to spare" in out.out  # a tiny model: far below the limit
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--gpu", "GTX 9999"], "not a card lmforge knows"),
+        (["--gpus", "0"], "at least 1"),
+    ],
+)
+def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, tiny_model_dir, capsys, argv, words):
+    path = write_config(tmp_path, tiny_model_dir)
+    code, out = _estimate(capsys, str(path), *argv)
+    assert code == 2
+    assert out.err.startswith("error: ") and words in out.err and "Fix:" in out.err
+    assert out.err.count("\n") == 1
+
+
+def test_model_without_config_json(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "config.json").unlink()
+    path = write_config(tmp_path, folder)
+    code, out = _estimate(capsys, str(path))
+    assert code == 2 and "config.json" in out.err
+
+
+def _result(tmp_path, tiny_model_dir, device, **settings):
+    from lmforge.config.resolve import resolve_for_training
+    from lmforge.model.setup import prepare_model_setup
+    from lmforge.train.stages import get_stage
+
+    config = load_config(write_config(tmp_path, tiny_model_dir, **settings))
+    plan = resolve_for_training(config, bf16_supported=True, cuda=True, check_output_dir=False)
+    setup = prepare_model_setup(config)
+    data = get_stage("sft").datasets(config, setup)
+    return estimate_run(config, plan, setup.resolved.path, data.train, device)
+
+
+def test_advice_brings_the_estimate_under_the_limit(tmp_path, tiny_model_dir):
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    result, shape_for = _result(
+        tmp_path, tiny_model_dir, roomy, finetuning_type="full", per_device_train_batch_size=8
+    )
+    # A card just below this run's need: the activations must shrink for it to fit.
+    limit = result.total - result.memory.terms["activations"] // 2
+    small = Device("small", "cuda", limit, 1e14, 0.4, "test")
+    tight = compute(shape_for, result.settings, result.lengths, small)
+    assert not tight.fits
+    advice = advise(tight, shape_for)
+    assert advice and all(a.result.fits for a in advice)
+    assert all(a.result.total <= limit for a in advice)
+
+
+def test_a_run_too_large_for_every_card_says_so(tmp_path, tiny_model_dir, capsys):
+    from lmforge.estimate import core
+
+    path = write_config(tmp_path, tiny_model_dir)
+    huge = 10**15  # a quadrillion bytes: no card holds it
+    original = core.estimate_memory
+
+    def inflated(*args, **kwargs):
+        est = original(*args, **kwargs)
+        est.terms["weights"] += huge
+        return est
+
+    core.estimate_memory = inflated
+    try:
+        code, out = _estimate(capsys, str(path), "--gpu", "H200")
+    finally:
+        core.estimate_memory = original
+    assert code == 1
+    assert "does not fit" in out.out and "fits on none of the cards" in out.out
+
+
+def test_cards_are_complete():
+    names = {card["name"] for card in cards()}
+    for wanted in ("RTX 3090", "RTX 4090", "A10", "A100 40GB", "A100 80GB", "H100", "H200", "L40S", "Hygon K100-AI"):
+        assert wanted in names
+    assert card_device("a100").memory_bytes == int(80 * GIB)
+
+
+def test_train_prints_the_line_and_stops_when_far_over(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from lmforge.errors import UserError
+    from lmforge.train.run import run_training
+
+    monkeypatch.setattr("lmforge.estimate.check.free_memory", lambda kind: 1024)
+    config = load_config(write_config(tmp_path, tiny_model_dir, max_steps=1))
+    with pytest.raises(UserError, match="run out of memory") as error:
+        run_training(config)
+    assert "skip_memory_check" in str(error.value)
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+    config = load_config(write_config(tmp_path, tiny_model_dir, max_steps=1, skip_memory_check=True))
+    with caplog.at_level("INFO", logger="lmforge"):
+        run_training(config)
+    assert any("memory: estimated peak" in r.getMessage() for r in caplog.records)
+
+
+def test_settings_follow_the_config(tmp_path, tiny_model_dir):
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    result, _ = _result(
+        tmp_path, tiny_model_dir, roomy, gradient_checkpointing=True, packing=True, optim="sgd"
+    )
+    s = result.settings
+    assert s.gradient_checkpointing and s.packing and s.optim == "sgd"
+    assert result.memory.terms["optimizer states"] == 0
+    assert replace(s, batch_size=1).batch_size == 1
