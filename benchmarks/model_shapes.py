@@ -79,7 +79,9 @@ def build(name: str, tokenizer_dir: Path, out_dir: Path, device: str | None = No
     if name not in SHAPES:
         raise SystemExit(f"unknown model shape {name!r}; choose from {', '.join(SHAPES)}")
     folder = out_dir / f"{name}-shape"
-    if (folder / "model.safetensors.index.json").exists() or (folder / "model.safetensors").exists():
+    if (folder / "model.safetensors.index.json").exists() or (
+        folder / "model.safetensors"
+    ).exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(shape_config(name, tokenizer_dir), indent=1))
@@ -89,8 +91,13 @@ def build(name: str, tokenizer_dir: Path, out_dir: Path, device: str | None = No
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
-    for file in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                 "special_tokens_map.json", "tokenizer.model"):
+    for file in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+    ):
         if (tokenizer_dir / file).exists():
             shutil.copy(tokenizer_dir / file, folder / file)
     count = sum(p.numel() for p in model.parameters())

@@ -271,7 +271,9 @@ def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
         tail = (out / "output.log").read_text(errors="replace").splitlines()[-25:]
         print(f"{tool} failed (exit {result.returncode}); end of {out / 'output.log'}:", flush=True)
         print("\n".join(tail), flush=True)
-        reason = next((line for line in reversed(tail) if "Error" in line), tail[-1] if tail else "")
+        reason = next(
+            (line for line in reversed(tail) if "Error" in line), tail[-1] if tail else ""
+        )
         return {"failed": f"exit {result.returncode}: {reason.strip()[:160]}"}
     measured = summarise(json.loads(step_log.read_text()), job)
     measured["wall_s"] = wall

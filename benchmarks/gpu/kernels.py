@@ -95,8 +95,10 @@ def attention_rows(tokens: int) -> list[tuple]:
     cu = torch.tensor(edges, dtype=torch.int32, device="cuda")
     longest = max(b - a for a, b in zip(edges, edges[1:]))
     q = torch.randn(1, 4, tokens, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    kv = [torch.randn(1, 1, tokens, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-          for _ in range(2)]
+    kv = [
+        torch.randn(1, 1, tokens, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(2)
+    ]
     kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest}
     host = {"cu_seq_lens_q": cu.cpu(), "max_length_q": longest}
     rows = []
@@ -105,9 +107,9 @@ def attention_rows(tokens: int) -> list[tuple]:
         ("attention: per-sample sdpa", k.per_sample_sdpa, host),
         ("attention: FlexAttention", k.flex_document, kwargs),
     ):
+
         def step(fn=fn, extra=extra):
-            out, _ = fn(None, q, kv[0], kv[1], None, scaling=256**-0.5, sliding_window=512,
-                        **extra)
+            out, _ = fn(None, q, kv[0], kv[1], None, scaling=256**-0.5, sliding_window=512, **extra)
             out.float().sum().backward()
 
         try:

@@ -34,11 +34,15 @@ PATHS: dict[str, tuple[dict, list[str], dict]] = {
     "plain": ({}, LMFORGE, {}),
     "zero2": ({"deepspeed": "examples/deepspeed/ds_z2_config.json"}, LMFORGE, TORCHRUN),
     "zero2_offload": (
-        {"deepspeed": "examples/deepspeed/ds_z2_offload_config.json"}, LMFORGE, TORCHRUN
+        {"deepspeed": "examples/deepspeed/ds_z2_offload_config.json"},
+        LMFORGE,
+        TORCHRUN,
     ),
     "zero3": ({"deepspeed": "examples/deepspeed/ds_z3_config.json"}, LMFORGE, TORCHRUN),
     "zero3_offload": (
-        {"deepspeed": "examples/deepspeed/ds_z3_offload_config.json"}, LMFORGE, TORCHRUN
+        {"deepspeed": "examples/deepspeed/ds_z3_offload_config.json"},
+        LMFORGE,
+        TORCHRUN,
     ),
     "fsdp": ({}, FSDP, {}),
     "qlora_4bit": ({"quantization_bit": 4}, LMFORGE, {}),
@@ -91,7 +95,11 @@ def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
     with open(out / "output.log", "w") as log:
         try:
             rc = subprocess.run(
-                [*command, str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [*command, str(path)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 timeout=timeout,
             ).returncode
         except subprocess.TimeoutExpired:
@@ -142,8 +150,10 @@ def main() -> None:
     results = []
     for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
         result = run_path(name, args.model.resolve(), args.work.resolve(), args.timeout)
-        print(f"{name}: exit {result['rc']}, losses {result['losses']}, "
-              f"{result['wall_s']:.0f} s", flush=True)
+        print(
+            f"{name}: exit {result['rc']}, losses {result['losses']}, {result['wall_s']:.0f} s",
+            flush=True,
+        )
         results.append(result)
     text = table(results)
     print("\n" + text)

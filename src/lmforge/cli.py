@@ -110,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "does not fit",
         "TRAIN.yaml",
     )
-    estimate.add_argument("--gpu", metavar="NAME", help="estimate for this card (e.g. 4090, A100, H100)")
-    estimate.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs (data parallel, ZeRO)")
+    estimate.add_argument(
+        "--gpu", metavar="NAME", help="estimate for this card (e.g. 4090, A100, H100)"
+    )
+    estimate.add_argument(
+        "--gpus", type=int, default=1, metavar="N", help="GPUs (data parallel, ZeRO)"
+    )
     estimate.add_argument(
         "--calibrate", action="store_true", help="time a few real steps here and extrapolate"
     )

@@ -123,12 +123,24 @@ def test_a_run_too_large_for_every_card_says_so(tmp_path, tiny_model_dir, capsys
 
 def test_cards_are_complete():
     names = {card["name"] for card in cards()}
-    for wanted in ("RTX 3090", "RTX 4090", "A10", "A100 40GB", "A100 80GB", "H100", "H200", "L40S", "Hygon K100-AI"):
+    for wanted in (
+        "RTX 3090",
+        "RTX 4090",
+        "A10",
+        "A100 40GB",
+        "A100 80GB",
+        "H100",
+        "H200",
+        "L40S",
+        "Hygon K100-AI",
+    ):
         assert wanted in names
     assert card_device("a100").memory_bytes == int(80 * GIB)
 
 
-def test_train_prints_the_line_and_stops_when_far_over(tmp_path, tiny_model_dir, monkeypatch, caplog):
+def test_train_prints_the_line_and_stops_when_far_over(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
     from lmforge.errors import UserError
     from lmforge.train.run import run_training
 
@@ -138,7 +150,9 @@ def test_train_prints_the_line_and_stops_when_far_over(tmp_path, tiny_model_dir,
         run_training(config)
     assert "skip_memory_check" in str(error.value)
     assert not (tmp_path / "out").exists()  # stopped before anything was written
-    config = load_config(write_config(tmp_path, tiny_model_dir, max_steps=1, skip_memory_check=True))
+    config = load_config(
+        write_config(tmp_path, tiny_model_dir, max_steps=1, skip_memory_check=True)
+    )
     with caplog.at_level("INFO", logger="lmforge"):
         run_training(config)
     assert any("memory: estimated peak" in r.getMessage() for r in caplog.records)

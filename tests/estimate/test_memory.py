@@ -75,7 +75,15 @@ SETTINGS = Settings(
     max_steps=-1,
     seed=42,
 )
-BATCH = Batch(rows=2, row_len=100, real_tokens=200, trained=50, segments=(100, 100), padded=False, flattened=False)
+BATCH = Batch(
+    rows=2,
+    row_len=100,
+    real_tokens=200,
+    trained=50,
+    segments=(100, 100),
+    padded=False,
+    flattened=False,
+)
 
 
 def test_weights_gradients_optimizer_by_hand():
@@ -107,7 +115,9 @@ def test_zero_sharding_by_hand():
     assert est.terms["optimizer states"] == 1_000_000 * 8 // 4
     z2 = estimate_memory(full, replace(s, zero_stage=2), BATCH, device_kind="cuda")
     assert z2.terms["weights"] == 1_000_000 * 4 and z2.terms["gradients"] == 1_000_000
-    off = estimate_memory(full, replace(s, offload_optimizer=True, offload_param=True), BATCH, device_kind="cuda")
+    off = estimate_memory(
+        full, replace(s, offload_optimizer=True, offload_param=True), BATCH, device_kind="cuda"
+    )
     assert off.terms["optimizer states"] == 0 and off.terms["weights"] == 2 * 100_000 * 4
 
 
@@ -121,8 +131,13 @@ def test_activations_by_hand():
     padded = replace(BATCH, padded=True)
     masked = estimate_memory(SHAPE, SETTINGS, padded, device_kind="cpu")
     assert masked.terms["activations"] - expected == 4 * 4 * 2 * 100 * 100  # fp32 mask per layer
-    checkpointed = estimate_memory(SHAPE, replace(SETTINGS, gradient_checkpointing=True), BATCH, device_kind="cpu")
-    assert checkpointed.terms["activations"] == 4 * h * 200 * 4 + per_layer * 200 * 4 + 4 * 4 * 200 + 3 * h * 200 * 4
+    checkpointed = estimate_memory(
+        SHAPE, replace(SETTINGS, gradient_checkpointing=True), BATCH, device_kind="cpu"
+    )
+    assert (
+        checkpointed.terms["activations"]
+        == 4 * h * 200 * 4 + per_layer * 200 * 4 + 4 * 4 * 200 + 3 * h * 200 * 4
+    )
 
 
 def test_loss_buffers_by_hand():
@@ -189,7 +204,9 @@ def test_activation_formula_matches_saved_tensors(tmp_path, kind, method):
             config.layer_types = ["full_attention"] * layers
             config.sliding_window = 4096
         else:
-            config = replace_config(build_tiny_decoder("llama", 120).config, num_hidden_layers=layers, **wide)
+            config = replace_config(
+                build_tiny_decoder("llama", 120).config, num_hidden_layers=layers, **wide
+            )
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -206,7 +223,9 @@ def test_activation_formula_matches_saved_tensors(tmp_path, kind, method):
     settings = replace(SETTINGS, finetuning_type=method)
     batch = Batch(1, 1000, 1000, 0, (1000,), False, False)
     one_layer = replace(shape, layers=1, windows=(None,))
-    two = estimate_memory(replace(shape, layers=2, windows=(None, None)), settings, batch, device_kind="cuda")
+    two = estimate_memory(
+        replace(shape, layers=2, windows=(None, None)), settings, batch, device_kind="cuda"
+    )
     single = estimate_memory(one_layer, settings, batch, device_kind="cuda")
     predicted = (two.terms["activations"] - single.terms["activations"]) / 1000
     assert predicted == pytest.approx(measured, rel=0.03)

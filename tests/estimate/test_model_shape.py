@@ -59,7 +59,9 @@ def test_shapes_read_from_the_modules(tmp_path):
     assert shape.norms_per_layer == 4 and shape.qk_norm and shape.gated_mlp
     assert shape.windows == (64, None)
     assert shape.lora_linears_per_layer == 7 and shape.first_trained_layer == 0
-    freeze = model_shape(folder, MethodConfig(finetuning_type="freeze", freeze_trainable_layers=1), 8)
+    freeze = model_shape(
+        folder, MethodConfig(finetuning_type="freeze", freeze_trainable_layers=1), 8
+    )
     assert freeze.first_trained_layer == 1 and freeze.trained_layers == 1
 
 

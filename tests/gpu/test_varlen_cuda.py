@@ -26,14 +26,22 @@ def tiny_gemma():
 
 
 def tiny_llama_gqa():
-    return build_tiny_decoder("llama", VOCAB, num_attention_heads=4, num_key_value_heads=2,
-                              head_dim=64, hidden_size=256)
+    return build_tiny_decoder(
+        "llama", VOCAB, num_attention_heads=4, num_key_value_heads=2, head_dim=64, hidden_size=256
+    )
 
 
 def tiny_qwen2_window():
-    return build_tiny_decoder("qwen2", VOCAB, num_attention_heads=4, num_key_value_heads=2,
-                              hidden_size=256, use_sliding_window=True, sliding_window=48,
-                              max_window_layers=0)
+    return build_tiny_decoder(
+        "qwen2",
+        VOCAB,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=256,
+        use_sliding_window=True,
+        sliding_window=48,
+        max_window_layers=0,
+    )
 
 
 BUILDS = [tiny_gemma, tiny_llama_gqa, tiny_qwen2_window]
@@ -57,8 +65,9 @@ def to_cuda(batch):
 
 
 def flat_batch(lengths=LENGTHS):
-    collator = make_collator(0, packing=False, attn_implementation="x", padding_free=True,
-                             varlen=True)
+    collator = make_collator(
+        0, packing=False, attn_implementation="x", padding_free=True, varlen=True
+    )
     return to_cuda(collator(features(lengths)))
 
 
@@ -79,7 +88,9 @@ CASES = [(b, k) for b in BUILDS for k in HALF_KERNELS if k is not va.FLEX_DOCUME
 CASES.append((tiny_gemma, va.FLEX_DOCUMENT))
 
 
-@pytest.mark.parametrize("build, kernel", CASES, ids=lambda x: getattr(x, "__name__", None) or x.name)
+@pytest.mark.parametrize(
+    "build, kernel", CASES, ids=lambda x: getattr(x, "__name__", None) or x.name
+)
 def test_bf16_loss_and_gradients_equal_padded_sdpa(build, kernel):
     model = build().cuda()
     model.set_attn_implementation("sdpa")
@@ -112,8 +123,9 @@ def test_fp32_flex_equals_padded_sdpa(build):
         assert torch.allclose(grads[name], grad, rtol=1e-3, atol=1e-5), name
 
 
-@pytest.mark.parametrize("kernel", [k for k in HALF_KERNELS if k is not va.FLEX_DOCUMENT],
-                         ids=lambda k: k.name)
+@pytest.mark.parametrize(
+    "kernel", [k for k in HALF_KERNELS if k is not va.FLEX_DOCUMENT], ids=lambda k: k.name
+)
 def test_packed_per_sample_losses_equal_each_sample_alone(kernel):
     model = tiny_gemma().cuda().eval()
     model.set_attn_implementation("sdpa")
@@ -122,24 +134,33 @@ def test_packed_per_sample_losses_equal_each_sample_alone(kernel):
     assert va.use_varlen_attention(model, kernel)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         batch = flat_batch()
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       cu_seq_lens_q=batch["cu_seq_lens_q"], cu_seq_lens_k=batch["cu_seq_lens_k"],
-                       max_length_q=batch["max_length_q"], max_length_k=batch["max_length_k"]
-                       ).logits[0].float()
+        logits = (
+            model(
+                input_ids=batch["input_ids"],
+                position_ids=batch["position_ids"],
+                cu_seq_lens_q=batch["cu_seq_lens_q"],
+                cu_seq_lens_k=batch["cu_seq_lens_k"],
+                max_length_q=batch["max_length_q"],
+                max_length_k=batch["max_length_k"],
+            )
+            .logits[0]
+            .float()
+        )
         start = 0
         for sample in samples:
             n = len(sample["input_ids"])
             alone = flat_batch([n]) | {"input_ids": torch.tensor([sample["input_ids"]]).cuda()}
             alone.pop("labels")
             single = model(**alone).logits[0].float()
-            packed_loss = F.cross_entropy(logits[start : start + n - 1],
-                                          alone["input_ids"][0, 1:])
+            packed_loss = F.cross_entropy(logits[start : start + n - 1], alone["input_ids"][0, 1:])
             single_loss = F.cross_entropy(single[:-1], alone["input_ids"][0, 1:])
             assert packed_loss.item() == pytest.approx(single_loss.item(), rel=1e-2)
             start += n
-    check_isolation(model, make_collator(0, packing=False, attn_implementation="x",
-                                         padding_free=True, varlen=True),
-                    autocast_dtype=torch.bfloat16)
+    check_isolation(
+        model,
+        make_collator(0, packing=False, attn_implementation="x", padding_free=True, varlen=True),
+        autocast_dtype=torch.bfloat16,
+    )
 
 
 @pytest.mark.parametrize("kernel", [va.TORCH_VARLEN], ids=lambda k: k.name)
@@ -163,8 +184,15 @@ def test_no_host_synchronisation_in_forward_and_backward(kernel):
 
 def test_training_on_cuda_runs_the_varlen_kernel(tmp_path, tiny_model_dir, caplog):
     with caplog.at_level("INFO", logger="lmforge"):
-        run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, bf16=True, max_steps=3,
-                        per_device_train_batch_size=4, logging_steps=1)
+        run = run_train(
+            tmp_path,
+            tiny_model_dir,
+            SHORT_SFT,
+            bf16=True,
+            max_steps=3,
+            per_device_train_batch_size=4,
+            logging_steps=1,
+        )
     assert "padding-free" in caplog.text
     expected = va.FLASH_ATTN_VARLEN if varlen_kernels.flash_attn_available() else va.TORCH_VARLEN
     assert f"attention: {expected.describe}" in caplog.text

@@ -38,6 +38,12 @@ from lmforge.synth.json_repair import Unreadable, parse_reply
         ('{"questions": ["a"]}', "array", ["a"], ("array inside an object",)),
         ('[{"answer": "x"}]', "object", {"answer": "x"}, ("object inside an array",)),
         ('"a, b" ["x, y]", "z"]', "array", ["x, y]", "z"], ("text around the JSON",)),
+        (
+            '{"answer": "write </think> to close"}',
+            "object",
+            {"answer": "write </think> to close"},
+            (),
+        ),
     ],
 )
 def test_repairs(reply, kind, value, repairs):

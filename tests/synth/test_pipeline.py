@@ -196,8 +196,9 @@ def test_requests_per_minute(tmp_path, scripted_llm, helpers):
     with scripted_llm(respond) as server:
         path = helpers.write_synth_config(tmp_path, server.url, llm={"requests_per_minute": 600})
         assert helpers.run_cli("synth", str(path)) == 0
-    gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:])]
-    assert len(times) > 5 and min(gaps) >= 0.09  # one request every 0.1 s at most
+    times.sort()
+    # one request every 0.1 s at most (arrivals jitter; the span cannot be shorter)
+    assert len(times) > 5 and times[-1] - times[0] >= 0.1 * (len(times) - 1) - 0.05
 
 
 def test_languages_and_sharegpt_only(tmp_path, scripted_llm, helpers):
@@ -259,3 +260,17 @@ def test_endpoint_gone_midway_stops_and_resumes(tmp_path, scripted_llm, helpers,
         total = len(server.requests)
     report = helpers.read_json(tmp_path / "out" / "synth_report.json")
     assert report["llm_calls"]["reused"] == 3 and total == report["llm_calls"]["asked"]
+
+
+def test_damaged_document_is_reported_not_fatal(tmp_path, scripted_llm, helpers):
+    helpers.write_docs(tmp_path / "docs")
+    (tmp_path / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a pdf")
+    (tmp_path / "docs" / "gbk.txt").write_bytes("中文文本".encode("gbk"))
+    with scripted_llm() as server:
+        path = helpers.write_synth_config(tmp_path, server.url)
+        assert helpers.run_cli("synth", str(path)) == 1
+    report = helpers.read_json(tmp_path / "out" / "synth_report.json")
+    assert report["counts"]["unreadable_documents"] == 2
+    assert report["counts"]["train_pairs"] > 0  # the other documents were used
+    notes = "\n".join(report["notes"])
+    assert "broken.pdf" in notes and "gbk.txt is not UTF-8" in notes

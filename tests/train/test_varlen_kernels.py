@@ -53,7 +53,9 @@ def loss_and_grads(model, batch):
 
 
 def flat_batch():
-    collator = make_collator(0, packing=False, attn_implementation="x", padding_free=True, varlen=True)
+    collator = make_collator(
+        0, packing=False, attn_implementation="x", padding_free=True, varlen=True
+    )
     return collator(features())
 
 
@@ -84,8 +86,17 @@ def fake_torch_varlen(monkeypatch):
     calls = []
 
     def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), **kw):
-        calls.append(dict(shape=tuple(q.shape), kv_heads=k.shape[1], dtype=q.dtype, cu=cu_q,
-                          max_q=max_q, window=window_size, kw=kw))
+        calls.append(
+            dict(
+                shape=tuple(q.shape),
+                kv_heads=k.shape[1],
+                dtype=q.dtype,
+                cu=cu_q,
+                max_q=max_q,
+                window=window_size,
+                kw=kw,
+            )
+        )
         assert cu_q is cu_k and cu_q.dtype == torch.int32 and isinstance(max_q, int)
         assert q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16)
         assert window_size[1] == 0  # causal
@@ -156,8 +167,10 @@ def test_flex_document_mask_gives_the_padded_logits(build):
         flat = model(**flat_batch()).logits[0]
     mask = padded["attention_mask"].bool()
     assert torch.allclose(flat, expected[mask], rtol=1e-4, atol=1e-5)
-    check_isolation(model, make_collator(0, packing=False, attn_implementation="x",
-                                         padding_free=True, varlen=True))
+    check_isolation(
+        model,
+        make_collator(0, packing=False, attn_implementation="x", padding_free=True, varlen=True),
+    )
     va.restore_attention(model)
     assert model.config._attn_implementation == "sdpa"
 
@@ -165,16 +178,31 @@ def test_flex_document_mask_gives_the_padded_logits(build):
 def test_flash_attn_package_gets_its_varlen_arguments(monkeypatch):
     calls = []
 
-    def flash_attn_varlen_func(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                               max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
-                               softcap):
+    def flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        *,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p,
+        softmax_scale,
+        causal,
+        window_size,
+        softcap,
+    ):
         calls.append((window_size, causal, softcap, k.shape[1]))
         assert cu_seqlens_q is cu_seqlens_k and isinstance(max_seqlen_q, int)
-        return reference_varlen(q, k, v, cu_seqlens_q, max_seqlen_q, scale=softmax_scale,
-                                left_window=window_size[0])
+        return reference_varlen(
+            q, k, v, cu_seqlens_q, max_seqlen_q, scale=softmax_scale, left_window=window_size[0]
+        )
 
     monkeypatch.setitem(
-        sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func)
+        sys.modules,
+        "flash_attn",
+        types.SimpleNamespace(flash_attn_varlen_func=flash_attn_varlen_func),
     )
     model = tiny_gemma()
     prepare_model_for_packing(model)
@@ -212,8 +240,9 @@ def test_half_precision_kernels_refuse_fp32_without_autocast(fake_torch_varlen):
         ("auto", "cuda", True, False, True, False, True, va.PER_SAMPLE_SDPA),  # dropout
     ],
 )
-def test_kernel_choice(flash_attn, device, half, softcap, dropout, fa_installed, torch_varlen,
-                       expected):
+def test_kernel_choice(
+    flash_attn, device, half, softcap, dropout, fa_installed, torch_varlen, expected
+):
     chosen = va.choose_kernel(
         flash_attn,
         device_type=device,

@@ -153,8 +153,14 @@ class Page:
         self.driver.execute_script("arguments[0].click();", self.wait.until(button))
         time.sleep(0.5)
 
-    def shot(self, name):
+    def shot(self, name, at=None):
         SHOTS.mkdir(parents=True, exist_ok=True)
+        if at:  # one screen around `at`
+            element = self.find(at)
+            self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)
+            time.sleep(0.3)
+            self.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+            return
         self.driver.execute_script("window.scrollTo(0, 0);")
         height = self.driver.execute_script("return document.body.scrollHeight")
         self.driver.set_window_size(1280, min(max(height, 1000), 4000))
@@ -179,7 +185,7 @@ def test_the_whole_workflow_in_headless_chromium(board, tmp_path):
         page.click("#start")
         page.until_text("#train-status", "Finished", timeout=120)
         page.until_text("#train-progress", "100 %")
-        page.find("#loss-plot canvas, #loss-plot svg")
+        page.find("#loss-plot img, #loss-plot canvas, #loss-plot svg")
         run = tmp_path / "saves" / "tiny-lora"
         assert (run / "report.md").is_file() and (run / "adapter_model.safetensors").is_file()
         saved = yaml.safe_load(Path(the_board.jobs.history()[-1].argv[-1]).read_text())
@@ -188,6 +194,7 @@ def test_the_whole_workflow_in_headless_chromium(board, tmp_path):
         page.click("#open-report")
         page.until_text("#report", "Training report")
         page.shot("train")
+        page.shot("train-run", at="#train-status")
         print(f"{time.time() - started:.0f} s", 'page.shot("train")')
 
         # A long second run: reload mid-run and re-attach, then stop it.
@@ -261,4 +268,4 @@ def test_the_whole_workflow_in_headless_chromium(board, tmp_path):
         page.shot("train-zh")
     finally:
         driver.quit()
-    assert time.time() - started < 300  # about 2 minutes on an idle 2-core machine
+    assert time.time() - started < 420  # 3.5-4 min measured on 2 busy shared cores

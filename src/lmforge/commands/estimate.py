@@ -45,9 +45,7 @@ def estimate_command(
         data = to_dict(result, advice, larger, calibration=calibration, other_cards=others)
         return json.dumps(data, indent=1), 0 if result.fits else 1
     title = path or "the command-line config"
-    text = render(
-        result, advice, larger, title=title, calibration=calibration, other_cards=others
-    )
+    text = render(result, advice, larger, title=title, calibration=calibration, other_cards=others)
     return text, 0 if result.fits else 1
 
 

@@ -26,9 +26,7 @@ class Advice:
 
     def line(self) -> str:
         r = self.result
-        return (
-            f"{self.change}: {r.total / 2**30:.2f} GiB ({r.verdict}) - {self.why}"
-        )
+        return f"{self.change}: {r.total / 2**30:.2f} GiB ({r.verdict}) - {self.why}"
 
 
 def candidates(s: Settings, device_kind: str) -> list[tuple[str, str, Settings]]:
@@ -110,7 +108,9 @@ def candidates(s: Settings, device_kind: str) -> list[tuple[str, str, Settings]]
             (
                 "deepspeed: examples/deepspeed/ds_z3_offload_config.json",
                 "ZeRO-3 with weights and optimizer states offloaded to CPU memory (slower)",
-                replace(s, zero_stage=3, offload_optimizer=True, offload_param=True, lean_mlp=False),
+                replace(
+                    s, zero_stage=3, offload_optimizer=True, offload_param=True, lean_mlp=False
+                ),
             )
         )
     cutoff = s.cutoff_len // 2

@@ -37,7 +37,12 @@ class Lengths:
         """As if encoded with a smaller cutoff_len (samples cut, trained tokens in proportion)."""
         tokens = np.minimum(self.tokens, cutoff_len)
         share = np.where(self.tokens > 0, tokens / np.maximum(self.tokens, 1), 0)
-        return Lengths(tokens, np.floor(self.trained * share).astype(np.int64), self.rows_per_sample, self.exact)
+        return Lengths(
+            tokens,
+            np.floor(self.trained * share).astype(np.int64),
+            self.rows_per_sample,
+            self.exact,
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,9 @@ def largest_batch(
             return Batch(1, total, total, _trained_share(lengths, segments), segments, False, True)
         longest = chosen[0][0]
         real = sum(s for s, _ in chosen)
-        return Batch(len(chosen), longest, real, _trained_share(lengths, segments), segments, True, False)
+        return Batch(
+            len(chosen), longest, real, _trained_share(lengths, segments), segments, True, False
+        )
     top = tokens[: batch_size * 1]
     segments = tuple(int(n) for n in top) * per
     if padding_free:
@@ -168,7 +175,9 @@ def run_tokens(
     padded_positions = 0
     for start in range(0, rows, batch_size):
         chunk = shuffled[start : start + batch_size]
-        padded_positions += int(chunk.sum()) if padding_free or packing else len(chunk) * int(chunk.max())
+        padded_positions += (
+            int(chunk.sum()) if padding_free or packing else len(chunk) * int(chunk.max())
+        )
     real = int(row_tokens.sum())
     if max_steps and max_steps > 0:
         scale = max_steps / steps_per_epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+
 from lmforge.errors import UserError
 from lmforge.estimate import estimate_run
 from lmforge.estimate.advice import advise
@@ -51,4 +52,3 @@ def memory_line_and_check(config, plan, setup, data, *, free_bytes: int | None =
         fix=(f"set {fixes}" if fixes else "use a device with more memory")
         + "; `lmforge estimate` shows the breakdown; skip_memory_check: true trains anyway",
     )
-

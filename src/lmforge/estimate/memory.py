@@ -110,7 +110,9 @@ def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
         if settings.offload_param:
             gathered = 2 * shape.largest_layer_params * settings.weight_bytes
             return gathered, f"ZeRO-3 offloaded to CPU; two layers gathered at a time ({what})"
-        sharded = size // settings.world_size + 2 * shape.largest_layer_params * settings.weight_bytes
+        sharded = (
+            size // settings.world_size + 2 * shape.largest_layer_params * settings.weight_bytes
+        )
         return sharded, f"ZeRO-3: 1/{settings.world_size} each + two gathered layers ({what})"
     return size, what
 

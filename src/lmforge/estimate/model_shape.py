@@ -159,7 +159,9 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
     if getattr(text, "use_sliding_window", True) is False:
         windows = tuple(None for _ in kinds)
 
-    plan = RunPlan(lora_alpha=lora_alpha, precision=Precision(), evaluation=Evaluation(), resume=Resume())
+    plan = RunPlan(
+        lora_alpha=lora_alpha, precision=Precision(), evaluation=Evaluation(), resume=Resume()
+    )
     model = apply_finetuning(model, method, plan, [])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -191,6 +191,9 @@ def to_dict(
         ],
         "larger_batch": None
         if larger is None
-        else {"per_device_train_batch_size": larger.settings.batch_size, "total_bytes": larger.total},
+        else {
+            "per_device_train_batch_size": larger.settings.batch_size,
+            "total_bytes": larger.total,
+        },
         "fits_on": other_cards,
     }

@@ -78,7 +78,9 @@ class Settings:
         return 2 if (self.autocast_16bit or self.pure_bf16) else 4
 
 
-def settings_from_config(config, plan=None, *, world_size: int = 1, device_kind: str = "cpu") -> Settings:
+def settings_from_config(
+    config, plan=None, *, world_size: int = 1, device_kind: str = "cpu"
+) -> Settings:
     """Settings of the run `config` describes on `world_size` devices of `device_kind`."""
     method, data, train = config.method, config.data, config.train
     passthrough = config.passthrough
@@ -89,7 +91,7 @@ def settings_from_config(config, plan=None, *, world_size: int = 1, device_kind:
     else:
         autocast = bool(train.bf16 or train.fp16)
         pure = bool(method.pure_bf16)
-    liger = device_kind == "cuda" and _liger_installed()
+    liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
     uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
         stage == "dpo" and method.pref_loss in ("orpo", "simpo")
@@ -106,7 +108,7 @@ def settings_from_config(config, plan=None, *, world_size: int = 1, device_kind:
         gradient_checkpointing=bool(train.gradient_checkpointing),
         chunked_loss=bool(train.chunked_loss and not train.compute_accuracy and not liger)
         and stage in ("sft", "pt"),
-        lean_mlp=not liger and not zero,
+        lean_mlp=device_kind == "cpu" and not liger and not zero,  # CPU only, as train/run.py
         optim=str(passthrough.get("optim") or "adamw_torch"),
         zero_stage=zero,
         offload_optimizer=offload_opt,
@@ -161,12 +163,6 @@ def deepspeed_settings(value, config) -> tuple[int, bool, bool]:
         return str((zero.get(key) or {}).get("device", "none")).lower() in ("cpu", "nvme")
 
     return stage, offloaded("offload_optimizer"), offloaded("offload_param")
-
-
-def _liger_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def optimizer_bytes_per_param(optim: str, param_bytes: int) -> tuple[float, bool]:

@@ -127,13 +127,19 @@ def generation_settings(config: Config, tokenizer, template) -> dict:
     return settings
 
 
-def generate_answers(model, tokenizer, items: list[PromptItem], batch_size: int, settings: dict):
-    """Each prompt's answer text, in order; batches are formed longest first."""
+def generate_token_ids(
+    model, tokenizer, items: list[PromptItem], batch_size: int, settings: dict
+) -> list[list[int]]:
+    """Each prompt's answer tokens, in order: batches formed longest first and left-padded with
+    an attention mask; each row ends before its first stop id (settings' eos_token_id), so the
+    stop token and the padding after it are not part of the answer."""
     import torch
     from tqdm import tqdm
 
+    stops = settings.get("eos_token_id")
+    stops = set([stops] if isinstance(stops, int) else stops or [])
     order = sorted(range(len(items)), key=lambda i: -len(items[i].ids))
-    answers: list[str] = [""] * len(items)
+    answers: list[list[int]] = [[] for _ in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.inference_mode(), tqdm(total=len(items), desc="Generating", unit="sample") as bar:
@@ -147,9 +153,18 @@ def generate_answers(model, tokenizer, items: list[PromptItem], batch_size: int,
             )
             out = model.generate(input_ids=ids, attention_mask=mask, **settings)
             for i, row in zip(chosen, out[:, longest:].tolist()):
-                answers[i] = tokenizer.decode(row, skip_special_tokens=True)
+                end = next((k for k, token in enumerate(row) if token in stops), len(row))
+                answers[i] = row[:end]
             bar.update(len(batch))
     return answers
+
+
+def generate_answers(model, tokenizer, items: list[PromptItem], batch_size: int, settings: dict):
+    """Each prompt's answer text, in order (generate_token_ids, decoded)."""
+    return [
+        tokenizer.decode(row, skip_special_tokens=True)
+        for row in generate_token_ids(model, tokenizer, items, batch_size, settings)
+    ]
 
 
 def run_prediction(

@@ -23,8 +23,8 @@ transformers' mask construction, which scans position ids on the device every fo
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lmforge.model import varlen_kernels as kernels
 
@@ -128,4 +128,3 @@ def restore_attention(model) -> None:
     """Back to the attention the model was loaded with, after training."""
     if varlen_kernel_of(model) is not None:
         model.set_attn_implementation(_loaded_attention.get(model, "sdpa"))
-

@@ -65,12 +65,21 @@ def _flat(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def per_sample_sdpa(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
     **kwargs,
 ):
     bounds, _ = _bounds(kwargs, "per-sample sdpa", query, attention_mask)
     if kwargs.get("softcap") is not None:
-        raise RuntimeError("per-sample sdpa, like sdpa, does not support attention logit softcapping")
+        raise RuntimeError(
+            "per-sample sdpa, like sdpa, does not support attention logit softcapping"
+        )
     gqa = query.shape[1] != key.shape[1]  # native: repeated heads would be kept for backward
     edges = bounds.tolist()  # the CPU path: a host tensor, no device to wait for
     outputs = []
@@ -114,7 +123,14 @@ def _varlen_takes_gqa_flag() -> bool:
 
 
 def torch_varlen(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
     **kwargs,
 ):
     from torch.nn.attention.varlen import varlen_attn
@@ -150,7 +166,14 @@ def flash_attn_available() -> bool:
 
 
 def flash_attn_varlen(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
     **kwargs,
 ):
     from flash_attn import flash_attn_varlen_func
@@ -217,7 +240,14 @@ def _flex_function(device_type: str):
 
 
 def flex_document(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
     **kwargs,
 ):
     bounds, _ = _bounds(kwargs, "FlexAttention", query, attention_mask)

@@ -46,9 +46,12 @@ class NearDuplicates:
             # the signatures' estimate first (one vector operation), the exact value for the
             # few that come near the threshold
             estimate = (self._signatures[order] == signature).mean(axis=1)
-            for index in order[estimate >= self.threshold - 0.1]:
-                if _jaccard(shingles, self._kept[index]) >= self.threshold:
-                    return True
+            near = order[estimate >= self.threshold - 0.1]
+            if (
+                near.size
+                and _best_jaccard(shingles, [self._kept[i] for i in near]) >= self.threshold
+            ):
+                return True
         index = len(self._kept)
         self._kept.append(shingles)
         if index == len(self._signatures):
@@ -73,6 +76,11 @@ def _shingles(text: str) -> np.ndarray:
     return np.unique(np.array([zlib.crc32(g.encode()) for g in grams], dtype=np.uint32))
 
 
-def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    common = np.intersect1d(a, b, assume_unique=True).size
-    return common / (a.size + b.size - common)
+def _best_jaccard(shingles: np.ndarray, others: list[np.ndarray]) -> float:
+    """The largest exact Jaccard similarity of `shingles` to any of `others`, in one pass."""
+    sizes = np.fromiter((o.size for o in others), dtype=np.int64, count=len(others))
+    hits = np.isin(np.concatenate(others), shingles).astype(np.int64)
+    starts = np.zeros(len(others), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    common = np.add.reduceat(hits, starts)
+    return float((common / (sizes + shingles.size - common)).max())

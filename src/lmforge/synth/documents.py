@@ -25,6 +25,10 @@ SUFFIXES = TEXT_SUFFIXES + HTML_SUFFIXES + (".pdf", ".docx")
 EXTRA = "pip install 'lmforge[synth]'"
 
 
+class MissingExtra(UserError):
+    """A reader's library is not installed: every such file would fail, so this stops."""
+
+
 @dataclass(frozen=True)
 class DocumentFile:
     path: Path
@@ -112,9 +116,16 @@ def _expand(entry: str, base: Path | None) -> list[Path]:
     return []
 
 
-def read_documents(files: list[DocumentFile]) -> Iterator[Document]:
+def read_documents(files: list[DocumentFile], unreadable: list[str] | None = None) -> Iterator:
+    """The documents' texts, one at a time. With `unreadable`, a file that cannot be read
+    (damaged PDF, not UTF-8, ...) is listed there with the reason instead of raising."""
     for f in files:
-        yield Document(f.name, read_text(f.path, f.name))
+        try:
+            yield Document(f.name, read_text(f.path, f.name))
+        except UserError as error:
+            if unreadable is None or isinstance(error, MissingExtra):
+                raise
+            unreadable.append(error.format())
 
 
 def read_text(path: Path, name: str) -> str:
@@ -147,7 +158,7 @@ def _pdf_text(path: Path, name: str) -> str:
     try:
         from pypdf import PdfReader
     except ImportError:
-        raise UserError(f"{name} is a PDF, and reading PDFs needs pypdf", fix=EXTRA) from None
+        raise MissingExtra(f"{name} is a PDF, and reading PDFs needs pypdf", fix=EXTRA) from None
     try:
         reader = PdfReader(str(path))
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
@@ -163,7 +174,7 @@ def _docx_text(path: Path, name: str) -> str:
     try:
         import docx
     except ImportError:
-        raise UserError(
+        raise MissingExtra(
             f"{name} is a Word file, and reading it needs python-docx", fix=EXTRA
         ) from None
     try:

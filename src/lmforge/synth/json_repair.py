@@ -39,6 +39,9 @@ class Parsed:
 def parse_reply(text: str, kind: str) -> Parsed:
     """The JSON `kind` ("array" or "object") in an LLM reply, or raise Unreadable."""
     repairs: list[str] = []
+    whole = _try_json(text.strip())  # valid as it is (even with "</think>" inside a string)
+    if whole is not None:
+        return Parsed(_of_kind(whole.value, kind, repairs), tuple(repairs))
     body = _without_reasoning(text, repairs)
     value = _try_json(body.strip())
     if value is None:

@@ -50,7 +50,7 @@ def run_synth(config: Config) -> Report:
     prompts = load_prompts(config.synth.prompt_dir, config.where("prompt_dir"))
     folder.mkdir(parents=True, exist_ok=True)
     with Store(folder) as store:
-        documents, chunk_ids = _write_chunks(config, files, folder)
+        documents, chunk_ids, unreadable = _write_chunks(config, files, folder)
         plan = _Plan(config, llm.model, prompts)
         jobs = Jobs(store, None, {lang: p["strict"] for lang, p in prompts.items()})
         asyncio.run(_ask_all(plan, jobs, llm, folder, len(chunk_ids)))
@@ -59,20 +59,27 @@ def run_synth(config: Config) -> Report:
         report.counts["documents"] = documents
         report.counts["chunks"] = len(chunk_ids)
         _replay(plan, store, folder, eval_ids, report)
+        if unreadable:
+            report.counts["failed"] += len(unreadable)
+            report.counts["unreadable_documents"] = len(unreadable)
+            report.notes += [f"not read: {error}" for error in unreadable[:20]]
     return finish_report(report, jobs, config, folder, started)
 
 
 # ---- 1. documents -> chunks -----------------------------------------------------------------
 
 
-def _write_chunks(config: Config, files, folder: Path) -> tuple[int, list[str]]:
+def _write_chunks(config: Config, files, folder: Path) -> tuple[int, list[str], list[str]]:
+    """(documents read, chunk ids, why each unreadable document was not read): one damaged
+    file among thousands is reported, not a reason to stop."""
     synth = config.synth
     path = folder / CHUNKS_FILE
     tmp = path.with_name(CHUNKS_FILE + ".tmp")
     ids: list[str] = []
+    unreadable: list[str] = []
     documents = 0
     with open(tmp, "w", encoding="utf-8") as out:
-        for document in read_documents(files):
+        for document in read_documents(files, unreadable):
             documents += 1
             for chunk in split_chunks(
                 document.name,
@@ -92,7 +99,7 @@ def _write_chunks(config: Config, files, folder: Path) -> tuple[int, list[str]]:
                 }
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-    return documents, ids
+    return documents, ids, unreadable
 
 
 def _chunks(folder: Path) -> Iterator[Chunk]:

@@ -36,7 +36,13 @@ class Report:
         out = [f"lmforge synth{' augment' if self.kind == 'augment' else ''}: {self.output_dir}"]
         if self.kind == "synth":
             out.append(
-                f"  documents {c.get('documents', 0)}, chunks {c.get('chunks', 0)}, questions "
+                f"  documents {c.get('documents', 0)}"
+                + (
+                    f" ({c['unreadable_documents']} not read)"
+                    if c.get("unreadable_documents")
+                    else ""
+                )
+                + f", chunks {c.get('chunks', 0)}, questions "
                 f"{c.get('questions', 0)}, answers {c.get('answers', 0)}, dropped: "
                 f"{c.get('low_score', 0)} low score, {c.get('duplicates', 0)} near-duplicates"
             )

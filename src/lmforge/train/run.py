@@ -110,8 +110,10 @@ def run_training(config: Config) -> TrainingRun:
     # On the CPU only: on an H100 the lean MLP measured slower (1.99 vs 1.71 ms a layer,
     # benchmarks/gpu/kernels.py). Not with liger (its own fused MLPs) or DeepSpeed (ZeRO-3
     # gathers weights in its hooks).
-    if args.device.type == "cpu" and not args.use_liger_kernel and not config.passthrough.get(
-        "deepspeed"
+    if (
+        args.device.type == "cpu"
+        and not args.use_liger_kernel
+        and not config.passthrough.get("deepspeed")
     ):
         use_lean_gated_mlps(trainer.model)
     lines = plan_lines(config, plan, setup, trainer, data.report, args, memory_line)
@@ -301,7 +303,9 @@ def batching_line(plan: RunPlan, trainer) -> str:
     return ""
 
 
-def plan_lines(config: Config, plan: RunPlan, setup, trainer, report: DataReport, args, memory=None) -> list[str]:
+def plan_lines(
+    config: Config, plan: RunPlan, setup, trainer, report: DataReport, args, memory=None
+) -> list[str]:
     model = trainer.model
     train = config.train
     effective = (

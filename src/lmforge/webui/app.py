@@ -123,7 +123,12 @@ def inspect_html(result: dict) -> str:
 
 def estimate_markdown(data: dict, lang: str) -> str:
     def gib(value):
-        return f"{value / 2**30:.2f} GiB" if isinstance(value, (int, float)) else str(value)
+        if not isinstance(value, (int, float)):
+            return str(value)
+        for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value >= scale:
+                return f"{value / scale:.2f} {unit}"
+        return f"{value} B"
 
     fits = data.get("fits")
     verdict = t("fits", lang) if fits else t("does_not_fit", lang)
@@ -339,14 +344,7 @@ def build_app(board: Board, lang: str = DEFAULT):
                     )
                     yaml_view = gr.Code(label="YAML", language="yaml", elem_id="yaml")
                 status, progress, log = _job_panel(gr, texts, "train", lang)
-                loss_plot = gr.LinePlot(
-                    x="step",
-                    y="loss",
-                    color="series",
-                    label=t("loss_curve", lang),
-                    elem_id="loss-plot",
-                    height=260,
-                )
+                loss_plot = gr.Plot(label=t("loss_curve", lang), elem_id="loss-plot")
                 texts.add(loss_plot, "loss_curve")
                 with gr.Accordion(t("runs", lang), open=True, elem_id="runs") as runs_box:
                     texts.add(runs_box, "runs")
@@ -493,7 +491,11 @@ def build_app(board: Board, lang: str = DEFAULT):
                     "eval_command",
                 )
                 eval_fields = form.build_components(
-                    gr, eval_specs, pickers={"model_name_or_path": catalogue}, prefix="eval-field"
+                    gr,
+                    eval_specs,
+                    pickers={"model_name_or_path": catalogue},
+                    prefix="eval-field",
+                    open_sections=("model", "eval"),
                 )
                 with gr.Row():
                     b_eval = texts.add(
@@ -519,6 +521,7 @@ def build_app(board: Board, lang: str = DEFAULT):
                     export_specs,
                     pickers={"model_name_or_path": catalogue},
                     prefix="export-field",
+                    open_sections=EXPORT_SECTIONS,
                 )
                 with gr.Row():
                     b_export = texts.add(
@@ -548,6 +551,7 @@ def build_app(board: Board, lang: str = DEFAULT):
                         synth_specs,
                         pickers={"model_name_or_path": catalogue},
                         prefix="synth-field",
+                        open_sections=("model", "synth"),
                     )
                     if synth_specs
                     else {}
@@ -985,7 +989,7 @@ def _panel_values(gr, board: Board, job, lang: str, tab: str) -> list:
         percent = progress.percentage
         if job.exit_code == 0:
             percent = 100.0
-        return [status, _progress_html(percent, progress.line()), log, runs.loss_frame(progress)]
+        return [status, _progress_html(percent, progress.line()), log, runs.loss_figure(progress)]
     percent = 100.0 if job.exit_code == 0 else (0.0 if job.exit_code is None else 0.0)
     line = t(job.status(), lang)
     results = _results_markdown(job) if job.exit_code is not None else ""

@@ -24,6 +24,7 @@ from lmforge.config.schema import FINETUNING_TYPES, SECTIONS, STAGES
 
 # Sections shown open; the others are folded ("advanced").
 OPEN_SECTIONS = ("model", "method", "data", "train")
+COLUMNS = 3  # fields per row
 # Keys that always go into the YAML of a training run, even at their default.
 ALWAYS_WRITTEN = ("model_name_or_path", "stage", "finetuning_type", "dataset", "output_dir")
 _TAG_RE = re.compile(r"^([a-z0-9_]+(?:/[a-z0-9_]+)*)[ :]")
@@ -254,7 +255,13 @@ def build_component(gr, spec: FieldSpec, value: Any = MISSING, *, choices=None, 
 
 
 def build_components(
-    gr, specs: list[FieldSpec], *, pickers: dict | None = None, values=None, prefix="field"
+    gr,
+    specs: list[FieldSpec],
+    *,
+    pickers: dict | None = None,
+    values=None,
+    prefix="field",
+    open_sections=OPEN_SECTIONS,
 ):
     """Accordions per section (OPEN_SECTIONS open, the rest folded), one component per spec;
     returns {name: component} in spec order. `pickers` gives choices for keys such as
@@ -263,15 +270,17 @@ def build_components(
     components: dict[str, Any] = {}
     order = list(dict.fromkeys(s.section for s in specs))
     for section in order:
-        folded = section not in OPEN_SECTIONS
+        folded = section not in open_sections
         title = f"{section}: {section_doc(section)}" + (" (advanced)" if folded else "")
         with gr.Accordion(title, open=not folded, elem_id=f"{prefix}-section-{section}"):
-            for spec in (s for s in specs if s.section == section):
-                components[spec.name] = build_component(
-                    gr,
-                    spec,
-                    values.get(spec.name, MISSING),
-                    choices=pickers.get(spec.name),
-                    prefix=prefix,
-                )
+            mine = [s for s in specs if s.section == section]
+            for start in range(0, len(mine), COLUMNS):
+                with gr.Row():
+                    for spec in mine[start : start + COLUMNS]:
+                        components[spec.name] = _component(gr, spec, values, pickers, prefix)
     return components
+
+
+def _component(gr, spec: FieldSpec, values: dict, pickers: dict, prefix: str):
+    value = values.get(spec.name, MISSING)
+    return build_component(gr, spec, value, choices=pickers.get(spec.name), prefix=prefix)

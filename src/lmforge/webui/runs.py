@@ -60,14 +60,28 @@ def read_progress(output_dir: str | Path | None) -> Progress:
     return progress
 
 
-def loss_frame(progress: Progress):
-    """A pandas DataFrame (step, loss, series) for Gradio's LinePlot."""
-    import pandas as pd
+def loss_figure(progress: Progress):
+    """The train (and eval) loss by step as a matplotlib figure, for Gradio's Plot (its
+    LinePlot takes numbers for categories under pandas 3), or None before the first step."""
+    if not progress.train and not progress.evals:
+        return None
+    import matplotlib
 
-    rows = [(s, v, "train") for s, v in progress.train] + [
-        (s, v, "eval") for s, v in progress.evals
-    ]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2), layout="tight")
+    ax = figure.subplots()
+    if progress.train:
+        marker = "o" if len(progress.train) < 20 else None
+        ax.plot(*zip(*progress.train), label="train loss", color="#1f77b4", marker=marker)
+    if progress.evals:
+        ax.plot(*zip(*progress.evals), label="eval loss", color="#d62728", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure
 
 
 @dataclass(frozen=True)
