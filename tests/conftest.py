@@ -75,6 +75,28 @@ def build_tiny_decoder(kind: str, vocab_size: int, **overrides):
     return model_class(config_class(**{**shape, **overrides}))
 
 
+def random_features(lengths, vocab_size: int, seed: int = 0) -> list[dict]:
+    """SFT features of random token ids (3 and up: no special ids), one per length, the first
+    third of each sample's labels masked as a prompt would be."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, vocab_size, (n,), generator=generator).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3 :]})
+    return out
+
+
+def loss_and_grads(model, batch) -> tuple[float, dict]:
+    """One forward and backward pass: the loss and a copy of every parameter's gradient."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads
+
+
 def build_tiny_model(vocab_size: int, seed: int = 0):
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_model, run_train
+import conftest
+from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_model, random_features, run_train
 from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.model import varlen_attention as va
 from lmforge.model import varlen_kernels
@@ -52,12 +53,7 @@ HALF_KERNELS = [va.TORCH_VARLEN, va.FLEX_DOCUMENT] + (
 
 
 def features(lengths=LENGTHS):
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for n in lengths:
-        ids = torch.randint(3, VOCAB, (n,), generator=generator).tolist()
-        out.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3 :]})
-    return out
+    return random_features(lengths, VOCAB)
 
 
 def to_cuda(batch):
@@ -72,11 +68,8 @@ def flat_batch(lengths=LENGTHS):
 
 
 def loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.item(), grads
+    loss, grads = conftest.loss_and_grads(model, batch)
+    return loss, {name: grad.float() for name, grad in grads.items()}
 
 
 def grad_norm(grads):

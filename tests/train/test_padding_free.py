@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TOY_RECORDS, build_tiny_model, run_train
+from conftest import TOY_RECORDS, build_tiny_model, loss_and_grads, run_train
 from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.model.packing import prepare_model_for_packing
 
@@ -45,13 +45,6 @@ def test_one_row_with_restarting_positions_and_no_varlen_kwargs_for_sdpa():
     ]
 
 
-def _loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 def test_loss_and_gradients_equal_the_padded_batch():
     model = build_tiny_model(VOCAB)
     prepare_model_for_packing(model)
@@ -60,8 +53,8 @@ def test_loss_and_gradients_equal_the_padded_batch():
     padded = PadCollator(0)(features)
     flat = make_collator(0, packing=False, attn_implementation="sdpa", padding_free=True)(features)
     assert padded["input_ids"].numel() == 4 * 90 and flat["input_ids"].numel() == 9 + 90 + 23 + 41
-    padded_loss, padded_grads = _loss_and_grads(model, padded)
-    flat_loss, flat_grads = _loss_and_grads(model, flat)
+    padded_loss, padded_grads = loss_and_grads(model, padded)
+    flat_loss, flat_grads = loss_and_grads(model, flat)
     assert flat_loss == pytest.approx(padded_loss, rel=1e-5)
     for name, grad in padded_grads.items():
         assert torch.allclose(flat_grads[name], grad, rtol=1e-4, atol=1e-6), name

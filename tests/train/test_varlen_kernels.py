@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny_decoder, build_tiny_model
+from conftest import build_tiny_decoder, build_tiny_model, loss_and_grads, random_features
 from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.model import varlen_attention as va
 from lmforge.model.packing import check_isolation, prepare_model_for_packing
@@ -37,19 +37,7 @@ MODELS = pytest.mark.parametrize("build", [tiny_gemma, tiny_llama_gqa], ids=["ge
 
 
 def features(lengths=LENGTHS):
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for n in lengths:
-        ids = torch.randint(3, VOCAB, (n,), generator=generator).tolist()
-        out.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3 :]})
-    return out
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return random_features(lengths, VOCAB)
 
 
 def flat_batch():
@@ -260,3 +248,33 @@ def test_eager_models_keep_their_masks():
     model.set_attn_implementation("eager")
     assert not va.use_varlen_attention(model, va.PER_SAMPLE_SDPA)
     assert model.config._attn_implementation == "eager"
+
+
+@MODELS
+def test_per_sample_sdpa_gives_the_padded_loss_and_gradients(build):
+    """The CPU kernel, in fp32: the padded batch's loss and gradients to rounding."""
+    model = build()
+    prepare_model_for_packing(model)
+    expected_loss, expected_grads = loss_and_grads(model, PadCollator(0)(features()))
+    assert va.use_varlen_attention(model, va.PER_SAMPLE_SDPA)
+    assert model.config._attn_implementation == va.NAME
+    collator = make_collator(
+        0, packing=False, attn_implementation=va.NAME, padding_free=True, varlen=True
+    )
+    flat = collator(features())
+    assert flat["cu_seq_lens_q"].tolist() == [0, 9, 99, 122, 163]
+    assert flat["max_length_q"] == 90  # computed once per batch, on the host
+    loss, grads = loss_and_grads(model, flat)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for name, grad in expected_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+    check_isolation(model, collator)
+    va.restore_attention(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_rows_without_boundaries_are_refused():
+    model = tiny_gemma()
+    assert va.use_varlen_attention(model, va.PER_SAMPLE_SDPA)
+    with pytest.raises(RuntimeError, match="cu_seq_lens_q"):
+        model(**PadCollator(0)(features([5, 7])))
