@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from conftest import INFERENCE, write_config
+from conftest import INFERENCE, headless_chromium, needs_chromium, write_config
 from lmforge.config import load_config
 from lmforge.infer.engine import HFEngine
 from lmforge.infer.tool_parser import ToolCall
 from lmforge.infer.webchat import ROLE_OBSERVATION, ROLE_USER, respond
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 class ScriptedEngine:
@@ -120,33 +114,7 @@ def webchat(tiny_model_dir, tmp_path_factory, local_port):
         engine.close()
 
 
-def browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-@pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them: "
-    "apt-get install -y chromium chromium-driver)",
-)
+@needs_chromium
 def test_page_loads_and_answers_in_headless_chromium(webchat, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -156,7 +124,7 @@ def test_page_loads_and_answers_in_headless_chromium(webchat, tmp_path):
     engine, url = webchat
     expected = engine.generate([{"role": "user", "content": "Hi"}])
     assert expected.strip()
-    driver = browser(tmp_path)
+    driver = headless_chromium(tmp_path)
     try:
         driver.get(url)
         wait = WebDriverWait(driver, 60)

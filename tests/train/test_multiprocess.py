@@ -5,7 +5,6 @@ same head (they drifted apart by up to 0.09 in 6 steps when the heads lived outs
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_config, write_rl_datasets
+from conftest import free_port, write_config, write_rl_datasets
 from lmforge.model.load import load_model
 from lmforge.train.trainers.value_head import CRITIC_FILE, VALUE_HEAD_FILE
 
@@ -66,12 +65,6 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path, tiny_model_dir):
 
 
 # ---- value heads in sync across two processes ---------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 TORCHRUN_RL = {

@@ -16,26 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_port, headless_chromium, needs_chromium
 from lmforge.webui.app import Board, build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "webui"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium "
-    "chromium-driver)",
-)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -65,28 +52,6 @@ def board(tiny_model_dir, tmp_path, monkeypatch):
         the_board.jobs.stop(wait=True)
         the_board.worker.unload()
         demo.close()
-
-
-def browser(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 class Page:
@@ -172,7 +137,7 @@ class Page:
 def test_the_whole_workflow_in_headless_chromium(board, tmp_path):
     the_board, url = board
     started = time.time()
-    driver = browser(tmp_path)
+    driver = headless_chromium(tmp_path)
     page = Page(driver)
     try:
         driver.get(url)
