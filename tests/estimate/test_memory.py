@@ -130,7 +130,8 @@ def test_activations_by_hand():
     assert est.terms["allocator (CPU)"] == int(CPU_RETENTION * expected)
     padded = replace(BATCH, padded=True)
     masked = estimate_memory(SHAPE, SETTINGS, padded, device_kind="cpu")
-    assert masked.terms["activations"] - expected == 4 * 4 * 2 * 100 * 100  # fp32 mask per layer
+    # sdpa keeps the mask in the query's dtype per layer, transformers' boolean mask once
+    assert masked.terms["activations"] - expected == 4 * 4 * 2 * 100 * 100 + 2 * 100 * 100
     checkpointed = estimate_memory(
         SHAPE, replace(SETTINGS, gradient_checkpointing=True), BATCH, device_kind="cpu"
     )
@@ -148,12 +149,83 @@ def test_loss_buffers_by_hand():
     assert plain.terms["loss buffers"] == 3 * 200 * 1000 * 4
 
 
+GEMMA_LIKE = replace(SHAPE, windows=(16, 16, None, 16), qk_norm=True, norms_per_layer=4)
+
+
+def test_cuda_varlen_kernels_build_no_masks():
+    """Flattened rows on CUDA run a flash varlen kernel (model/varlen_attention.py): no mask,
+    however long the samples; on the CPU the per-sample sdpa builds a band mask for each sample
+    longer than the sliding window (bool converted to the query's dtype), and none otherwise."""
+    flat = Batch(1, 90, 90, 40, (50, 24, 16), padded=False, flattened=True)
+    cuda = estimate_memory(GEMMA_LIKE, SETTINGS, flat, device_kind="cuda")
+    assert "masks" not in cuda.details["activations"]
+    cpu = estimate_memory(GEMMA_LIKE, SETTINGS, flat, device_kind="cpu")
+    sliding_layers = 3
+    # 50 and 24 > 16 get a band mask; 16 does not (a key is seen fewer than 16 positions back)
+    masks = sliding_layers * 4 * (50 * 50 + 24 * 24)
+    assert cpu.terms["activations"] - cuda.terms["activations"] == masks
+    short = replace(flat, segments=(16, 16, 16), row_len=48, real_tokens=48)
+    assert (
+        "masks"
+        not in estimate_memory(GEMMA_LIKE, SETTINGS, short, device_kind="cpu").details[
+            "activations"
+        ]
+    )
+
+
+def test_padded_rows_build_masks_on_cuda_too():
+    padded = Batch(2, 100, 150, 40, (100, 50), padded=True, flattened=False)
+    est = estimate_memory(GEMMA_LIKE, SETTINGS, padded, device_kind="cuda")
+    assert "masks" in est.details["activations"]
+
+
+def test_loss_chunk_follows_the_device():
+    """The chunked loss projects chunk_tokens_for(vocab, device) positions at a time: for a
+    262k vocabulary 512 on CUDA (512 MiB of fp32 logits), 128 on the CPU (128 MiB)."""
+    big = replace(GEMMA_LIKE, vocab=262_144)
+    batch = replace(BATCH, trained=4000)
+    assert chunk_tokens_for(262_144, "cuda") == 512 and chunk_tokens_for(262_144) == 128
+    cuda = estimate_memory(big, SETTINGS, batch, device_kind="cuda")
+    cpu = estimate_memory(big, SETTINGS, batch, device_kind="cpu")
+    assert "one 512 x 262,144" in cuda.details["loss buffers"]
+    assert "one 128 x 262,144" in cpu.details["loss buffers"]
+    assert cuda.terms["loss buffers"] - cpu.terms["loss buffers"] == (512 - 128) * 262_144 * 4
+
+
+def test_mixed_precision_loss_by_hand():
+    """Under bf16 autocast the loss still runs in fp32 (outside autocast, on the fp32 final
+    hidden states), and the model's head keeps a bf16 copy of its weight; liger's fused loss
+    chunks every position and keeps the input's gradient."""
+    s = replace(SETTINGS, autocast_16bit=True, lean_mlp=False)
+    est = estimate_memory(SHAPE, s, BATCH, device_kind="cuda")
+    chunk = min(chunk_tokens_for(1000, "cuda"), 50)
+    assert est.terms["loss buffers"] == chunk * 1000 * 4 + 2 * 50 * 64 * 4 + 1000 * 64 * 2
+    liger_settings = replace(s, liger=True, chunked_loss=False)
+    liger = estimate_memory(SHAPE, liger_settings, BATCH, device_kind="cuda")
+    chunk = 1 << (-(-200 // -(-1000 // 64)) - 1).bit_length()  # liger: 200 positions / 16
+    assert chunk == 16
+    assert liger.terms["loss buffers"] == chunk * 1000 * 2 + 200 * 64 * 4 * 2 + 1000 * 64 * 2
+
+
 def test_total_counts_the_largest_phase_once():
-    est = estimate_memory(SHAPE, SETTINGS, BATCH, device_kind="cuda")
+    """Gradients exist from the backward pass on (the Trainer sets them to None after each
+    step): they count with the optimizer step, not on top of the activations, unless gradient
+    accumulation (or ZeRO) keeps them across micro-batches."""
+    full = replace(SHAPE, trainable_params=1_000_000, trained_layers=4)
+    s = replace(SETTINGS, finetuning_type="full")
+    est = estimate_memory(full, s, BATCH, device_kind="cuda")
     t = est.terms
-    fixed = t["weights"] + t["gradients"] + t["optimizer states"] + t["framework"]
-    assert est.total == fixed + max(t["activations"] + t["loss buffers"], t["optimizer step"])
+    fixed = t["weights"] + t["optimizer states"] + t["framework"]
+    assert est.total == fixed + max(
+        t["activations"] + t["loss buffers"], t["gradients"] + t["optimizer step"]
+    )
     assert t["framework"] >= CUDA_CONTEXT_BYTES
+    accumulated = estimate_memory(full, replace(s, accumulation=2), BATCH, device_kind="cuda")
+    t = accumulated.terms
+    fixed = t["weights"] + t["gradients"] + t["optimizer states"] + t["framework"]
+    assert accumulated.total == fixed + max(
+        t["activations"] + t["loss buffers"], t["optimizer step"]
+    )
 
 
 def test_largest_batch_layouts():
@@ -231,8 +303,115 @@ def test_activation_formula_matches_saved_tensors(tmp_path, kind, method):
     assert predicted == pytest.approx(measured, rel=0.03)
 
 
+def _saved_bytes(model, length: int, rows: int = 2, autocast: bool = False) -> int:
+    """Bytes autograd keeps for the backward pass of one forward (weights excluded; their bf16
+    copies under autocast included)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    params = {StorageWeakRef(p.untyped_storage()).cdata for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in params:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(5, 100, (rows, length))
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("mlp", ["plain", "lean"])
+def test_mixed_precision_formula_matches_saved_tensors(tmp_path, kind, method, mlp):
+    """bf16 autocast over fp32 weights (the GPU default), on CPU autocast: fp32 norm inputs,
+    a bf16 input copy per linear layer that needs one, bf16 attention, and a bf16 copy of every
+    linear weight, against what autograd keeps (two layers' worth: 3-layer minus 1-layer)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.model.gated_mlp import use_lean_gated_mlps
+
+    wide = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, head_dim=32)
+
+    def build(layers):
+        if kind == "gemma":
+            config = replace_config(build_tiny_model(120).config, num_hidden_layers=layers, **wide)
+            config.layer_types = ["full_attention"] * layers
+            config.sliding_window = 4096
+        else:
+            base = build_tiny_decoder("llama", 120).config
+            config = replace_config(base, num_hidden_layers=layers, num_key_value_heads=2, **wide)
+        model = AutoModelForCausalLM.from_config(
+            config, attn_implementation="sdpa", dtype=torch.float32
+        )
+        if method == "lora":
+            model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
+        if mlp == "lean":
+            use_lean_gated_mlps(model)
+        return model.train(), config
+
+    length, rows = 96, 2
+    three, config = build(3)
+    one, _ = build(1)
+    measured = (_saved_bytes(three, length, rows, True) - _saved_bytes(one, length, rows, True)) / 2
+    config.save_pretrained(tmp_path)
+    shape = model_shape(tmp_path, MethodConfig(finetuning_type=method, lora_rank=8), 16)
+    settings = replace(
+        SETTINGS, finetuning_type=method, autocast_16bit=True, lean_mlp=mlp == "lean"
+    )
+    batch = Batch(rows, length, rows * length, 0, (length,) * rows, False, False)
+    layer, trains = shape.linear_params // shape.layers, shape.trainable_params // shape.layers
+
+    def activations(n):
+        s = replace(
+            shape,
+            layers=n,
+            windows=(None,) * n,
+            linear_params=layer * n,
+            trainable_params=trains * n,
+        )
+        return estimate_memory(s, settings, batch, device_kind="cuda").terms["activations"]
+
+    predicted = activations(2) - activations(1)
+    assert predicted == pytest.approx(measured, rel=0.03)
+
+
 def replace_config(config, **changes):
     config = type(config).from_dict(config.to_dict())
     for key, value in changes.items():
         setattr(config, key, value)
     return config
+
+
+def test_tiny_gemma_on_cuda_has_no_masks_and_512_position_chunks(tmp_path):
+    """End to end from a Gemma 3 config.json (sliding window 64, a 262k vocabulary): padding-free
+    rows with samples past the window build masks on the CPU only, and the loss chunk is the
+    device's."""
+    import numpy as np
+
+    from lmforge.estimate.core import compute
+    from lmforge.estimate.devices import Device, card_device
+
+    config = build_tiny_model(120).config
+    config.vocab_size = 262_144
+    config.save_pretrained(tmp_path)
+    shape_for = lambda s: model_shape(tmp_path, MethodConfig(finetuning_type="lora"), 16)  # noqa: E731
+    lengths = Lengths(np.array([600, 500, 40, 30]), np.array([400, 300, 20, 10]))
+    settings = replace(
+        SETTINGS, padding_free=True, batch_size=2, autocast_16bit=True, cutoff_len=1024
+    )
+    cpu = Device("CPU", "cpu", 64 * 2**30, 1e11, 0.5, "test")
+    on_cuda = compute(shape_for, replace(settings, lean_mlp=False), lengths, card_device("H100"))
+    on_cpu = compute(shape_for, settings, lengths, cpu)
+    assert on_cuda.batch.segments == (600, 500) and on_cuda.batch.flattened
+    assert "masks" not in on_cuda.memory.details["activations"]
+    assert "masks" in on_cpu.memory.details["activations"]
+    assert "one 512 x 262,144" in on_cuda.memory.details["loss buffers"]
+    assert "one 128 x 262,144" in on_cpu.memory.details["loss buffers"]

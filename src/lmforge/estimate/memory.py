@@ -1,11 +1,18 @@
 """Peak device memory of a training step, term by term.
 
-    peak = weights + gradients + optimizer states + reference/reward models + framework
-           + max(activations + loss buffers,  optimizer-step workspace,  rollout KV cache)
+    peak = weights + optimizer states + reference/reward models + framework
+           + max(activations + loss buffers,  gradients + optimizer-step workspace,
+                 rollout KV cache)
+
+Gradients exist from the backward pass on: the Trainer sets them to None after each optimizer
+step, and the backward pass frees each layer's activations as it writes that layer's gradients.
+With gradient accumulation (they persist between micro-batches) or DeepSpeed ZeRO (its own
+gradient buffers) they are counted throughout.
 
 The activations are what autograd keeps for the backward pass of the largest batch, counted
 per token and decoder layer from the model's shapes (measured against torch's saved tensors on
-Llama- and Gemma-shaped models: tests/estimate/test_memory.py):
+Llama- and Gemma-shaped models: tests/estimate/test_memory.py). In one dtype (fp32, or
+pure_bf16), values x its bytes:
 
     frozen or LoRA layer   (n_norms + 2)·h + (2 + qk)·q + (2 + qk)·kv + 4·i + r·(adapted linears)
     layer whose weights train   + n_norms·h + qk·(q + kv)  (norm outputs for the weight grads)
@@ -13,14 +20,20 @@ Llama- and Gemma-shaped models: tests/estimate/test_memory.py):
 with h the hidden size, q/kv the query and key/value widths, i the MLP width, n_norms the norms
 on the hidden size in a layer (LLaMA 2, Gemma 3 4) and qk 1 when queries and keys are normed.
 A gated MLP keeps 4·i (gate, up, act(gate), their product), 3·i with lmforge's lean MLP
-(model/gated_mlp.py); a plain MLP 2·i. Attention adds 4 bytes per head (log-sum-exp) and, where
-a mask is built (padded rows, or a sample longer than a sliding window), 4 bytes per (query, key)
-pair. Layers before the first one that trains keep nothing (nothing behind them needs a
-gradient). Gradient checkpointing keeps each layer's input (h) and one layer's activations.
+(model/gated_mlp.py) or liger-kernel's; a plain MLP 2·i. Under 16-bit autocast over fp32
+weights (mixed precision, the GPU default) the dtypes differ per tensor: `_mixed_layer_bytes`,
+plus a 16-bit copy of every on-path linear weight (`_weight_casts`). Attention adds 4 bytes per
+head (log-sum-exp) and, where a mask is built (`_mask_bytes`: padded rows; on the CPU a sample
+longer than a sliding window; never for flattened rows on CUDA, whose varlen kernels take the
+sample boundaries), one value per (query, key) pair. Layers before the first one that trains
+keep nothing (nothing behind them needs a gradient). Gradient checkpointing keeps each layer's
+input (h) and one layer's activations.
 
-The loss: lmforge's chunked loss (train/losses/linear_ce.py) keeps one logits chunk and the
-trained positions' hidden states and their gradient; the plain loss keeps fp32 logits, their
-log-softmax and its gradient for every position.
+The loss: lmforge's chunked loss (train/losses/linear_ce.py) keeps one logits chunk of
+`chunk_tokens_for(vocab, device)` positions (128 MiB of fp32 logits on the CPU, 512 MiB on
+CUDA) and the trained positions' hidden states and their gradient; liger-kernel's fused loss
+chunks every position; the plain loss keeps fp32 logits, their log-softmax and its gradient for
+every position.
 """
 
 from __future__ import annotations
@@ -74,12 +87,13 @@ class Estimate:
 
     @property
     def transient(self) -> int:
-        """The largest of the step's phases: backward (activations + loss), the optimizer step,
-        generation (rollout KV cache)."""
+        """The largest of the step's phases: forward and loss (activations + loss buffers), the
+        optimizer step (with the gradients when they are in the peak group), generation."""
         t = self.terms
+        grads = t.get("gradients", 0) if "gradients" in self.peak_group else 0
         phases = [
             t.get("activations", 0) + t.get("loss buffers", 0) + t.get("allocator (CPU)", 0),
-            t.get("optimizer step", 0),
+            grads + t.get("optimizer step", 0),
             t.get("rollout KV cache", 0),
         ]
         return max(phases)
@@ -120,7 +134,8 @@ def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
 def estimate_memory(
     shape: ModelShape, settings: Settings, batch: Batch, *, device_kind: str
 ) -> Estimate:
-    est = Estimate(terms={}, peak_group=PEAK_GROUP)
+    grads_persist = settings.accumulation > 1 or settings.zero_stage > 0
+    est = Estimate(terms={}, peak_group=PEAK_GROUP + (() if grads_persist else ("gradients",)))
     terms, details = est.terms, est.details
     n = settings.world_size
     trainable = shape.trainable_params
@@ -165,8 +180,10 @@ def estimate_memory(
     if extra_models:
         terms["reference model"] = extra_models // (n if settings.zero_stage == 3 else 1)
 
-    terms["activations"], details["activations"] = activation_bytes(shape, settings, batch)
-    terms["loss buffers"], details["loss buffers"] = loss_bytes(shape, settings, batch)
+    terms["activations"], details["activations"] = activation_bytes(
+        shape, settings, batch, device_kind
+    )
+    terms["loss buffers"], details["loss buffers"] = loss_bytes(shape, settings, batch, device_kind)
     if settings.generated_tokens:
         rows = settings.batch_size * settings.generations
         length = batch.row_len
@@ -197,17 +214,11 @@ def uses_chunked_loss(shape: ModelShape, settings: Settings) -> bool:
     return settings.chunked_loss and not shape.head_adapted
 
 
-def activation_bytes(shape: ModelShape, settings: Settings, batch: Batch) -> tuple[int, str]:
+def activation_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str = "cpu"
+) -> tuple[int, str]:
     a = settings.activation_bytes
-    h, q, kv, i = shape.hidden, shape.q_size, shape.kv_size, shape.intermediate
-    qk = 1 if shape.qk_norm else 0
-    if shape.gated_mlp:
-        mlp = 3 if settings.lean_mlp else 4
-    else:
-        mlp = 2
-    frozen_layer = (shape.norms_per_layer + 2) * h + (2 + qk) * (q + kv) + mlp * i
-    frozen_layer += shape.lora_linears_per_layer * shape.lora_rank
-    trained_extra = shape.norms_per_layer * h + qk * (q + kv)
+    h = shape.hidden
     first = shape.first_trained_layer
     if first is None:
         return 0, "nothing trains"
@@ -216,62 +227,183 @@ def activation_bytes(shape: ModelShape, settings: Settings, batch: Batch) -> tup
         trained_layers = 0
     else:
         trained_layers = min(shape.trained_layers, on_path)
+    if settings.mixed_precision:
+        frozen_layer, trained_extra = _mixed_layer_bytes(shape, settings, batch, device_kind)
+        residual = 4  # the residual stream stays in the weights' fp32
+    else:
+        frozen_layer, trained_extra = _uniform_layer_bytes(shape, settings, batch)
+        residual = a
     positions = batch.positions
-    if batch.flattened and settings.per_sample_attention:
-        frozen_layer += q  # per-sample attention keeps its output once more, joined
     per_token = on_path * frozen_layer + trained_layers * trained_extra
-    elements = per_token * positions
     lse = on_path * shape.heads * 4 * positions  # fp32 log-sum-exp per head
-    mask = _mask_bytes(shape, batch, first)
-    outside = 3 * h * positions * a  # embeddings out, final norm in and out
-    full = elements * a + lse + mask
+    mask = _mask_bytes(shape, settings, batch, first, device_kind)
+    outside = 3 * h * positions * residual  # embeddings out, final norm in and out
+    casts = _weight_casts(shape, settings, on_path)
     if settings.gradient_checkpointing:
-        layer = (frozen_layer + (trained_extra if trained_layers else 0)) * positions * a
+        layer = (frozen_layer + (trained_extra if trained_layers else 0)) * positions
         layer += shape.heads * 4 * positions + mask // max(on_path, 1)
-        kept = on_path * h * positions * a + layer + outside
+        layer += casts // max(on_path, 1)
+        kept = on_path * h * positions * residual + layer + outside
         return kept, (
             f"gradient checkpointing: {on_path} layer inputs + one layer recomputed, "
             f"{batch.rows} x {batch.row_len} positions"
         )
     what = (
         f"{batch.rows} x {batch.row_len} positions, {on_path} layers x "
-        f"{per_token // max(on_path, 1):,} values per token"
+        f"{per_token // max(on_path, 1):,} bytes per token"
     )
     if mask:
         what += f", masks {mask / MIB:.0f} MiB"
-    return full + outside, what
+    if casts:
+        what += f", 16-bit copies of the layers' weights {casts / MIB:.0f} MiB"
+    return per_token * positions + lse + mask + outside + casts, what
 
 
-def _mask_bytes(shape: ModelShape, batch: Batch, first: int) -> int:
-    """fp32 masks the attention keeps where it cannot run causally on its own."""
-    total = 0
+def _mlp_values(shape: ModelShape, settings: Settings) -> int:
+    """Values per token a layer's MLP keeps, in units of its width: a gated MLP keeps gate, up,
+    act(gate) and their product; lmforge's lean MLP and liger's kernels recompute act(gate)."""
+    if not shape.gated_mlp:
+        return 2
+    return 3 if (settings.lean_mlp or settings.liger) else 4
+
+
+def _uniform_layer_bytes(shape: ModelShape, settings: Settings, batch: Batch) -> tuple[int, int]:
+    """Bytes per token of one layer when everything runs in one dtype (fp32 training, or
+    pure_bf16): (a frozen or LoRA layer, the extra of a layer whose weights train)."""
+    a = settings.activation_bytes
+    h, q, kv, i = shape.hidden, shape.q_size, shape.kv_size, shape.intermediate
+    qk = 1 if shape.qk_norm else 0
+    values = (
+        (shape.norms_per_layer + 2) * h + (2 + qk) * (q + kv) + _mlp_values(shape, settings) * i
+    )
+    values += shape.lora_linears_per_layer * shape.lora_rank
+    if batch.flattened and settings.per_sample_attention:
+        values += q  # per-sample attention keeps its output once more, joined
+    return values * a, (shape.norms_per_layer * h + qk * (q + kv)) * a
+
+
+def _mixed_layer_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str
+) -> tuple[int, int]:
+    """Bytes per token of one layer under 16-bit autocast over fp32 weights, as torch's saved
+    tensors show (tests/estimate/test_memory.py): the norms keep fp32 inputs (4 bytes), every
+    linear layer that needs its input for a weight gradient keeps its own 16-bit copy of it
+    (peft's LoRA casts to fp32 and back), attention keeps 16-bit q, k, v and output.
+    Returns (a frozen or LoRA layer, the extra of a layer whose weights train)."""
+    a = settings.activation_bytes
+    h, q, kv, i = shape.hidden, shape.q_size, shape.kv_size, shape.intermediate
+    qk = 1 if shape.qk_norm else 0
+    # transformers' RMSNorm upcasts its input to fp32 and keeps that; the residual stream is
+    # fp32 already, the 16-bit q and k are copied (liger's RMSNorm keeps them as they come)
+    norms = 4 * shape.norms_per_layer * h + (a if settings.liger else 4) * qk * (q + kv)
+    attention = a * (2 * q + 2 * kv)
+    mlp = _mlp_values(shape, settings)
+    lora = shape.lora_linears_per_layer > 0
+    # LoRA: the MLP's last linear reads a copy of the product (counted in the input width)
+    mlp_kept = (mlp - 1 if lora else 0) * i
+    lora_layer = norms + attention + a * (shape.lora_input_width + mlp_kept)
+    lora_layer += a * shape.lora_linears_per_layer * shape.lora_rank
+    # weights train: q, k, v and the MLP's input linears each cast the normed hidden state;
+    # the output projection reads the attention's output itself (joined first on the CPU)
+    reads_hidden = 3 + (2 if shape.gated_mlp else 1)
+    joined = (
+        q if (batch.flattened and settings.per_sample_attention and device_kind == "cpu") else 0
+    )
+    # trained norm weights need the normalized output too (liger's recompute it from the input)
+    norm_outputs = 0 if settings.liger else norms
+    trained_layer = norms + attention + a * (reads_hidden * h + mlp * i + joined) + norm_outputs
+    if settings.finetuning_type == "lora":
+        return lora_layer, 0
+    return lora_layer, trained_layer - lora_layer
+
+
+def _weight_casts(shape: ModelShape, settings: Settings, on_path: int) -> int:
+    """Autocast casts each fp32 linear weight to 16 bits on every call, and autograd keeps the
+    copy until the backward pass (a frozen weight for the input's gradient; a trained one is
+    kept in autocast's cache): one 16-bit copy of each on-path layer's linear weights. A
+    quantized base dequantizes on the fly and keeps nothing."""
+    if not settings.mixed_precision or settings.quantization_bit:
+        return 0
+    per_layer = shape.linear_params // max(shape.layers, 1)
+    if settings.finetuning_type == "lora":  # the adapters' weights are cast as well
+        per_layer += shape.trainable_params // max(shape.layers, 1)
+    return on_path * per_layer * settings.activation_bytes
+
+
+def _mask_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, first: int, device_kind: str = "cpu"
+) -> int:
+    """Masks attention keeps for the backward pass where it cannot run causally on its own: sdpa
+    saves a mask in the query's dtype for each layer (transformers' boolean mask, converted).
+
+    Flattened rows (packing, padding_free) with a variable-length kernel: on CUDA the flash
+    kernels (torch varlen_attn, flash-attn, FlexAttention's block mask) need none; on the CPU
+    the per-sample sdpa builds a band mask for each sample longer than a sliding window.
+    Padded rows: one mask per layer (a sliding window's too when the row reaches it)."""
+    a = settings.activation_bytes
+    if batch.flattened and settings.per_sample_attention:
+        if device_kind == "cuda":
+            return 0
+        total = 0
+        for window in shape.windows[first:]:
+            if window is not None:
+                total += sum(a * s * s for s in batch.segments if s > window)
+        return total
+    rows, length = batch.rows, batch.row_len
+    total, kinds = 0, set()
     for window in shape.windows[first:]:
-        if batch.flattened:
-            if window is not None:  # a band mask for each sample longer than the window
-                total += sum(4 * s * s for s in batch.segments if s >= window)
-        elif batch.padded or (window is not None and batch.row_len >= window):
-            total += 4 * batch.rows * batch.row_len * batch.row_len
-    return total
+        if batch.padded or batch.flattened or (window is not None and length >= window):
+            total += a * rows * length * length
+            kinds.add(window)
+    return total + len(kinds) * rows * length * length  # transformers' boolean masks
 
 
-def loss_bytes(shape: ModelShape, settings: Settings, batch: Batch) -> tuple[int, str]:
+def loss_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str = "cpu"
+) -> tuple[int, str]:
+    """The loss's buffers, alive on top of the activations. It runs outside autocast, on the
+    final hidden states in the weights' dtype (fp32 unless pure_bf16)."""
     from lmforge.train.losses.linear_ce import chunk_tokens_for
 
     v, h = shape.vocab, shape.hidden
-    a = settings.activation_bytes
+    hb = settings.weight_bytes  # the hidden states' and the head's dtype
+    # under autocast the model's own head (logits of one position, or of all for the plain
+    # loss) casts the fp32 head weight to 16 bits and autograd keeps the copy
+    head_copy = v * h * settings.activation_bytes if settings.mixed_precision else 0
+    if settings.liger:
+        # liger's fused linear cross-entropy: chunks of every position, the input's gradient
+        # kept, each chunk's matmuls casting the head weight under autocast
+        positions = batch.positions
+        chunk = _liger_chunk(positions, v, h)
+        a = settings.activation_bytes
+        size = chunk * v * a + positions * h * hb * 2 + head_copy
+        return size, (
+            f"liger fused linear cross-entropy: {chunk} x {v:,} logits chunks over "
+            f"{positions} positions"
+        )
     if uses_chunked_loss(shape, settings):
-        chunk = min(chunk_tokens_for(v), max(batch.trained, 1))
-        logits = chunk * v * 4 + (chunk * v * a if a != 4 else 0)
-        hidden = 2 * batch.trained * h * a  # trained positions' hidden states and gradient
+        chunk = min(chunk_tokens_for(v, device_kind), max(batch.trained, 1))
+        logits = chunk * v * 4 + (chunk * v * hb if hb != 4 else 0)
+        hidden = 2 * batch.trained * h * hb  # trained positions' hidden states and gradient
         head_grad = shape.vocab * h * 4 if _head_trains(shape, settings) else 0
-        size = logits + hidden + head_grad
+        size = logits + hidden + head_grad + head_copy
         what = f"chunked: one {chunk} x {v:,} fp32 logits chunk, {batch.trained} trained positions"
         if head_grad:
             what += ", the output head's gradient"
+        if head_copy:
+            what += ", the head's 16-bit copy"
         return size, what
     positions = batch.positions
-    size = 3 * positions * v * 4 + (positions * v * a if a != 4 else 0)
+    a = settings.activation_bytes
+    size = 3 * positions * v * 4 + (positions * v * a if a != 4 else 0) + head_copy
     return size, f"full logits: {positions} positions x {v:,} (fp32 logits, log-softmax, gradient)"
+
+
+def _liger_chunk(positions: int, vocab: int, hidden: int) -> int:
+    """liger-kernel's chunk: next power of two of positions / ceil(vocab / hidden)."""
+    inc = max(1, -(-vocab // hidden))
+    n = max(1, -(-positions // inc))
+    return 1 << (n - 1).bit_length()
 
 
 def _head_trains(shape: ModelShape, settings: Settings) -> bool:

@@ -46,6 +46,7 @@ class ModelShape:
     trained_layers: int  # decoder layers whose own weights train (full/freeze)
     head_adapted: bool  # the output head is LoRA-wrapped or trained as a copy (no chunked loss)
     final_logit_softcapping: float | None
+    lora_input_width: int = 0  # sum of the input widths of one layer's LoRA-adapted linears
 
     @property
     def q_size(self) -> int:
@@ -169,6 +170,11 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
     trained_flags = [any(p.requires_grad for p in layer.parameters()) for layer in layers_module]
     lora = method.finetuning_type == "lora"
     lora_linears = sum(1 for n, _ in layers_module[0].named_modules() if n.endswith("lora_A"))
+    lora_width = sum(
+        int(m.in_features)
+        for _, m in layers_module[0].named_modules()
+        if hasattr(m, "lora_A") and isinstance(getattr(m, "in_features", None), int)
+    )
     embed_trains = any(p.requires_grad for p in model.get_input_embeddings().parameters())
     first = 0 if embed_trains else next((i for i, t in enumerate(trained_flags) if t), None)
     new_head = model.get_output_embeddings()
@@ -197,6 +203,7 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
         trained_layers=0 if lora else sum(trained_flags),
         head_adapted=head_adapted,
         final_logit_softcapping=getattr(text, "final_logit_softcapping", None),
+        lora_input_width=lora_width if lora else 0,
     )
 
 

@@ -91,8 +91,9 @@ def render(
         detail = r.memory.details.get(name, "")
         lines.append(f"  {name:<18}{gib(value):>12}   {detail}")
     lines.append(
-        "  (backward: activations + loss buffers (+ allocator), the optimizer step and the "
-        "rollout KV cache are not alive at once: the largest counts)"
+        "  (not alive at once, the largest counts: activations + loss buffers (+ allocator); "
+        + ("gradients + " if "gradients" in r.memory.peak_group else "")
+        + "optimizer step; rollout KV cache)"
     )
     share = r.total / device.memory_bytes if device.memory_bytes else float("inf")
     lines.append(

@@ -67,6 +67,7 @@ class Settings:
     epochs: float
     max_steps: int
     seed: int
+    liger: bool = False  # use_liger_kernel: liger's fused loss, RMSNorm, RoPE and gated MLPs
 
     @property
     def weight_bytes(self) -> int:
@@ -76,6 +77,12 @@ class Settings:
     @property
     def activation_bytes(self) -> int:
         return 2 if (self.autocast_16bit or self.pure_bf16) else 4
+
+    @property
+    def mixed_precision(self) -> bool:
+        """bf16/fp16 autocast over fp32 weights (or a quantized base with fp32 norms): the
+        residual stream and norms stay fp32 while the linear layers compute in 16 bits."""
+        return self.autocast_16bit and not self.pure_bf16
 
 
 def settings_from_config(
@@ -125,6 +132,7 @@ def settings_from_config(
         epochs=float(train.num_train_epochs),
         max_steps=int(train.max_steps),
         seed=int(train.seed),
+        liger=liger,
     )
 
 
