@@ -55,7 +55,9 @@ def test_quickstart_export(gemma_dir, tmp_path, capsys):
     report = json.loads((out / "export_report.json").read_text())
     folder, gguf = report["parity"]["folder"], report["parity"]["gguf"]
     assert report["dtype"] == "bfloat16" and "eval split" in report["parity"]["source"]
-    assert folder["identical"] == folder["prompts"] == 8
+    # bf16 rounding may flip a near tie (docs/export.md); any other departure fails the export
+    assert folder["passed"] and folder["identical"] + folder["near_ties"] == folder["prompts"] == 8
+    assert folder["identical"] >= 7
     assert gguf["kind"] == "q8_0" and gguf["passed"] and gguf["identical"] >= 1
     assert gguf["tokenizer_identical"] == 8 and gguf["chat_template_identical"]
 

@@ -62,12 +62,15 @@ class FolderParity:
     tolerance: float
     value_head_max_diff: float | None = None
     differences: list[str] = field(default_factory=list)
+    # Answers that part from the reference where its two best tokens were closer than the
+    # tolerance: the stored dtype's rounding may flip such a tie (bf16: a logit moves by ~0.25).
+    near_ties: int = 0
 
     @property
     def passed(self) -> bool:
         values_ok = self.value_head_max_diff is None or self.value_head_max_diff <= self.tolerance
         return (
-            self.identical == self.prompts
+            self.identical + self.near_ties == self.prompts
             and self.max_abs_logit_diff <= self.tolerance
             and values_ok
         )
@@ -158,7 +161,7 @@ def make_reference(model, prompts, stop_ids, *, device: str, head=None, source="
 @torch.no_grad()
 def compare_folder(model, reference: Reference, dtype_name: str, *, device: str, decode, head=None):
     tolerance = FOLDER_LOGIT_TOLERANCE[dtype_name]
-    identical, worst, value_diff, differences = 0, 0.0, None, []
+    identical, near_ties, worst, value_diff, differences = 0, 0, 0.0, None, []
     for i, (same, logits) in enumerate(_answers(model, reference, device, "Folder answers")):
         worst = max(worst, (logits - reference.logits[i]).abs().max().item())
         if head is not None:
@@ -167,10 +170,43 @@ def compare_folder(model, reference: Reference, dtype_name: str, *, device: str,
             value_diff = gap if value_diff is None else max(value_diff, gap)
         identical += same is None
         if same is not None:
-            differences.append(_difference(i, reference.answers[i], same, decode))
+            margin, row = _reference_margin(reference, i, same)
+            # Rounding can flip the reference's choice only if the logits there moved by at
+            # least half the margin; within the tolerance that is a near tie, not a defect.
+            moved = (logits[row] - reference.logits[i][row]).abs().max().item()
+            tie = margin <= min(tolerance, 2 * moved)
+            near_ties += tie
+            differences.append(
+                _difference(i, reference.answers[i], same, decode)
+                + (
+                    f" (a near tie: the reference's two tokens there differ by {margin:.3g})"
+                    if tie
+                    else ""
+                )
+            )
     return FolderParity(
-        len(reference.prompts), identical, worst, tolerance, value_diff, differences
+        len(reference.prompts), identical, worst, tolerance, value_diff, differences, near_ties
     )
+
+
+def _reference_margin(reference: Reference, index: int, got: list[int]) -> tuple[float, int]:
+    """How much the reference preferred its own token over the one `got` chose where the two
+    answers part (a stop id where one answer ends; 0 is an exact tie), and that position."""
+    expected, row_logits = reference.answers[index], reference.logits[index]
+    first = next((k for k, (a, b) in enumerate(zip(expected, got)) if a != b), None)
+    if first is None:
+        first = min(len(expected), len(got))
+    if first >= len(row_logits):  # the reference ran out of tokens there: nothing to compare
+        return float("inf"), 0
+    row = row_logits[first]
+    stops = torch.tensor(reference.stop_ids, dtype=torch.long)
+
+    def score(answer: list[int]) -> float:
+        if first < len(answer):
+            return row[answer[first]].item()
+        return row[stops].max().item()  # this answer stopped here
+
+    return score(expected) - score(got), first
 
 
 @torch.no_grad()

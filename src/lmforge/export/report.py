@@ -40,7 +40,13 @@ def parity_lines(report: dict) -> list[str]:
     if folder:
         lines.append(
             f"- merged folder: {folder['identical']}/{folder['prompts']} greedy answers "
-            f"identical, max |logit difference| {folder['max_abs_logit_diff']:.3g} (allowed "
+            f"identical"
+            + (
+                f" and {folder['near_ties']} parting at a near tie"
+                if folder.get("near_ties")
+                else ""
+            )
+            + f", max |logit difference| {folder['max_abs_logit_diff']:.3g} (allowed "
             f"{folder['tolerance']:g}) -> {'passed' if folder['passed'] else 'FAILED'}"
         )
         if folder.get("value_head_max_diff") is not None:

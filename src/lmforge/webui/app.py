@@ -998,6 +998,11 @@ def _panel_values(gr, board: Board, job, lang: str, tab: str) -> list:
 
 def _results_markdown(job) -> str:
     """What a finished eval/predict/compare/export/synth job produced."""
+    from lmforge.webui.results import job_results
+
+    shown = job_results(job.kind, job.output_dir, tail(job.log_path, 40))
+    if shown:
+        return shown
     out = job.output_dir
     parts = []
     if out:
