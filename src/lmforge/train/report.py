@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from lmforge.errors import UserError
@@ -67,27 +66,6 @@ def overfit_verdict(log_history: list[dict], args, state) -> tuple[str, str]:
     )
 
 
-@contextmanager
-def _report_threads(model):
-    """One torch thread while a CPU model answers the report's prompts, then the setting before.
-
-    Decoding a handful of rows is a few hundred small matrix products per token, where the
-    OpenMP hand-offs between threads cost more than they save; on the 2-core quickstart machine
-    (shared with other work) the batch answered in 17 s on one thread against 199 s on two. The
-    answers are the same either way (greedy, same kernels per row)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    if on_cpu:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if on_cpu:
-            torch.set_num_threads(threads)
-
-
 def compare_rows(config, setup, model, *, generate=None) -> tuple[list[dict], str | None]:
     """(rows of prompt, reference, base and trained answers; or [] and why there are none).
 
@@ -135,10 +113,9 @@ def compare_rows(config, setup, model, *, generate=None) -> tuple[list[dict], st
     was_training = model.training
     model.eval()
     try:
-        with _report_threads(model):
-            trained = list(generate(model, tokenizer, items, batch, settings))
-            with disable():  # the base: the same weights with the adapters switched off
-                base = list(generate(model, tokenizer, items, batch, settings))
+        trained = list(generate(model, tokenizer, items, batch, settings))
+        with disable():  # the base: the same weights with the adapters switched off
+            base = list(generate(model, tokenizer, items, batch, settings))
     finally:
         model.train(was_training)
     rows = [
