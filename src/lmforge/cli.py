@@ -232,13 +232,14 @@ def config_arguments(command: str, extra: list[str]) -> tuple[str | None, list[s
         kind = "train" if command.startswith(("train", "data", "estimate")) else "infer"
         kind = "export" if command == "export" else kind
         example = f"examples/quickstart/{kind}.yaml"
+        flags = "--model_name_or_path gemma-3-270m --template gemma ..."
         if command.startswith("synth"):
             example = "examples/synth/synth.yaml"
+            flags = "--documents DOCS/ --llm base_url=URL,model=NAME ..."
         raise UserError(
             f"`lmforge {command}` needs a config: a YAML file, --key value flags, or both",
-            fix=f"for example `lmforge {command} {example}`, or `lmforge {command} "
-            "--model_name_or_path gemma-3-270m --template gemma ...` (docs/config.md lists "
-            "the keys)",
+            fix=f"for example `lmforge {command} {example}`, or `lmforge {command} {flags}` "
+            "(docs/config.md lists the keys)",
         )
     return path, overrides
 
