@@ -268,6 +268,22 @@ def _job_panel(gr, texts: Texts, prefix: str, lang: str):
     return status, progress, log
 
 
+def _job_controls(gr, texts: Texts, prefix: str, lang: str):
+    """Start and stop, a message line, the job panel and the results of one job tab:
+    (start, stop, message, status, progress, log, results)."""
+    with gr.Row():
+        start = texts.add(
+            gr.Button(t("start", lang), variant="primary", elem_id=f"{prefix}-start"),
+            "start",
+            "value",
+        )
+        stop = texts.add(gr.Button(t("stop", lang), variant="stop"), "stop", "value")
+    message = gr.Markdown("", elem_id=f"{prefix}-message")
+    status, progress, log = _job_panel(gr, texts, prefix, lang)
+    results = gr.Markdown("", elem_id=f"{prefix}-results")
+    return start, stop, message, status, progress, log, results
+
+
 def _progress_html(percent: float, line: str) -> str:
     percent = max(0.0, min(100.0, percent))
     return (
@@ -497,18 +513,15 @@ def build_app(board: Board, lang: str = DEFAULT):
                     prefix="eval-field",
                     open_sections=("model", "eval"),
                 )
-                with gr.Row():
-                    b_eval = texts.add(
-                        gr.Button(t("start", lang), variant="primary", elem_id="eval-start"),
-                        "start",
-                        "value",
-                    )
-                    b_eval_stop = texts.add(
-                        gr.Button(t("stop", lang), variant="stop"), "stop", "value"
-                    )
-                eval_message = gr.Markdown("")
-                e_status, e_progress, e_log = _job_panel(gr, texts, "eval", lang)
-                e_results = gr.Markdown("", elem_id="eval-results")
+                (
+                    b_eval,
+                    b_eval_stop,
+                    eval_message,
+                    e_status,
+                    e_progress,
+                    e_log,
+                    e_results,
+                ) = _job_controls(gr, texts, "eval", lang)
 
             # -- Export ---------------------------------------------------------------------
             with gr.Tab(t("tab_export", lang), id="export", elem_id="tab-export") as tab_export:
@@ -523,18 +536,15 @@ def build_app(board: Board, lang: str = DEFAULT):
                     prefix="export-field",
                     open_sections=EXPORT_SECTIONS,
                 )
-                with gr.Row():
-                    b_export = texts.add(
-                        gr.Button(t("start", lang), variant="primary", elem_id="export-start"),
-                        "start",
-                        "value",
-                    )
-                    b_export_stop = texts.add(
-                        gr.Button(t("stop", lang), variant="stop"), "stop", "value"
-                    )
-                export_message = gr.Markdown("", elem_id="export-message")
-                x_status, x_progress, x_log = _job_panel(gr, texts, "export", lang)
-                x_results = gr.Markdown("", elem_id="export-results")
+                (
+                    b_export,
+                    b_export_stop,
+                    export_message,
+                    x_status,
+                    x_progress,
+                    x_log,
+                    x_results,
+                ) = _job_controls(gr, texts, "export", lang)
 
             # -- Synth ----------------------------------------------------------------------
             with gr.Tab(t("tab_synth", lang), id="synth", elem_id="tab-synth") as tab_synth:
@@ -556,18 +566,15 @@ def build_app(board: Board, lang: str = DEFAULT):
                     if synth_specs
                     else {}
                 )
-                with gr.Row():
-                    b_synth = texts.add(
-                        gr.Button(t("start", lang), variant="primary", elem_id="synth-start"),
-                        "start",
-                        "value",
-                    )
-                    b_synth_stop = texts.add(
-                        gr.Button(t("stop", lang), variant="stop"), "stop", "value"
-                    )
-                synth_message = gr.Markdown("")
-                s_status, s_progress, s_log = _job_panel(gr, texts, "synth", lang)
-                s_results = gr.Markdown("", elem_id="synth-results")
+                (
+                    b_synth,
+                    b_synth_stop,
+                    synth_message,
+                    s_status,
+                    s_progress,
+                    s_log,
+                    s_results,
+                ) = _job_controls(gr, texts, "synth", lang)
 
         timer = gr.Timer(TICK)
 
