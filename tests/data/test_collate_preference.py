@@ -38,24 +38,27 @@ def test_pair_collator_stacks_chosen_then_rejected_right_padded():
     assert all(v.dtype == torch.long for v in batch.values())
 
 
-def test_kto_collator_adds_mismatched_rows_for_the_kl_estimate():
+def test_kto_collator_stacks_the_samples_then_their_kl_rows():
+    # The KL rows (each prompt with another record's answer) come made by the encoding
+    # (add_kl_completions); the collator puts them after the samples, in the same order.
     features = [
-        {"input_ids": [1, 2, 3], "labels": [X, X, 3], "prompt_ids": [1, 2], "answer_ids": [3],
-         "kto_label": True},
-        {"input_ids": [4, 5, 6, 7], "labels": [X, 5, 6, 7], "prompt_ids": [4],
-         "answer_ids": [5, 6, 7], "kto_label": 0},
-        {"input_ids": [8, 8, 8, 9], "labels": [X, X, X, 9], "prompt_ids": [8, 8, 8],
-         "answer_ids": [9], "kto_label": 1},
+        {"input_ids": [1, 2, 3], "labels": [X, X, 3], "kto_label": True,
+         "kl_input_ids": [1, 2, 5, 6, 7], "kl_labels": [X, X, 5, 6, 7]},
+        {"input_ids": [4, 5, 6, 7], "labels": [X, 5, 6, 7], "kto_label": 0,
+         "kl_input_ids": [4, 9], "kl_labels": [X, 9]},
+        {"input_ids": [8, 8, 8, 9], "labels": [X, X, X, 9], "kto_label": 1,
+         "kl_input_ids": [8, 8, 8, 3], "kl_labels": [X, X, X, 3]},
     ]  # fmt: skip
     batch = KTOCollator(pad_token_id=PAD)(features)
-    # rows 0-2: the samples; rows 3-5: each prompt with the next sample's answer (wrapping)
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "desirable"}
+    # rows 0-2: the samples; rows 3-5: their KL rows
     assert batch["input_ids"].tolist() == [
         [1, 2, 3, PAD, PAD],
         [4, 5, 6, 7, PAD],
         [8, 8, 8, 9, PAD],
-        [1, 2, 5, 6, 7],  # prompt 0 + answer 1
-        [4, 9, PAD, PAD, PAD],  # prompt 1 + answer 2
-        [8, 8, 8, 3, PAD],  # prompt 2 + answer 0
+        [1, 2, 5, 6, 7],
+        [4, 9, PAD, PAD, PAD],
+        [8, 8, 8, 3, PAD],
     ]
     assert batch["attention_mask"].tolist() == [
         [1, 1, 1, 0, 0],
@@ -75,6 +78,17 @@ def test_kto_collator_adds_mismatched_rows_for_the_kl_estimate():
     ]
     assert batch["desirable"].dtype == torch.bool
     assert batch["desirable"].tolist() == [True, False, True]
+
+
+def test_kto_collator_with_one_sample_keeps_its_other_records_kl_row():
+    # batch size 1: the KL row is still another record's answer (it was the sample's own)
+    features = [{"input_ids": [1, 2, 3], "labels": [X, X, 3], "kto_label": False,
+                 "kl_input_ids": [1, 2, 7, 7], "kl_labels": [X, X, 7, 7]}]  # fmt: skip
+    batch = KTOCollator(pad_token_id=PAD)(features)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, PAD], [1, 2, 7, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[X, X, 3, X], [X, X, 7, 7]]
+    assert batch["desirable"].tolist() == [False]
 
 
 def test_prompt_collator_pads_on_the_left():

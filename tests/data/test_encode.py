@@ -5,10 +5,12 @@ import pytest
 from conftest import CharTokenizer, masked
 from lmforge.data.encoding.encode import (
     IGNORE_INDEX,
+    add_kl_completions,
     encode_kto,
     encode_pairwise,
     encode_pretrain,
     encode_sample,
+    kl_partner,
 )
 from lmforge.data.sample import Sample
 from lmforge.data.templates.named import get_template
@@ -226,6 +228,65 @@ def test_kto_splits_prompt_and_judged_answer():
     kto = encode_kto(sample, get_template("chatml"), tok, 1024)
     assert kto.completion_ids == tok.ids("Hello!", "<|im_end|>", "\n") and kto.label is False
     assert kto.prompt_ids == chatml_turn(tok, "user", "Hi") + tok.ids("<|im_start|>", "assistant\n")
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 8, 1001])
+def test_kl_partners_are_a_rotation_that_never_pairs_a_record_with_itself(count):
+    partners = [kl_partner(i, count) for i in range(count)]
+    assert sorted(partners) == list(range(count))  # every answer used once
+    assert all(p != i for i, p in enumerate(partners))
+    if count >= 4:  # and not a neighbour's (neighbours often share the prompt)
+        assert all(abs(p - i) not in (1, count - 1) for i, p in enumerate(partners))
+
+
+def kto_rows(prompts, answers):
+    return [
+        {"input_ids": p + a, "labels": masked(p) + a, "prompt_ids": p, "answer_ids": a,
+         "kto_label": True}
+        for p, a in zip(prompts, answers)
+    ]  # fmt: skip
+
+
+def test_kl_rows_pair_each_prompt_with_another_records_answer():
+    prompts = [[10, 11], [20], [30, 31, 32], [40]]
+    answers = [[1], [2, 2], [3, 3, 3], [4]]
+    rows = kto_rows(prompts, answers)
+    add_kl_completions(rows, cutoff_len=64)
+    # 4 records: partner i + 2 (wrapping)
+    assert [r["kl_input_ids"] for r in rows] == [
+        [10, 11, 3, 3, 3],
+        [20, 4],
+        [30, 31, 32, 1],
+        [40, 2, 2],
+    ]
+    assert [r["kl_labels"] for r in rows] == [
+        [IGNORE_INDEX] * 2 + [3, 3, 3],
+        [IGNORE_INDEX, 4],
+        [IGNORE_INDEX] * 3 + [1],
+        [IGNORE_INDEX, 2, 2],
+    ]
+    # the samples themselves are untouched; the prompt and answer are not kept twice
+    assert [r["input_ids"] for r in rows] == [p + a for p, a in zip(prompts, answers)]
+    assert all("prompt_ids" not in r and "answer_ids" not in r for r in rows)
+    two = kto_rows(prompts[:2], answers[:2])
+    add_kl_completions(two, cutoff_len=64)
+    assert [r["kl_input_ids"] for r in two] == [[10, 11, 2, 2], [20, 1]]
+
+
+def test_kl_rows_fit_cutoff_len_like_a_kto_sample():
+    # a short prompt's long answer, with a long prompt: the prompt keeps its end and at least
+    # half of cutoff_len, the answer its beginning
+    rows = kto_rows([[1, 2, 3, 4, 5, 6], [7]], [[8], [9, 9, 9, 9, 9, 9]])
+    add_kl_completions(rows, cutoff_len=8)
+    assert rows[0]["kl_input_ids"] == [3, 4, 5, 6, 9, 9, 9, 9]
+    assert rows[0]["kl_labels"] == masked([3, 4, 5, 6]) + [9, 9, 9, 9]
+    assert rows[1]["kl_input_ids"] == [7, 8]
+
+
+def test_kl_rows_need_two_records():
+    add_kl_completions([], cutoff_len=8)  # nothing to pair (an empty eval split)
+    with pytest.raises(ValueError, match="two records"):
+        add_kl_completions(kto_rows([[1]], [[2]]), cutoff_len=8)
 
 
 def test_spelling_matches_the_tokenizer():

@@ -75,6 +75,7 @@ def test_kto_trainer_estimates_kl_from_the_mismatched_rows(tmp_path):
     from transformers import TrainingArguments
 
     from lmforge.data.encoding.collate import KTOCollator
+    from lmforge.data.encoding.encode import add_kl_completions
     from lmforge.train.trainers.preference import KTOTrainer
 
     features = [
@@ -83,6 +84,7 @@ def test_kto_trainer_estimates_kl_from_the_mismatched_rows(tmp_path):
         {"input_ids": [2, 0], "labels": [-100, 0], "prompt_ids": [2], "answer_ids": [0],
          "kto_label": False},
     ]  # fmt: skip
+    add_kl_completions(features, cutoff_len=8)  # each prompt with the other record's answer
     batch = KTOCollator(pad_token_id=0)(features)  # KL rows: [0, 0] and [2, 1]
     # policy after 0: [1/4, 1/2, 1/4]; after 2: [1/5, 3/5, 1/5]; reference uniform (1/3)
     policy = TableModel([[0.0, math.log(2), 0.0], [0.0, 0.0, 0.0], [0.0, math.log(3), 0.0]])

@@ -233,6 +233,151 @@ def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
     assert "kl" in history[-1]
 
 
+# KTO: five prompts with answers of different lengths, desirable and undesirable.
+KTO_RECORDS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Q{i}"},
+            {"role": "assistant", "content": f"a{i}" * (i + 1)},
+        ],
+        "label": i % 2 == 0,
+    }
+    for i in range(5)
+]
+
+
+def write_kto_dataset(folder: Path, records: list[dict], name: str = "kto") -> Path:
+    """Records in kto_en_demo's layout (sharegpt messages, a `label` column) as `name`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(records))
+    info_path = folder / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info[name] = json.loads((LF_DATA / "dataset_info.json").read_text())["kto_en_demo"]
+    info[name]["file_name"] = f"{name}.json"
+    info_path.write_text(json.dumps(info))
+    return folder
+
+
+def gemma_ids(text: str) -> list[int]:
+    from conftest import build_tiny_tokenizer
+
+    return build_tiny_tokenizer().encode(text, add_special_tokens=False)
+
+
+def kto_prompt_ids(i: int) -> list[int]:
+    return gemma_ids(f"<bos><start_of_turn>user\nQ{i}<end_of_turn>\n<start_of_turn>model\n")
+
+
+def kto_answer_ids(i: int) -> list[int]:
+    return gemma_ids(KTO_RECORDS[i]["messages"][1]["content"] + "<end_of_turn>\n")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_kto_kl_rows_hold_another_records_answer_at_any_batch_size(
+    tmp_path, tiny_model_dir, monkeypatch, batch_size
+):
+    """The KL half of each training batch: the sample's prompt with the answer of a different
+    record (picked at encoding time, 2 records further on among 5), the prompt masked. With
+    batch size 1 it was the sample's own answer, which made the KL estimate the reward."""
+    from lmforge.train.trainers.preference import KTOTrainer
+
+    batches = []
+    compute_loss = KTOTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        batches.append({k: v.clone() for k, v in inputs.items()})
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(KTOTrainer, "compute_loss", spy)
+    result = run_train(
+        tmp_path,
+        tiny_model_dir,
+        STAGES,
+        stage="kto",
+        dataset="kto",
+        dataset_dir=str(write_kto_dataset(tmp_path / "data", KTO_RECORDS)),
+        per_device_train_batch_size=batch_size,
+        max_steps=2,
+    )
+    history = trainer_logs(result)
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert all("kl" in h for h in history)
+    assert len(batches) == 2
+    prompts = {tuple(kto_prompt_ids(i)): i for i in range(5)}
+    seen = []
+    for batch in batches:
+        n = batch["desirable"].shape[0]
+        assert n == batch_size and batch["input_ids"].shape[0] == 2 * n
+        records = []
+        for row in range(n):  # which record each sample is (the sampler shuffles)
+            ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+            i = next(i for p, i in prompts.items() if ids[: len(p)] == list(p))
+            records.append(i)
+        seen += records
+        rows, labels = [], []
+        for i in records:  # the samples
+            rows.append(kto_prompt_ids(i) + kto_answer_ids(i))
+            labels.append([-100] * len(kto_prompt_ids(i)) + kto_answer_ids(i))
+        for i in records:  # then their KL rows
+            other = (i + 2) % 5
+            rows.append(kto_prompt_ids(i) + kto_answer_ids(other))
+            labels.append([-100] * len(kto_prompt_ids(i)) + kto_answer_ids(other))
+        width = max(map(len, rows))
+        assert batch["input_ids"].tolist() == [r + [0] * (width - len(r)) for r in rows]
+        assert batch["labels"].tolist() == [r + [-100] * (width - len(r)) for r in labels]
+        assert batch["attention_mask"].tolist() == [
+            [1] * len(r) + [0] * (width - len(r)) for r in rows
+        ]
+        assert batch["desirable"].tolist() == [i % 2 == 0 for i in records]
+    assert len(set(seen)) == len(seen)  # different samples each step
+
+
+def test_kto_with_batch_size_one_resumes_exactly(tmp_path, tiny_model_dir):
+    settings = dict(
+        stage="kto", dataset="kto", max_steps=4, save_steps=2, per_device_train_batch_size=1
+    )
+    data = str(write_kto_dataset(tmp_path / "data", KTO_RECORDS))
+    full = run_train(tmp_path / "a", tiny_model_dir, STAGES, dataset_dir=data, **settings)
+    first = run_train(tmp_path / "b", tiny_model_dir, STAGES, dataset_dir=data, **settings)
+    resumed = run_train(
+        tmp_path / "b",
+        tiny_model_dir,
+        STAGES,
+        dataset_dir=data,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
+        **settings,
+    )
+    for key in ("loss", "kl"):  # the same samples, with the same KL rows
+        assert [h[key] for h in trainer_logs(resumed)] == pytest.approx(
+            [h[key] for h in trainer_logs(full)], abs=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({}, "the training data holds a single record"),
+        ({"val_size": 1}, "the evaluation split holds a single record"),
+    ],
+)
+def test_kto_refuses_a_split_of_one_record(tmp_path, tiny_model_dir, capsys, settings, message):
+    """One record has no other record's answer for its KL row: exit 2, nothing written."""
+    records = KTO_RECORDS[:1] if not settings else KTO_RECORDS[:3]
+    path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        STAGES,
+        stage="kto",
+        dataset="kto",
+        dataset_dir=str(write_kto_dataset(tmp_path / "data", records)),
+        **settings,
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "kto.json:record" in err and "Fix:" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "stage, dataset, message",
     [

@@ -90,7 +90,8 @@ def lengths_from_rows(rows, *, cutoff_len: int) -> Lengths:
             )
         elif "input_ids" in row:
             per_sample = 2 if "kto_label" in row else 1
-            n = len(row["input_ids"])
+            # KTO: each sample's row and its KL row (another record's answer) pad alike
+            n = max(len(row["input_ids"]), len(row.get("kl_input_ids", ())))
             labels = row.get("labels")
             t = n if labels is None else int(np.count_nonzero(np.asarray(labels) != IGNORE_INDEX))
         else:  # prompts of ppo/grpo

@@ -70,20 +70,16 @@ class PairCollator:
 
 
 class KTOCollator:
-    """Each completion, plus a mismatched one (the next sample's answer to this prompt) whose
-    log-ratio estimates KL(policy || reference) for the batch, as in the KTO paper."""
+    """The samples' rows, then their KL rows (each prompt with another record's answer, paired
+    at encoding time by add_kl_completions), whose log-ratio estimates KL(policy || reference)
+    for the batch, as in the KTO paper."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        n = len(features)
-        ids = [f["input_ids"] for f in features]
-        labels = [f["labels"] for f in features]
-        for i, f in enumerate(features):
-            other = features[(i + 1) % n]
-            ids.append(f["prompt_ids"] + other["answer_ids"])
-            labels.append([IGNORE_INDEX] * len(f["prompt_ids"]) + other["answer_ids"])
+        ids = [f["input_ids"] for f in features] + [f["kl_input_ids"] for f in features]
+        labels = [f["labels"] for f in features] + [f["kl_labels"] for f in features]
         return {
             "input_ids": pad_rows(ids, self.pad_token_id),
             "attention_mask": pad_rows([[1] * len(r) for r in ids], 0),

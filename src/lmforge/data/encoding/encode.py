@@ -208,3 +208,29 @@ def encode_kto(sample: Sample, template, tokenizer, cutoff_len: int) -> EncodedK
     prompt, completion = prompt_and_answer(template, tokenizer, head, sample.messages[-1])
     prompt, (completion,), cut = _fit(prompt, [completion], cutoff_len)
     return EncodedKTO(prompt, completion, bool(sample.kto_label), cut)
+
+
+def kl_partner(index: int, count: int) -> int:
+    """The record whose answer goes with record `index`'s prompt in KTO's KL rows: the one half
+    the data further on (wrapping). A rotation: each answer is used once, and never with its own
+    prompt when there are two records or more; rarely with a neighbour's (neighbours often
+    answer the same prompt, e.g. a desirable and an undesirable answer to one question)."""
+    return (index + max(1, count // 2)) % count
+
+
+def add_kl_completions(rows: list[dict], cutoff_len: int) -> None:
+    """KTO's KL reference term is the policy/reference log-ratio of mismatched prompt/answer
+    pairs. Made here, at encoding time, from a different record of the same split (chosen by
+    kl_partner), so that any batch size, 1 included, gives a real estimate; LLaMA-Factory pairs
+    at preprocessing time too. Each row (with `prompt_ids` and `answer_ids`, which it loses)
+    gains `kl_input_ids` and `kl_labels`: its prompt and the partner's answer, the prompt masked,
+    fitted to cutoff_len as any KTO sample. The pairing depends on the rows' order alone, so a
+    resumed run sees the same pairs. A single row has no partner: callers refuse that."""
+    count = len(rows)
+    if count == 1:
+        raise ValueError("KTO's KL rows need two records or more")
+    prompts = [row.pop("prompt_ids") for row in rows]
+    answers = [row.pop("answer_ids") for row in rows]
+    for index, row in enumerate(rows):
+        prompt, (answer,), _ = _fit(prompts[index], [answers[kl_partner(index, count)]], cutoff_len)
+        row["kl_input_ids"], row["kl_labels"] = _joined(prompt, answer)
