@@ -4,11 +4,13 @@ One walk through the workflow on a tiny random model: load the quickstart YAML (
 tiny model instead of the embedded one), max_steps 3, start, progress to 100 % and a loss
 curve; a second, long run: reload the page mid-run and see it re-attach, stop it and see it
 stop with a resumable checkpoint; chat with the result (side by side with the base); export it.
-Screenshots of each tab go to docs/webui/ (docs/webui.md shows them).
+Screenshots of each tab go to the test's tmp folder, or to docs/webui/ (docs/webui.md shows
+them) with LMFORGE_UPDATE_SCREENSHOTS=1, so an ordinary run leaves the tracked files alone.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from conftest import free_port, headless_chromium, needs_chromium
 from lmforge.webui.app import Board, build_app
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "webui"
+DOCS_SHOTS = ROOT / "docs" / "webui"
 
 pytestmark = needs_chromium
 
@@ -54,11 +56,19 @@ def board(tiny_model_dir, tmp_path, monkeypatch):
         demo.close()
 
 
+def screenshot_dir(tmp_path: Path) -> Path:
+    """docs/webui/ with LMFORGE_UPDATE_SCREENSHOTS=1 (refresh the docs), else under tmp_path."""
+    if os.environ.get("LMFORGE_UPDATE_SCREENSHOTS") == "1":
+        return DOCS_SHOTS
+    return tmp_path / "screenshots"
+
+
 class Page:
-    def __init__(self, driver, timeout=90):
+    def __init__(self, driver, shots: Path, timeout=90):
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver = driver
+        self.shots = shots
         self.wait = WebDriverWait(driver, timeout)
 
     def find(self, css):
@@ -119,18 +129,18 @@ class Page:
         time.sleep(0.5)
 
     def shot(self, name, at=None):
-        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.shots.mkdir(parents=True, exist_ok=True)
         if at:  # one screen around `at`
             element = self.find(at)
             self.driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)
             time.sleep(0.3)
-            self.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+            assert self.driver.save_screenshot(str(self.shots / f"{name}.png"))
             return
         self.driver.execute_script("window.scrollTo(0, 0);")
         height = self.driver.execute_script("return document.body.scrollHeight")
         self.driver.set_window_size(1280, min(max(height, 1000), 4000))
         time.sleep(0.3)
-        self.driver.save_screenshot(str(SHOTS / f"{name}.png"))
+        assert self.driver.save_screenshot(str(self.shots / f"{name}.png"))
         self.driver.set_window_size(1280, 1000)
 
 
@@ -138,7 +148,7 @@ def test_the_whole_workflow_in_headless_chromium(board, tmp_path):
     the_board, url = board
     started = time.time()
     driver = headless_chromium(tmp_path)
-    page = Page(driver)
+    page = Page(driver, screenshot_dir(tmp_path))
     try:
         driver.get(url)
         assert "lmforge board" in driver.title or page.find("#tab-train")
