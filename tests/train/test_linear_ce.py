@@ -92,3 +92,32 @@ def test_chunks_hold_128_mib_of_logits_whatever_the_vocabulary():
     assert chunk_tokens_for(128_256) == 261  # Llama 3
     assert chunk_tokens_for(32_000) == 1024  # capped
     assert chunk_tokens_for(10_000_000) == 32  # floored
+
+
+@pytest.mark.parametrize("weights", ["bf16 frozen", "fp32"])
+def test_the_trainer_loss_equals_the_models_own_under_bf16_autocast(weights):
+    """What training runs under bf16 mixed precision: the model's forward inside autocast, the
+    loss outside it. The loss takes the decoder's final hidden state (a forward hook, in the
+    model's dtype) and projects in bf16, as autocast does for the model's own head; against the
+    model's own loss under autocast, within bf16 rounding."""
+    from lmforge.train.losses.linear_ce import LinearCrossEntropyLoss
+
+    model = build_tiny_model(120)
+    if weights == "bf16 frozen":
+        model.to(torch.bfloat16)
+    torch.manual_seed(3)
+    ids = torch.randint(0, 120, (2, 16))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=ids, labels=labels).loss.float()
+    loss = LinearCrossEntropyLoss(model, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(input_ids=ids, logits_to_keep=1)
+    assert outputs.logits.shape[1] == 1  # the model's own head saw one position
+    assert loss._hidden.dtype == (torch.bfloat16 if weights == "bf16 frozen" else torch.float32)
+    chunked = loss(outputs, labels)
+    assert loss._hidden is None  # not kept past the step
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-2)
+    with pytest.raises(RuntimeError, match="did not run through its decoder"):
+        loss(outputs, labels)

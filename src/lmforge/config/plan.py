@@ -18,10 +18,22 @@ class Precision:
     bf16: bool = False  # bf16 mixed precision (autocast)
     fp16: bool = False  # fp16 mixed precision (CUDA only)
     pure_bf16: bool = False  # weights themselves in bf16
+    # bf16 mixed with LoRA or freeze: the weights that do not train are kept in bf16 (autocast
+    # computes with them in bf16 anyway); the trained ones stay fp32.
+    frozen_bf16: bool = False
+
+    @property
+    def autocast_dtype(self):
+        """The torch dtype autocast computes matmuls in, or None without mixed precision."""
+        import torch  # here: the config package loads without torch
+
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
     def describe(self) -> str:
         if self.pure_bf16:
             return "pure bf16"
+        if self.frozen_bf16:
+            return "bf16 mixed (frozen weights bf16, trained weights fp32)"
         return "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "fp32"
 
 

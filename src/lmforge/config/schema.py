@@ -357,7 +357,11 @@ class TrainConfig:
     eval_steps: int | None = opt(
         None, "Evaluate every this many steps (default: logging_steps).", bounds=POSITIVE_INT
     )
-    bf16: bool = opt(False, "bfloat16 mixed precision (falls back to fp32 where unsupported).")
+    bf16: bool = opt(
+        False,
+        "bfloat16 mixed precision (falls back to fp32 where unsupported). With LoRA or freeze "
+        "the weights that do not train are kept in bf16, the trained ones in fp32.",
+    )
     fp16: bool = opt(False, "float16 mixed precision (CUDA only).")
     seed: int = opt(
         42,

@@ -125,7 +125,8 @@ def run_training(config: Config) -> TrainingRun:
         prepare_output_dir(config, plan, output_dir, model=model, setup=setup, steps=steps)
         write_yaml(output_dir / RUN_CONFIG, config.to_flat_dict())  # as the user asked
         write_yaml(output_dir / RUN_PLAN, plan.to_dict())  # what was derived from it
-    result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
+    with lora_inputs_left_to_autocast(model, plan, stage):
+        result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
     # Packing turns the KV cache and per-sample attention on for training; the saved model
     # generates with the cache and plain sdpa.
@@ -226,10 +227,24 @@ def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> l
 
 
 def training_dtype(config: Config, plan: RunPlan) -> torch.dtype:
-    """fp32 master weights, except pure_bf16 (all bf16) and QLoRA (bf16 compute)."""
-    if plan.precision.pure_bf16 or config.method.quantization_bit:
+    """The dtype weights load in: fp32 master weights for full fine-tuning; bf16 under pure_bf16,
+    QLoRA (bf16 compute), and LoRA/freeze in bf16 mixed precision, whose trained weights
+    `apply_finetuning` then turns fp32."""
+    precision = plan.precision
+    if precision.pure_bf16 or precision.frozen_bf16 or config.method.quantization_bit:
         return torch.bfloat16
     return torch.float32
+
+
+def lora_inputs_left_to_autocast(model, plan: RunPlan, stage: Stage):
+    """peft casts each LoRA layer's input to the adapter's fp32 and autocast casts it back to
+    16 bits for the matmul: two copies of every adapted layer's input, forward and backward,
+    for the same result (bf16 -> fp32 -> bf16 is exact). Under autocast, for stages whose model
+    runs only inside it, the casting is switched off while training (peft's own switch)."""
+    from peft.helpers import disable_input_dtype_casting
+
+    active = plan.precision.autocast_dtype is not None and stage.forward_only
+    return disable_input_dtype_casting(model, active=active)
 
 
 def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval: bool):
@@ -297,7 +312,7 @@ def attention_line(config: Config, model) -> str:
 def batching_line(plan: RunPlan, trainer) -> str:
     """What the collator does (padding_free unset falls back to padded rows for some models)."""
     collator = trainer.data_collator
-    collator = getattr(collator, "collator", collator)  # under HiddenStatesCollator
+    collator = getattr(collator, "collator", collator)  # under LastLogitCollator
     if getattr(collator, "flatten", False) and plan.batching.padding_free:
         return ", " + plan.batching.describe()
     return ""

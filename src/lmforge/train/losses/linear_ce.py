@@ -40,12 +40,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     run each chunk's projection twice)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, chunk_tokens, need_hidden, need_weight):
+    def forward(
+        ctx, hidden, weight, targets, softcap, chunk_tokens, need_hidden, need_weight, dtype
+    ):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        ctx.weight_dtype = weight.dtype
+        weight = weight.to(dtype)  # no copy unless fp32 weights meet 16-bit mixed precision
         for start in range(0, hidden.shape[0], chunk_tokens):
-            h = hidden[start : start + chunk_tokens]
+            h = hidden[start : start + chunk_tokens].to(dtype)
             t = targets[start : start + chunk_tokens]
             # One vocabulary-sized buffer per chunk, worked on in place: logits, then
             # exp(logits - max), then the softmax minus one-hot (the gradient of the logits).
@@ -69,7 +73,6 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_hidden[start : start + chunk_tokens] = grad @ weight
             if grad_weight is not None:
                 grad_weight += (grad.t() @ h).float()
-        ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
@@ -85,6 +88,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -95,12 +99,15 @@ def linear_cross_entropy_sum(
     *,
     softcap: float | None = None,
     chunk_tokens: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over trained positions, and how many there are.
 
     hidden: (batch, length, hidden) final hidden states; labels: (batch, length), -100 where
     nothing is trained; position t predicts label t + 1. chunk_tokens: positions projected at
-    a time (default: a 128 MiB logits buffer).
+    a time (default: a 128 MiB logits buffer). dtype: what the projection computes in (the
+    weight's by default; bf16/fp16 under mixed precision, as autocast would for the model's own
+    output head); the softmax and the sum are fp32 either way.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
@@ -114,47 +121,68 @@ def linear_cross_entropy_sum(
         chunk_tokens or chunk_tokens_for(weight.shape[0], hidden.device.type),
         grad and selected.requires_grad,
         grad and weight.requires_grad,
+        dtype or weight.dtype,
     )
     return total, int(keep.sum())
 
 
 class LinearCrossEntropyLoss:
     """A `compute_loss_func` for transformers' Trainer (which then handles gradient
-    accumulation and multi-process token counts as for the model's own loss)."""
+    accumulation and multi-process token counts as for the model's own loss).
 
-    def __init__(self, model, chunk_tokens: int | None = None):
+    The final hidden states are taken from the decoder by a forward hook rather than asked for
+    with `output_hidden_states`: that returns every layer's, and under mixed precision
+    accelerate converts each one the model returns to an fp32 copy."""
+
+    def __init__(self, model, chunk_tokens: int | None = None, dtype: torch.dtype | None = None):
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.dtype = dtype
         self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        self._hidden: torch.Tensor | None = None
+        model.get_decoder().register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module, args, output) -> None:
+        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
+        hidden, self._hidden = self._hidden, None  # held no longer than this step
+        if hidden is None:
+            raise RuntimeError("the model's forward pass did not run through its decoder")
         weight = self.model.get_output_embeddings().weight
         loss_sum, count = linear_cross_entropy_sum(
-            outputs.hidden_states[-1],
+            hidden,
             weight,
             labels,
             softcap=self.softcap,
             chunk_tokens=self.chunk_tokens,
+            dtype=self.dtype,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         return loss_sum / denominator
 
 
-class HiddenStatesCollator:
-    """Wraps a collator so the model returns hidden states and logits for one position only."""
+class LastLogitCollator:
+    """Wraps a collator so the model computes logits for one position only (the loss projects
+    the trained positions itself)."""
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, features):
         batch = self.collator(features)
-        batch["output_hidden_states"] = True
         batch["logits_to_keep"] = 1
         return batch
 
 
 def supports_linear_cross_entropy(model) -> bool:
     """The output head must be a plain linear layer: a LoRA- or copy-wrapped head (lora_target
-    or additional_target naming lm_head) has extra weights the shortcut would skip."""
+    or additional_target naming lm_head) has extra weights the shortcut would skip; and the
+    model must name its decoder, whose output the loss takes."""
     head = model.get_output_embeddings()
-    return type(head) is torch.nn.Linear and head.bias is None
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return False
+    try:  # the final hidden states come from the decoder (remote code may not name one)
+        return isinstance(model.get_decoder(), torch.nn.Module)
+    except (AttributeError, NotImplementedError):
+        return False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from lmforge.train.losses.linear_ce import (
-    HiddenStatesCollator,
+    LastLogitCollator,
     LinearCrossEntropyLoss,
     supports_linear_cross_entropy,
 )
@@ -33,8 +33,8 @@ def language_model_trainer(inputs: StageInputs, collator) -> AtomicCheckpointTra
     accuracy = inputs.config.train.compute_accuracy
     loss = None
     if uses_linear_ce(inputs):
-        collator = HiddenStatesCollator(collator)
-        loss = LinearCrossEntropyLoss(inputs.model)
+        collator = LastLogitCollator(collator)
+        loss = LinearCrossEntropyLoss(inputs.model, dtype=inputs.plan.precision.autocast_dtype)
     return AtomicCheckpointTrainer(
         **inputs.trainer_arguments(inputs.model, collator),
         compute_loss_func=loss,

@@ -1,0 +1,140 @@
+"""bf16 mixed precision: which weights are kept in which dtype, peft's LoRA input casts left to
+autocast while training, and every stage training in it (on a device with native bf16)."""
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import SHORT_SFT, run_train, write_rl_datasets
+from lmforge import device
+from lmforge.train import run as run_module
+
+pytestmark = pytest.mark.skipif(not device.supports_bf16(), reason="no native bf16 here")
+LF_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "llamafactory_data"
+
+
+def dtypes_by_role(model) -> dict[bool, set[torch.dtype]]:
+    """{trains: dtypes of those parameters}."""
+    found: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
+    for param in model.parameters():
+        found[param.requires_grad].add(param.dtype)
+    return found
+
+
+def losses(run) -> list[float]:
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+@pytest.mark.parametrize(
+    "settings, frozen, precision",
+    [
+        (
+            {"finetuning_type": "lora"},
+            {torch.bfloat16},
+            "bf16 mixed (frozen weights bf16, trained weights fp32)",
+        ),
+        (
+            {"finetuning_type": "freeze", "freeze_trainable_layers": 1},
+            {torch.bfloat16},
+            "bf16 mixed (frozen weights bf16, trained weights fp32)",
+        ),
+        ({"finetuning_type": "full"}, set(), "bf16 mixed"),  # fp32 master weights
+    ],
+    ids=["lora", "freeze", "full"],
+)
+def test_frozen_weights_are_bf16_and_trained_ones_fp32(
+    tmp_path, tiny_model_dir, settings, frozen, precision
+):
+    run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2, bf16=True, **settings)
+    found = dtypes_by_role(run.model)
+    assert found[True] == {torch.float32}
+    assert found[False] == frozen
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert plan["precision"] == precision
+    assert all(torch.isfinite(torch.tensor(losses(run))))
+
+
+def test_lora_inputs_are_left_to_autocast_while_training_with_the_same_losses(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """peft's cast of each LoRA input to fp32 is off during training (autocast casts to bf16
+    anyway: bf16 -> fp32 -> bf16 is exact), on again afterwards; the losses are identical."""
+    seen = []
+    original = run_module.lora_inputs_left_to_autocast
+
+    def spy(model, plan, stage):
+        context = original(model, plan, stage)
+
+        class Watch:
+            def __enter__(self):
+                context.__enter__()
+                seen.append({m.cast_input_dtype_enabled for m in lora_layers(model)})
+
+            def __exit__(self, *exc):
+                return context.__exit__(*exc)
+
+        return Watch()
+
+    off = run_train(tmp_path / "off", tiny_model_dir, SHORT_SFT, max_steps=3, bf16=True)
+    monkeypatch.setattr(run_module, "lora_inputs_left_to_autocast", spy)
+    watched = run_train(tmp_path / "watched", tiny_model_dir, SHORT_SFT, max_steps=3, bf16=True)
+    assert seen == [{False}]
+    assert {m.cast_input_dtype_enabled for m in lora_layers(watched.model)} == {True}
+    monkeypatch.setattr(
+        run_module, "lora_inputs_left_to_autocast", lambda *_: contextlib.nullcontext()
+    )
+    cast = run_train(tmp_path / "cast", tiny_model_dir, SHORT_SFT, max_steps=3, bf16=True)
+    assert losses(off) == losses(cast) == losses(watched)
+
+
+def lora_layers(model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers
+    return layers
+
+
+REWARDS = "def short(completions, **kw):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
+STAGE_RUNS = {
+    "pt": {"stage": "pt", "dataset": "c4_demo", "dataset_dir": str(LF_DATA)},
+    "rm": {"stage": "rm", "dataset": "pairs"},
+    "dpo": {"stage": "dpo", "dataset": "pairs"},
+    "kto": {"stage": "kto", "dataset": "kto_en_demo", "dataset_dir": str(LF_DATA)},
+    "grpo": {
+        "stage": "grpo",
+        "dataset": "prompts",
+        "reward_funcs": "rewards:short",
+        "num_generations": 2,
+        "max_completion_length": 4,
+    },
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_RUNS))
+def test_each_stage_trains_lora_in_bf16_mixed_precision(tmp_path, tiny_model_dir, stage):
+    """Frozen bf16 weights meet fp32 adapters in every stage's forward passes: the policy's, the
+    reference's (adapters disabled), the value head's and sampling outside autocast (grpo)."""
+    data = tmp_path / "data"
+    write_rl_datasets(data)
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    settings = {"dataset_dir": str(data), **STAGE_RUNS[stage]}
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
+        max_steps=2,
+        save_steps=100,
+        cutoff_len=64,
+        bf16=True,
+        **settings,
+    )
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    logged = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(logged)))
+    assert dtypes_by_role(run.model) == {True: {torch.float32}, False: {torch.bfloat16}}
