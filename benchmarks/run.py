@@ -39,9 +39,10 @@ LLAMAFACTORY = "llamafactory==0.9.5"
 TORCH_CPU = "torch==2.13.0"
 VENV = HERE / ".venv-llamafactory"
 TOOLS = ("lmforge", "llamafactory", "plain")
-# Variants for the GPU tables: lmforge without liger-kernel (its own fused loss) and with padded
-# batches (padding_free: false), LLaMA-Factory with its enable_liger_kernel.
-VARIANTS = ("lmforge_no_liger", "lmforge_padded", "llamafactory_liger")
+# Variants for the GPU tables: lmforge with liger-kernel (use_liger_kernel: its fused loss, norms
+# and MLPs instead of lmforge's loss) and with padded batches (padding_free: false),
+# LLaMA-Factory with its enable_liger_kernel.
+VARIANTS = ("lmforge_liger", "lmforge_padded", "llamafactory_liger")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def shared_config(job: Job, out: Path) -> dict:
 
 
 def lmforge_command(job: Job, out: Path, **changes) -> list[str]:
-    """lmforge with its defaults (padding-free batches, its fused loss or liger's on CUDA). No
+    """lmforge with its defaults (padding-free batches, its own fused loss). No
     held-out split and no before/after answers at the end: LLaMA-Factory does neither."""
     config = shared_config(job, out)
     config.update(val_size=0, report_compare=False, **changes)
@@ -138,7 +139,7 @@ COMMANDS = {
     "lmforge": lmforge_command,
     "llamafactory": llamafactory_command,
     "plain": plain_command,
-    "lmforge_no_liger": lambda job, out: lmforge_command(job, out, use_liger_kernel=False),
+    "lmforge_liger": lambda job, out: lmforge_command(job, out, use_liger_kernel=True),
     "lmforge_padded": lambda job, out: lmforge_command(job, out, padding_free=False),
     "llamafactory_liger": lambda job, out: llamafactory_command(job, out, enable_liger_kernel=True),
 }
@@ -153,9 +154,9 @@ def tool_pythonpath(tool: str) -> list[str]:
     if OFFLINE_SITES is None:
         return [str(HERE.parent / "src")] if tool.startswith("lmforge") else []
     sites = {
-        "lmforge": ["site-lm", "site-liger"],
-        "lmforge_no_liger": ["site-lm"],
-        "lmforge_padded": ["site-lm", "site-liger"],
+        "lmforge": ["site-lm"],
+        "lmforge_liger": ["site-lm", "site-liger"],
+        "lmforge_padded": ["site-lm"],
         "llamafactory": ["site-lf"],
         "llamafactory_liger": ["site-lf", "site-liger"],
         "plain": ["site-lm"],

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu/run.sh PART...     (default: env tests paths bench)
 # PARTS: env (versions), tests (tests/gpu), paths (DeepSpeed/FSDP/QLoRA/pure_bf16, 3 steps each),
 # bench (gemma-3-1b shape, every tool), bench3b (llama-3.2-3b shape: lmforge, plain, LF), kernels
-# (in-process timings of the fused loss and MLP choices). Results go to $OUT (or /tmp/out).
+# (in-process timings of the fused loss and MLP choices), profile (torch.profiler of two steps of
+# lmforge and plain, host and GPU time). Results go to $OUT (or /tmp/out).
 # TIME_LIMIT (s, default 500) bounds each part.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DISABLE_VERSION_CHECK=1
@@ -36,10 +37,17 @@ from lmforge.model import varlen_kernels as k; print('torch varlen_attn:', k.tor
     PYTHONPATH=$LM timeout $limit python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from model_shapes import build; from pathlib import Path; build('gemma-3-270m', Path('/tmp/tok'), Path('$W/models'))"
     PYTHONPATH=$LM timeout $limit python3 benchmarks/gpu/paths.py --model $W/models/gemma-3-270m-shape \
       --work $W/paths ${PATHS_LIST:+--paths $PATHS_LIST} 2>&1 | tee "$OUT/paths.log" | tail -20 ;;
+  profile)  # torch.profiler (host and device) of two steps: is the step waiting on the GPU?
+    timeout $limit python3 benchmarks/run.py --device cuda --precision bf16 --model-shape gemma-3-1b \
+      --tokenizer /tmp/tok --sites $S --tools ${TOOLS_PROFILE:-lmforge,plain} --rounds 1 --records 96 \
+      --min-tokens 128 --max-tokens 1536 --cutoff 2048 --batch-size 4 --warmup-steps 2 \
+      --measured-steps 2 --profile --work $W/profile 2>&1 | tail -8
+    for f in $W/profile/runs/*/profile.txt; do echo "===== $f"; cat $f; done > "$OUT/profile.txt" 2>/dev/null
+    grep -h "^## step\|^wall" "$OUT/profile.txt" ;;
   kernels)
     PYTHONPATH=$LM timeout $limit python3 benchmarks/gpu/kernels.py --tokenizer /tmp/tok 2>&1 | tee "$OUT/kernels.log" | tail -20 ;;
   bench|bench3b)
-    shape=gemma-3-1b; batch=8; tools=${TOOLS:-lmforge,lmforge_no_liger,lmforge_padded,plain,llamafactory,llamafactory_liger}
+    shape=gemma-3-1b; batch=8; tools=${TOOLS:-lmforge,lmforge_liger,lmforge_padded,plain,llamafactory,llamafactory_liger}
     [ $part = bench3b ] && shape=llama-3.2-3b && batch=4 && tools=${TOOLS3B:-lmforge,plain,llamafactory_liger}
     timeout $limit python3 benchmarks/run.py --device cuda --precision bf16 --model-shape $shape \
       --tokenizer /tmp/tok --sites $S --tools $tools --rounds 1 --records 384 --min-tokens 128 \

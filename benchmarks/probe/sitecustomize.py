@@ -145,15 +145,36 @@ def _install(trainer_module) -> None:
         pending.append(_batch_counts(inputs, pad_id))
         if not profile_path or self.state.global_step < 2 or len(profiled) >= 2:
             return original_step(self, model, inputs, *args, **kwargs)
-        # BENCH_PROFILE: two steps after the warm-up under torch.profiler, a table of ops.
+        # BENCH_PROFILE: two steps after the warm-up under torch.profiler, a table of ops. On a
+        # GPU also the device's: kernel time against the step's wall time says whether the
+        # step waits on the GPU or on the host (launches, Python).
+        import time
+
         import torch
 
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        cuda = torch.cuda.is_available()
+        if cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
             result = original_step(self, model, inputs, *args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - start
         profiled.append(self.state.global_step)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        events = prof.key_averages()
+        text = f"## step {self.state.global_step + 1}: {pending[-1]}\n\nwall {wall * 1e3:.1f} ms"
+        if cuda:
+            kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
+            busy = sum(e.self_device_time_total for e in kernels) / 1e3
+            launches = sum(e.count for e in kernels)
+            text += f", GPU busy {busy:.1f} ms in {launches} kernel runs"
+            text += "\n\n" + events.table(sort_by="self_device_time_total", row_limit=25)
+        text += "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=30)
         with open(profile_path, "a") as handle:
-            handle.write(f"## step {self.state.global_step + 1}: {pending[-1]}\n\n{table}\n")
+            handle.write(text + "\n")
         return result
 
     trainer_cls.__init__ = __init__
