@@ -49,6 +49,22 @@ def trainer_logs(run_result) -> list[dict]:
     return [h for h in state["log_history"] if "loss" in h]
 
 
+def uninterrupted_and_resumed(tmp_path, model_dir, data: str, settings: dict):
+    """Three runs of STAGES + settings: to the end (a), to the end again (b), and b resumed from
+    its checkpoint-2, which must repeat a."""
+    full = run_train(tmp_path / "a", model_dir, STAGES, dataset_dir=data, **settings)
+    first = run_train(tmp_path / "b", model_dir, STAGES, dataset_dir=data, **settings)
+    resumed = run_train(
+        tmp_path / "b",
+        model_dir,
+        STAGES,
+        dataset_dir=data,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
+        **settings,
+    )
+    return full, first, resumed
+
+
 def test_pretraining_on_text(tmp_path, tiny_model_dir):
     result = run_train(
         tmp_path,
@@ -110,17 +126,8 @@ def test_reward_model_resumes_with_its_value_head(tmp_path, tiny_model_dir):
         stage="rm", dataset="pairs", max_steps=4, save_steps=2, per_device_train_batch_size=2
     )
     data = str(write_pairs_dataset(tmp_path / "data", PAIRS))
-    full = run_train(tmp_path / "a", tiny_model_dir, STAGES, dataset_dir=data, **settings)
-    first = run_train(tmp_path / "b", tiny_model_dir, STAGES, dataset_dir=data, **settings)
+    full, first, resumed = uninterrupted_and_resumed(tmp_path, tiny_model_dir, data, settings)
     assert (first.output_dir / "checkpoint-2" / "value_head.safetensors").is_file()
-    resumed = run_train(
-        tmp_path / "b",
-        tiny_model_dir,
-        STAGES,
-        dataset_dir=data,
-        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
-        **settings,
-    )
     assert [h["loss"] for h in trainer_logs(resumed)] == pytest.approx(
         [h["loss"] for h in trainer_logs(full)], abs=1e-6
     )
@@ -337,16 +344,7 @@ def test_kto_with_batch_size_one_resumes_exactly(tmp_path, tiny_model_dir):
         stage="kto", dataset="kto", max_steps=4, save_steps=2, per_device_train_batch_size=1
     )
     data = str(write_kto_dataset(tmp_path / "data", KTO_RECORDS))
-    full = run_train(tmp_path / "a", tiny_model_dir, STAGES, dataset_dir=data, **settings)
-    first = run_train(tmp_path / "b", tiny_model_dir, STAGES, dataset_dir=data, **settings)
-    resumed = run_train(
-        tmp_path / "b",
-        tiny_model_dir,
-        STAGES,
-        dataset_dir=data,
-        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
-        **settings,
-    )
+    full, _, resumed = uninterrupted_and_resumed(tmp_path, tiny_model_dir, data, settings)
     for key in ("loss", "kl"):  # the same samples, with the same KL rows
         assert [h[key] for h in trainer_logs(resumed)] == pytest.approx(
             [h[key] for h in trainer_logs(full)], abs=1e-6
