@@ -138,3 +138,69 @@ def test_each_stage_trains_lora_in_bf16_mixed_precision(tmp_path, tiny_model_dir
     logged = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(logged)))
     assert dtypes_by_role(run.model) == {True: {torch.float32}, False: {torch.bfloat16}}
+
+
+@pytest.mark.parametrize("finetuning_type", ["freeze", "full"])
+def test_reference_copy_runs_in_bf16_mixed_precision(tmp_path, tiny_model_dir, finetuning_type):
+    """dpo with freeze (frozen bf16 and trained fp32 layers side by side) and full: the frozen
+    reference copy runs under the same autocast as the policy."""
+    data = tmp_path / "data"
+    write_rl_datasets(data)
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
+        stage="dpo",
+        dataset="pairs",
+        dataset_dir=str(data),
+        finetuning_type=finetuning_type,
+        freeze_trainable_layers=1,
+        max_steps=2,
+        save_steps=100,
+        bf16=True,
+    )
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor([h["loss"] for h in logged])))
+
+
+def test_grpo_with_freeze_samples_in_bf16_mixed_precision(tmp_path, tiny_model_dir):
+    """Sampling runs outside the trainer's forward; with frozen bf16 and trained fp32 layers it
+    must run under the same autocast."""
+    data = tmp_path / "data"
+    write_rl_datasets(data)
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
+        finetuning_type="freeze",
+        freeze_trainable_layers=1,
+        max_steps=2,
+        save_steps=100,
+        cutoff_len=64,
+        bf16=True,
+        dataset_dir=str(data),
+        **STAGE_RUNS["grpo"],
+    )
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    assert len([h for h in state["log_history"] if "loss" in h]) == 2
+
+
+def test_do_predict_after_freeze_training_in_bf16_mixed_precision(tmp_path, tiny_model_dir):
+    """do_predict answers with the model just trained (frozen bf16 and trained fp32 layers side
+    by side): its forward keeps accelerate's autocast after training."""
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        SHORT_SFT,
+        max_steps=2,
+        bf16=True,
+        finetuning_type="freeze",
+        freeze_trainable_layers=1,
+        do_predict=True,
+        predict_with_generate=True,
+        max_new_tokens=4,
+    )
+    rows = (run.output_dir / "generated_predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 8 and json.loads(rows[0])["label"] == "I am Forge, made by lmforge."

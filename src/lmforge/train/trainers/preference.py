@@ -66,7 +66,10 @@ class _ReferenceMixin:
 
     @torch.no_grad()
     def reference_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with reference_model(self.accelerator.unwrap_model(model), self.ref_model) as reference:
+        # Under the trainer's autocast, as the policy's forward: a frozen copy (full/freeze) or
+        # a ref_model is not wrapped by accelerate.
+        unwrapped = self.accelerator.unwrap_model(model)
+        with self.accelerator.autocast(), reference_model(unwrapped, self.ref_model) as reference:
             return reference(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits

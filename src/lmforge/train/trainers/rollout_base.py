@@ -93,7 +93,11 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
         if cached is not None and cached[1] < self.settings.epochs:
             cached[1] += 1
             return cached[0]
-        rollout = self.make_rollout(model, inputs)
+        # Sampling, old and reference log-probabilities and scores run outside the trainer's
+        # forward: under its autocast here, so that they compute as the training forward does
+        # (and frozen bf16 layers meet trained fp32 ones under mixed precision).
+        with self.accelerator.autocast():
+            rollout = self.make_rollout(model, inputs)
         self._store("", rollout.metrics)  # once per rollout, not once per epoch over it
         if self.settings.epochs > 1:
             self._rollouts[key] = [rollout, 1]
