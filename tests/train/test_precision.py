@@ -67,8 +67,8 @@ def test_lora_inputs_are_left_to_autocast_while_training_with_the_same_losses(
     seen = []
     original = run_module.lora_inputs_left_to_autocast
 
-    def spy(model, plan, stage):
-        context = original(model, plan, stage)
+    def spy(model, plan):
+        context = original(model, plan)
 
         class Watch:
             def __enter__(self):

@@ -125,7 +125,7 @@ def run_training(config: Config) -> TrainingRun:
         prepare_output_dir(config, plan, output_dir, model=model, setup=setup, steps=steps)
         write_yaml(output_dir / RUN_CONFIG, config.to_flat_dict())  # as the user asked
         write_yaml(output_dir / RUN_PLAN, plan.to_dict())  # what was derived from it
-    with lora_inputs_left_to_autocast(model, plan, stage):
+    with lora_inputs_left_to_autocast(model, plan):
         result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
     # Packing turns the KV cache and per-sample attention on for training; the saved model
@@ -236,15 +236,15 @@ def training_dtype(config: Config, plan: RunPlan) -> torch.dtype:
     return torch.float32
 
 
-def lora_inputs_left_to_autocast(model, plan: RunPlan, stage: Stage):
+def lora_inputs_left_to_autocast(model, plan: RunPlan):
     """peft casts each LoRA layer's input to the adapter's fp32 and autocast casts it back to
     16 bits for the matmul: two copies of every adapted layer's input, forward and backward,
-    for the same result (bf16 -> fp32 -> bf16 is exact). Under autocast, for stages whose model
-    runs only inside it, the casting is switched off while training (peft's own switch)."""
+    for the same result (bf16 -> fp32 -> bf16 is exact). Under mixed precision the casting is
+    switched off while training (peft's own switch): every forward pass then runs under
+    autocast, the trainer's and the rollouts' (trainers/rollout_base.py)."""
     from peft.helpers import disable_input_dtype_casting
 
-    active = plan.precision.autocast_dtype is not None and stage.forward_only
-    return disable_input_dtype_casting(model, active=active)
+    return disable_input_dtype_casting(model, active=plan.precision.autocast_dtype is not None)
 
 
 def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval: bool):

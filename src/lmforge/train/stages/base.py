@@ -86,9 +86,6 @@ class Stage(ABC):
     # Evaluation reports losses (and rewards) only: no logits are gathered. Read by the runner
     # when it builds TrainingArguments.
     prediction_loss_only: ClassVar[bool] = False
-    # The model runs only through the trainer's forward (under autocast when mixed precision is
-    # on), never outside it: no sampling during training (ppo/grpo sample).
-    forward_only: ClassVar[bool] = True
 
     def check(self, config: Config) -> None:  # noqa: B027 - optional hook
         """Checks on the user's settings that need no model (run before the model loads)."""

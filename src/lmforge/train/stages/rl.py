@@ -139,8 +139,6 @@ def rollout_parts(inputs: StageInputs, *, needs_reference: bool) -> RolloutParts
 class RolloutStage(Stage):
     """Base of the ppo and grpo stages: prompts in, completions sampled during training."""
 
-    forward_only = False
-
     def check(self, config: Config) -> None:
         check_rl_config(config)
 
