@@ -121,3 +121,20 @@ def test_the_trainer_loss_equals_the_models_own_under_bf16_autocast(weights):
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-2)
     with pytest.raises(RuntimeError, match="did not run through its decoder"):
         loss(outputs, labels)
+
+
+def test_zero3_falls_back_to_the_models_own_loss_and_padded_rows(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    """Under ZeRO-3 the output head's weight is a shard outside the head's forward, and the
+    padding-free isolation check cannot run: the model's own loss and padded rows instead."""
+    from lmforge.train.stages import language_model, sft
+
+    monkeypatch.setattr(language_model, "zero3_enabled", lambda: True)
+    monkeypatch.setattr(sft, "zero3_enabled", lambda: True)
+    with caplog.at_level("INFO", logger="lmforge"):
+        run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2)
+    assert "chunked_loss: ZeRO-3 shards the output head, so the plain loss is used" in caplog.text
+    assert "padded rows: padding-free batches are not the default under ZeRO-3" in caplog.text
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    assert len(lines) == 2

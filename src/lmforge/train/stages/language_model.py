@@ -17,14 +17,25 @@ from lmforge.train.trainers.base import AtomicCheckpointTrainer
 logger = logging.getLogger(__name__)
 
 
+def zero3_enabled() -> bool:
+    """DeepSpeed ZeRO-3: every weight is sharded, whole only inside its module's forward."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
 def uses_linear_ce(inputs: StageInputs) -> bool:
     """The loss without full logits: not when accuracy needs the logits, nor under liger (its
-    own fused loss), nor when the output head itself is adapted."""
+    own fused loss), nor when the output head itself is adapted, nor under ZeRO-3 (the loss
+    reads the head's weight outside the head's forward, where ZeRO-3 holds only a shard)."""
     train = inputs.config.train
     if not train.chunked_loss or train.compute_accuracy or inputs.args.use_liger_kernel:
         return False
     if not supports_linear_cross_entropy(inputs.model):
         logger.info("chunked_loss: the output head is adapted, so the plain loss is used")
+        return False
+    if zero3_enabled():
+        logger.info("chunked_loss: ZeRO-3 shards the output head, so the plain loss is used")
         return False
     return True
 

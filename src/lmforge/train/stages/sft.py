@@ -11,7 +11,7 @@ from lmforge.errors import UserError
 from lmforge.model.packing import check_isolation, prepare_model_for_packing
 from lmforge.model.varlen_attention import kernel_for_model, restore_attention, use_varlen_attention
 from lmforge.train.stages.base import Stage, StageData, StageInputs
-from lmforge.train.stages.language_model import language_model_trainer
+from lmforge.train.stages.language_model import language_model_trainer, zero3_enabled
 
 
 class SFTStage(Stage):
@@ -46,13 +46,13 @@ class SFTStage(Stage):
         padding_free = plan.batching.padding_free and not packing
         if not (packing or padding_free):
             return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
-        if plan.batching.auto and not packing and _zero3():
+        if plan.batching.auto and not packing and zero3_enabled():
             # Sharded weights cannot run the isolation check outside DeepSpeed's engine.
             logger.warning("padded rows: padding-free batches are not the default under ZeRO-3")
             return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
         # Several samples per row: a variable-length kernel attends per sample instead of
         # through a row-wide mask (the device's fastest: model/varlen_attention.py).
-        autocast = _autocast_dtype(plan.precision)
+        autocast = plan.precision.autocast_dtype
         device = inputs.args.device
         kernel = kernel_for_model(
             model,
@@ -82,17 +82,11 @@ class SFTStage(Stage):
         return language_model_trainer(inputs, collator)
 
 
-def _zero3() -> bool:
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return is_deepspeed_zero3_enabled()
-
-
 def _full_weights(model):
     """ZeRO-3 shards every weight: gather them for the check's two small forward passes."""
     import contextlib
 
-    if not _zero3():
+    if not zero3_enabled():
         return contextlib.nullcontext()
     import deepspeed
 
@@ -103,16 +97,8 @@ def _move_to(model, device) -> None:
     """Onto the training device now (the Trainer would move it there next) so the check runs
     the kernel training will run; quantized and sharded models are already where they train."""
     weight = next(model.parameters())
-    if weight.device.type == "cpu" and device.type != "cpu" and not _zero3():
+    if weight.device.type == "cpu" and device.type != "cpu" and not zero3_enabled():
         model.to(device)
-
-
-def _autocast_dtype(precision):
-    import torch
-
-    if precision.bf16:
-        return torch.bfloat16
-    return torch.float16 if precision.fp16 else None
 
 
 logger = logging.getLogger(__name__)
