@@ -168,3 +168,30 @@ def test_settings_follow_the_config(tmp_path, tiny_model_dir):
     assert s.gradient_checkpointing and s.packing and s.optim == "sgd"
     assert result.memory.terms["optimizer states"] == 0
     assert replace(s, batch_size=1).batch_size == 1
+
+
+@pytest.mark.parametrize(
+    "finetuning_type, frozen", [("lora", True), ("freeze", True), ("full", False)]
+)
+def test_frozen_bf16_follows_the_plan_and_the_method(
+    tmp_path, tiny_model_dir, finetuning_type, frozen
+):
+    """bf16 mixed precision with LoRA or freeze: the frozen weights are bf16 (the plan's
+    Precision.frozen_bf16, or derived from the config as config/resolve.py does without one);
+    advice that switches a full run to LoRA switches them too."""
+    from lmforge.estimate.advice import candidates
+    from lmforge.estimate.settings import settings_from_config
+
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    result, _ = _result(tmp_path, tiny_model_dir, roomy, bf16=True, finetuning_type=finetuning_type)
+    s = result.settings
+    assert s.bf16 and s.frozen_bf16 == frozen and s.frozen_weights_bf16 == frozen
+    assert s.weight_bytes == (2 if frozen else 4)
+    config = load_config(tmp_path / "train.yaml")
+    assert settings_from_config(config, device_kind="cuda") == s  # without a plan
+    if finetuning_type == "full":
+        lora = next(new for change, _, new in candidates(s, "cuda") if change.endswith("lora"))
+        assert lora.frozen_bf16 and lora.frozen_weights_bf16
+        fp16 = replace(s, bf16=False)
+        lora = next(new for change, _, new in candidates(fp16, "cuda") if change.endswith("lora"))
+        assert not lora.frozen_bf16

@@ -15,6 +15,7 @@ from lmforge.estimate.memory import (
     CPU_PROCESS_BYTES,
     CPU_RETENTION,
     CUDA_CONTEXT_BYTES,
+    _weight_casts,
     estimate_memory,
 )
 from lmforge.estimate.model_shape import ModelShape, model_shape
@@ -193,18 +194,96 @@ def test_loss_chunk_follows_the_device():
 
 
 def test_mixed_precision_loss_by_hand():
-    """Under bf16 autocast the loss still runs in fp32 (outside autocast, on the fp32 final
-    hidden states), and the model's head keeps a bf16 copy of its weight; liger's fused loss
+    """Under bf16 autocast the chunked loss projects in bf16 (each chunk's logits in bf16 and
+    fp32) from the final hidden states in the model's dtype: over fp32 weights fp32 hidden
+    states and two bf16 copies of the head (the model's one-position logits keep one, the loss
+    casts its own); over bf16 frozen weights bf16 hidden states and no copy. liger's fused loss
     chunks every position and keeps the input's gradient."""
     s = replace(SETTINGS, autocast_16bit=True, lean_mlp=False)
     est = estimate_memory(SHAPE, s, BATCH, device_kind="cuda")
     chunk = min(chunk_tokens_for(1000, "cuda"), 50)
-    assert est.terms["loss buffers"] == chunk * 1000 * 4 + 2 * 50 * 64 * 4 + 1000 * 64 * 2
+    logits = chunk * 1000 * (4 + 2)
+    assert est.terms["loss buffers"] == logits + 2 * 50 * 64 * 4 + 2 * 1000 * 64 * 2
+    frozen = estimate_memory(
+        SHAPE, replace(s, bf16=True, frozen_bf16=True), BATCH, device_kind="cuda"
+    )
+    assert frozen.terms["loss buffers"] == logits + 2 * 50 * 64 * 2
     liger_settings = replace(s, liger=True, chunked_loss=False)
     liger = estimate_memory(SHAPE, liger_settings, BATCH, device_kind="cuda")
     chunk = 1 << (-(-200 // -(-1000 // 64)) - 1).bit_length()  # liger: 200 positions / 16
     assert chunk == 16
     assert liger.terms["loss buffers"] == chunk * 1000 * 2 + 200 * 64 * 4 * 2 + 1000 * 64 * 2
+
+
+def test_full_fine_tuning_loss_keeps_the_head_gradient_by_hand():
+    """The trained head's fp32 gradient, plus each chunk's contribution while it is added: in
+    the projection's dtype and converted to fp32 (the same tensor in fp32 training)."""
+    full = replace(SHAPE, trainable_params=1_000_000, trained_layers=4)
+    s = replace(SETTINGS, finetuning_type="full")
+    chunk = min(chunk_tokens_for(1000), 50)
+    fp32 = estimate_memory(full, s, BATCH, device_kind="cpu")
+    assert fp32.terms["loss buffers"] == chunk * 1000 * 4 + 2 * 50 * 64 * 4 + 1000 * 64 * (4 + 4)
+    mixed = estimate_memory(
+        full, replace(s, autocast_16bit=True, bf16=True), BATCH, device_kind="cpu"
+    )
+    assert mixed.terms["loss buffers"] == (
+        chunk * 1000 * (4 + 2) + 2 * 50 * 64 * 4 + 1000 * 64 * (4 + 2 + 4) + 2 * 1000 * 64 * 2
+    )
+
+
+FROZEN_BF16 = replace(SETTINGS, autocast_16bit=True, bf16=True, frozen_bf16=True)
+
+
+def test_frozen_bf16_weights_and_casts_by_hand():
+    """bf16 mixed precision with LoRA or freeze: frozen weights 2 bytes, trained ones 4, and
+    autocast casts (and autograd keeps) only the trained fp32 weights. QLoRA's quantized base
+    and pure_bf16 are not affected."""
+    assert FROZEN_BF16.frozen_weights_bf16 and FROZEN_BF16.weight_bytes == 2
+    est = estimate_memory(SHAPE, FROZEN_BF16, BATCH, device_kind="cuda")
+    assert est.terms["weights"] == 990_000 * 2 + 10_000 * 4
+    assert est.terms["gradients"] == 10_000 * 4 and est.terms["optimizer states"] == 10_000 * 8
+    assert _weight_casts(SHAPE, FROZEN_BF16, 4) == 4 * (10_000 // 4) * 2  # the adapters only
+    over_fp32 = replace(FROZEN_BF16, frozen_bf16=False)  # fp16, or before frozen_bf16
+    assert _weight_casts(SHAPE, over_fp32, 4) == 4 * (600_000 // 4 + 10_000 // 4) * 2
+    freeze = replace(SHAPE, trainable_params=320_000, trained_layers=2, first_trained_layer=2)
+    freeze_settings = replace(FROZEN_BF16, finetuning_type="freeze")
+    assert _weight_casts(freeze, freeze_settings, 2) == 2 * (600_000 // 4) * 2
+    frozen_est = estimate_memory(freeze, freeze_settings, BATCH, device_kind="cuda")
+    assert frozen_est.terms["weights"] == 680_000 * 2 + 320_000 * 4
+    qlora = replace(FROZEN_BF16, quantization_bit=4)
+    assert not qlora.frozen_weights_bf16 and qlora.mixed_precision
+    pure = replace(FROZEN_BF16, pure_bf16=True)
+    assert not pure.frozen_weights_bf16 and pure.weight_bytes == 2
+    assert _weight_casts(SHAPE, pure, 4) == 0
+
+
+def test_frozen_bf16_reference_copy_keeps_the_dtypes():
+    """dpo with freeze: the reference is a deep copy, frozen weights bf16 and trained fp32."""
+    freeze = replace(SHAPE, trainable_params=320_000, trained_layers=2, first_trained_layer=2)
+    s = replace(FROZEN_BF16, finetuning_type="freeze", stage="dpo", reference_copy=True)
+    est = estimate_memory(freeze, s, BATCH, device_kind="cuda")
+    assert est.terms["reference model"] == 680_000 * 2 + 320_000 * 4
+
+
+def test_bf16_head_on_the_cpu_copies_its_weight_per_row():
+    """The model's one-position logits with a bf16 head on the CPU: torch expands the head
+    weight over the rows and copies it (rows x vocab x hidden x 2 bytes) at the end of the
+    forward pass; the larger of it and the loss's buffers counts on top of the activations."""
+    est = estimate_memory(SHAPE, FROZEN_BF16, BATCH, device_kind="cpu")
+    t = est.terms
+    assert t["output head (CPU)"] == 2 * 1000 * 64 * 2
+    fixed = sum(v for k, v in t.items() if k not in est.peak_group)
+    forward = t["activations"] + t["allocator (CPU)"]
+    assert est.total == fixed + forward + max(t["loss buffers"], t["output head (CPU)"])
+
+    def head(settings, batch=BATCH, kind="cpu"):
+        terms = estimate_memory(SHAPE, settings, batch, device_kind=kind).terms
+        return terms.get("output head (CPU)", 0)
+
+    assert head(FROZEN_BF16, replace(BATCH, rows=1, row_len=200, flattened=True)) == 1000 * 64 * 2
+    assert head(FROZEN_BF16, kind="cuda") == 0
+    assert head(replace(FROZEN_BF16, frozen_bf16=False)) == 0  # fp32 weights: cast, not copied
+    assert head(replace(FROZEN_BF16, chunked_loss=False)) == 0  # logits of every position
 
 
 def test_total_counts_the_largest_phase_once():
@@ -381,6 +460,97 @@ def test_mixed_precision_formula_matches_saved_tensors(tmp_path, kind, method, m
 
     predicted = activations(2) - activations(1)
     assert predicted == pytest.approx(measured, rel=0.03)
+
+
+def _as_training_builds_it(model, method: MethodConfig, precision):
+    """The model as train/run.py makes it: loaded in `training_dtype` (bf16 under frozen_bf16),
+    `apply_finetuning` turning the trained parameters fp32."""
+    from types import SimpleNamespace
+
+    from lmforge.config.plan import Evaluation, Resume, RunPlan
+    from lmforge.model.adapters import apply_finetuning
+    from lmforge.train.run import training_dtype
+
+    plan = RunPlan(lora_alpha=16, precision=precision, evaluation=Evaluation(), resume=Resume())
+    model = model.to(training_dtype(SimpleNamespace(method=method), plan))
+    return apply_finetuning(model, method, plan, [])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+@pytest.mark.parametrize("method", ["lora", "freeze"])
+@pytest.mark.parametrize("mlp", ["plain", "lean"])
+def test_frozen_bf16_formula_matches_saved_tensors(tmp_path, kind, method, mlp):
+    """bf16 mixed precision with LoRA or freeze (Precision.frozen_bf16): the model loaded in
+    bf16, the trained parameters fp32, peft's LoRA input casts off and bf16 autocast, as
+    training runs it. bf16 residual stream, fp32 norm input copies, linear inputs shared (LLaMA's
+    RMSNorm with an fp32 weight returns fp32, which each trained linear casts), and bf16 copies
+    of the trained weights only, against what autograd keeps (3-layer minus 1-layer)."""
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.config.plan import Precision
+    from lmforge.model.gated_mlp import use_lean_gated_mlps
+
+    wide = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, head_dim=32)
+    precision = Precision(bf16=True, frozen_bf16=True)
+
+    def build(layers):
+        if kind == "gemma":
+            config = replace_config(build_tiny_model(120).config, num_hidden_layers=layers, **wide)
+            config.layer_types = ["full_attention"] * layers
+            config.sliding_window = 4096
+        else:
+            base = build_tiny_decoder("llama", 120).config
+            config = replace_config(base, num_hidden_layers=layers, num_key_value_heads=2, **wide)
+        model = AutoModelForCausalLM.from_config(
+            config, attn_implementation="sdpa", dtype=torch.float32
+        )
+        # freeze: every layer trains (the embeddings and the head stay frozen, in bf16)
+        settings = MethodConfig(finetuning_type=method, lora_rank=8, freeze_trainable_layers=layers)
+        model = _as_training_builds_it(model, settings, precision)
+        if mlp == "lean":
+            use_lean_gated_mlps(model)
+        return model.train(), config, settings
+
+    def saved(model):
+        if method != "lora":
+            return _saved_bytes(model, length, rows, autocast=True)
+        with disable_input_dtype_casting(model, active=True):  # as train/run.py does
+            return _saved_bytes(model, length, rows, autocast=True)
+
+    length, rows = 96, 2
+    three, config, method_config = build(3)
+    one, _, _ = build(1)
+    assert {p.dtype for p in three.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in three.parameters() if not p.requires_grad} == {torch.bfloat16}
+    measured = (saved(three) - saved(one)) / 2
+    config.save_pretrained(tmp_path)
+    shape = model_shape(tmp_path, method_config, 16)
+    settings = replace(
+        SETTINGS,
+        finetuning_type=method,
+        autocast_16bit=True,
+        bf16=True,
+        frozen_bf16=True,
+        lean_mlp=mlp == "lean",
+    )
+    assert settings.frozen_weights_bf16 and settings.weight_bytes == 2
+    batch = Batch(rows, length, rows * length, 0, (length,) * rows, False, False)
+    layer, trains = shape.linear_params // shape.layers, shape.trainable_params // shape.layers
+
+    def activations(n):
+        s = replace(
+            shape,
+            layers=n,
+            windows=(None,) * n,
+            linear_params=layer * n,
+            trainable_params=trains * n,
+            trained_layers=n if method == "freeze" else 0,
+        )
+        return estimate_memory(s, settings, batch, device_kind="cuda").terms["activations"]
+
+    predicted = activations(2) - activations(1)
+    assert predicted == pytest.approx(measured, rel=0.01)
 
 
 def replace_config(config, **changes):

@@ -70,3 +70,25 @@ def test_folder_without_config_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="config.json"):
         model_shape(tmp_path, MethodConfig(), 16)
+
+
+@pytest.mark.parametrize("kind, keeps", [("gemma", True), ("llama", False), ("qwen2", False)])
+def test_what_lora_inputs_share_and_the_norms_dtype(tmp_path, kind, keeps):
+    """q/k/v read one tensor, gate/up another, down the product; the output projection reads
+    the attention's output (kept by attention). Gemma's RMSNorm returns its input's dtype with
+    an fp32 weight, LLaMA's (and Qwen2's) the product's fp32."""
+    folder, model = _folder(tmp_path, kind)
+    text = model.config
+    h, i = text.hidden_size, text.intermediate_size
+    q = text.num_attention_heads * (
+        getattr(text, "head_dim", None) or h // text.num_attention_heads
+    )
+    shape = model_shape(folder, MethodConfig(finetuning_type="lora", lora_rank=4), 16)
+    assert shape.lora_shared_input_width == 2 * h + i and shape.lora_reads_attention_output
+    assert shape.lora_input_width == 5 * h + q + i  # each linear's own input
+    assert shape.norm_keeps_input_dtype == keeps
+    qv = model_shape(
+        folder, MethodConfig(finetuning_type="lora", lora_rank=4, lora_target="q_proj,v_proj"), 16
+    )
+    assert qv.lora_shared_input_width == h and not qv.lora_reads_attention_output
+    assert qv.lora_input_width == 2 * h

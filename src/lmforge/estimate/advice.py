@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from lmforge.estimate.core import Result, ShapeFor, compute
-from lmforge.estimate.settings import Settings
+from lmforge.estimate.settings import Settings, with_finetuning_type
 
 FAR_BELOW = 0.5  # a run using less than this share of the device hears how much more fits
 MAX_COMBINED = 4
@@ -67,7 +67,7 @@ def candidates(s: Settings, device_kind: str) -> list[tuple[str, str, Settings]]
                 "finetuning_type: lora",
                 "train small adapters instead of the weights (no gradients or optimizer states "
                 "for the model)",
-                replace(s, finetuning_type="lora", reference_copy=False),
+                with_finetuning_type(s, "lora", reference_copy=False),
             )
         )
     if device_kind == "cuda" and not s.quantization_bit:
@@ -77,9 +77,9 @@ def candidates(s: Settings, device_kind: str) -> list[tuple[str, str, Settings]]
                 if s.finetuning_type != "lora"
                 else "quantization_bit: 4",
                 "QLoRA: the frozen weights in 4 bits (needs bitsandbytes)",
-                replace(
+                with_finetuning_type(
                     s,
-                    finetuning_type="lora",
+                    "lora",
                     quantization_bit=4,
                     pure_bf16=False,
                     autocast_16bit=True,

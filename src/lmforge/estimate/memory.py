@@ -1,13 +1,17 @@
 """Peak device memory of a training step, term by term.
 
     peak = weights + optimizer states + reference/reward models + framework
-           + max(activations + loss buffers,  gradients + optimizer-step workspace,
-                 rollout KV cache)
+           + max(activations + max(loss buffers, output head),
+                 gradients + optimizer-step workspace,  rollout KV cache)
 
 Gradients exist from the backward pass on: the Trainer sets them to None after each optimizer
 step, and the backward pass frees each layer's activations as it writes that layer's gradients.
 With gradient accumulation (they persist between micro-batches) or DeepSpeed ZeRO (its own
 gradient buffers) they are counted throughout.
+
+Weights are fp32, or bf16 under pure_bf16; under bf16 mixed precision LoRA and freeze keep the
+frozen ones in bf16 and the trained ones in fp32 (`Settings.frozen_weights_bf16`, from
+Precision.frozen_bf16); full fine-tuning and fp16 keep fp32 weights.
 
 The activations are what autograd keeps for the backward pass of the largest batch, counted
 per token and decoder layer from the model's shapes (measured against torch's saved tensors on
@@ -20,20 +24,26 @@ pure_bf16), values x its bytes:
 with h the hidden size, q/kv the query and key/value widths, i the MLP width, n_norms the norms
 on the hidden size in a layer (LLaMA 2, Gemma 3 4) and qk 1 when queries and keys are normed.
 A gated MLP keeps 4·i (gate, up, act(gate), their product), 3·i with lmforge's lean MLP
-(model/gated_mlp.py) or liger-kernel's; a plain MLP 2·i. Under 16-bit autocast over fp32
-weights (mixed precision, the GPU default) the dtypes differ per tensor: `_mixed_layer_bytes`,
-plus a 16-bit copy of every on-path linear weight (`_weight_casts`). Attention adds 4 bytes per
-head (log-sum-exp) and, where a mask is built (`_mask_bytes`: padded rows; on the CPU a sample
-longer than a sliding window; never for flattened rows on CUDA, whose varlen kernels take the
-sample boundaries), one value per (query, key) pair. Layers before the first one that trains
-keep nothing (nothing behind them needs a gradient). Gradient checkpointing keeps each layer's
-input (h) and one layer's activations.
+(model/gated_mlp.py) or liger-kernel's; a plain MLP 2·i. Under 16-bit autocast the dtypes differ
+per tensor: over fp32 weights (full fine-tuning, fp16, QLoRA's fp32 norms) the residual stream
+and the norms stay fp32 and each linear layer casts its own 16-bit input (`_mixed_layer_bytes`)
+and its weight (`_weight_casts`: every on-path layer's); over bf16 frozen weights the residual
+stream is bf16, the norms keep fp32 copies of their inputs, linear layers share their 16-bit
+inputs (`_frozen_bf16_layer_bytes`) and only the trained fp32 weights are cast. Attention adds
+4 bytes per head (log-sum-exp) and, where a mask is built (`_mask_bytes`: padded rows; on the
+CPU a sample longer than a sliding window; never for flattened rows on CUDA, whose varlen
+kernels take the sample boundaries), one value per (query, key) pair. Layers before the first
+one that trains keep nothing (nothing behind them needs a gradient). Gradient checkpointing
+keeps each layer's input (h) and one layer's activations.
 
-The loss: lmforge's chunked loss (train/losses/linear_ce.py) keeps one logits chunk of
-`chunk_tokens_for(vocab, device)` positions (128 MiB of fp32 logits on the CPU, 512 MiB on
-CUDA) and the trained positions' hidden states and their gradient; liger-kernel's fused loss
-chunks every position; the plain loss keeps fp32 logits, their log-softmax and its gradient for
-every position.
+The loss: lmforge's chunked loss (train/losses/linear_ce.py) takes the decoder's final hidden
+states in the model's dtype, keeps the trained positions' ones and their gradient, and projects
+them in the autocast dtype one logits chunk of `chunk_tokens_for(vocab, device)` positions at a
+time (128 MiB of fp32 logits on the CPU, 512 MiB on CUDA); an fp32 head under autocast is cast
+to 16 bits by the model's own one-position head and again by the loss. On the CPU a bf16 head
+makes that one-position head copy its weight per row for a moment (`output_head_bytes`).
+liger-kernel's fused loss chunks every position; the plain loss keeps fp32 logits, their
+log-softmax and its gradient for every position.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 PEAK_GROUP = (
     "activations",
     "loss buffers",
+    "output head (CPU)",
     "allocator (CPU)",
     "optimizer step",
     "rollout KV cache",
@@ -87,12 +98,14 @@ class Estimate:
 
     @property
     def transient(self) -> int:
-        """The largest of the step's phases: forward and loss (activations + loss buffers), the
-        optimizer step (with the gradients when they are in the peak group), generation."""
+        """The largest of the step's phases: the end of the forward pass and the loss
+        (activations + the output head's or the loss's buffers), the optimizer step (with the
+        gradients when they are in the peak group), generation."""
         t = self.terms
         grads = t.get("gradients", 0) if "gradients" in self.peak_group else 0
+        after_forward = max(t.get("loss buffers", 0), t.get("output head (CPU)", 0))
         phases = [
-            t.get("activations", 0) + t.get("loss buffers", 0) + t.get("allocator (CPU)", 0),
+            t.get("activations", 0) + after_forward + t.get("allocator (CPU)", 0),
             grads + t.get("optimizer step", 0),
             t.get("rollout KV cache", 0),
         ]
@@ -171,11 +184,11 @@ def estimate_memory(
     details["optimizer step"] = "the update's temporaries (one per trainable parameter)"
 
     extra_models = 0
-    if settings.reference_copy:
-        extra_models += shape.total_params * settings.weight_bytes
+    if settings.reference_copy:  # a deep copy: each weight in the policy's dtype
+        extra_models += (shape.total_params - trainable) * settings.weight_bytes + trainable * pb
         details["reference model"] = "a frozen copy of the model"
-    if settings.reward_model:
-        extra_models += shape.total_params * settings.weight_bytes
+    if settings.reward_model:  # loaded in fp32 (model/load.py's default)
+        extra_models += shape.total_params * 4
         details["reference model"] = "reward model (taken as the same size as the policy)"
     if extra_models:
         terms["reference model"] = extra_models // (n if settings.zero_stage == 3 else 1)
@@ -184,6 +197,13 @@ def estimate_memory(
         shape, settings, batch, device_kind
     )
     terms["loss buffers"], details["loss buffers"] = loss_bytes(shape, settings, batch, device_kind)
+    head = output_head_bytes(shape, settings, batch, device_kind)
+    if head:
+        terms["output head (CPU)"] = head
+        details["output head (CPU)"] = (
+            f"the model's logits of one position: torch copies the bf16 head weight "
+            f"({shape.vocab:,} x {shape.hidden}) for each of the {batch.rows} rows"
+        )
     if settings.generated_tokens:
         rows = settings.batch_size * settings.generations
         length = batch.row_len
@@ -227,17 +247,23 @@ def activation_bytes(
         trained_layers = 0
     else:
         trained_layers = min(shape.trained_layers, on_path)
-    if settings.mixed_precision:
-        frozen_layer, trained_extra = _mixed_layer_bytes(shape, settings, batch, device_kind)
-        residual = 4  # the residual stream stays in the weights' fp32
-    else:
-        frozen_layer, trained_extra = _uniform_layer_bytes(shape, settings, batch)
-        residual = a
     positions = batch.positions
+    if settings.frozen_weights_bf16:
+        frozen_layer, trained_extra = _frozen_bf16_layer_bytes(shape, settings, batch, device_kind)
+        residual = 2  # the residual stream is in the weights' bf16
+        # the final norm's fp32 copy of its input (liger's keeps the input) and its output
+        outside = ((a if settings.liger else 4) + 2) * h * positions
+    else:
+        if settings.mixed_precision:
+            frozen_layer, trained_extra = _mixed_layer_bytes(shape, settings, batch, device_kind)
+            residual = 4  # the residual stream stays in the weights' fp32
+        else:
+            frozen_layer, trained_extra = _uniform_layer_bytes(shape, settings, batch)
+            residual = a
+        outside = 3 * h * positions * residual  # embeddings out, final norm in and out
     per_token = on_path * frozen_layer + trained_layers * trained_extra
     lse = on_path * shape.heads * 4 * positions  # fp32 log-sum-exp per head
     mask = _mask_bytes(shape, settings, batch, first, device_kind)
-    outside = 3 * h * positions * residual  # embeddings out, final norm in and out
     casts = _weight_casts(shape, settings, on_path)
     if settings.gradient_checkpointing:
         layer = (frozen_layer + (trained_extra if trained_layers else 0)) * positions
@@ -255,7 +281,7 @@ def activation_bytes(
     if mask:
         what += f", masks {mask / MIB:.0f} MiB"
     if casts:
-        what += f", 16-bit copies of the layers' weights {casts / MIB:.0f} MiB"
+        what += f", 16-bit copies of the layers' fp32 weights {casts / MIB:.0f} MiB"
     return per_token * positions + lse + mask + outside + casts, what
 
 
@@ -288,7 +314,7 @@ def _mixed_layer_bytes(
     """Bytes per token of one layer under 16-bit autocast over fp32 weights, as torch's saved
     tensors show (tests/estimate/test_memory.py): the norms keep fp32 inputs (4 bytes), every
     linear layer that needs its input for a weight gradient keeps its own 16-bit copy of it
-    (peft's LoRA casts to fp32 and back), attention keeps 16-bit q, k, v and output.
+    (autocast casts the fp32 input on each call), attention keeps 16-bit q, k, v and output.
     Returns (a frozen or LoRA layer, the extra of a layer whose weights train)."""
     a = settings.activation_bytes
     h, q, kv, i = shape.hidden, shape.q_size, shape.kv_size, shape.intermediate
@@ -317,16 +343,65 @@ def _mixed_layer_bytes(
     return lora_layer, trained_layer - lora_layer
 
 
+def _frozen_bf16_layer_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str
+) -> tuple[int, int]:
+    """Bytes per token of one layer under bf16 autocast over bf16 frozen weights (LoRA/freeze,
+    `frozen_weights_bf16`), as torch's saved tensors show (tests/estimate/test_memory.py): the
+    residual stream is bf16; RMSNorm computes in fp32 and keeps its fp32 copy of the input
+    (liger's keeps the input); linear layers read their 16-bit input as it is, so q, k and v
+    share the normed hidden state, gate and up theirs (peft's cast of LoRA inputs to fp32 is off
+    while training); attention keeps q, k, v and its output. A layer whose weights train (fp32):
+    its norms keep the normalized values for the weight gradients (LLaMA's RMSNorm in bf16,
+    Gemma's in fp32), and where the norm's output is fp32 (LLaMA's: fp32 weight x bf16), q, k,
+    v and the MLP's input linears each cast it to bf16. Returns (a frozen or LoRA layer, the
+    extra of a layer whose weights train)."""
+    a = 2
+    h, q, kv, i = shape.hidden, shape.q_size, shape.kv_size, shape.intermediate
+    qk = 1 if shape.qk_norm else 0
+    normed = shape.norms_per_layer * h + qk * (q + kv)  # values the norms read per token
+    norm_inputs = (a if settings.liger else 4) * normed
+    attention = a * (2 * q + 2 * kv)
+    mlp = _mlp_values(shape, settings)
+    joined = (
+        q if (batch.flattened and settings.per_sample_attention and device_kind == "cpu") else 0
+    )
+    # LoRA: the adapted linears' inputs, each tensor once (the MLP's last linear reads the
+    # product, counted there; the output projection the attention's output, joined first on
+    # the CPU)
+    lora_inputs = shape.lora_shared_input_width + (
+        joined if shape.lora_reads_attention_output else 0
+    )
+    lora_layer = norm_inputs + attention + a * ((mlp - 1) * i + lora_inputs)
+    lora_layer += a * shape.lora_linears_per_layer * shape.lora_rank
+    if settings.finetuning_type == "lora":
+        return lora_layer, 0
+    bf16_out = shape.norm_keeps_input_dtype or settings.liger
+    # q/k/v and gate/up share the attention's and the MLP's bf16 norm output, or cast their own
+    reads = 2 * h if bf16_out else (3 + (2 if shape.gated_mlp else 1)) * h
+    norm_outputs = 0 if settings.liger else (4 if shape.norm_keeps_input_dtype else a) * normed
+    trained_layer = norm_inputs + norm_outputs + attention + a * (reads + mlp * i + joined)
+    return lora_layer, trained_layer - lora_layer
+
+
 def _weight_casts(shape: ModelShape, settings: Settings, on_path: int) -> int:
     """Autocast casts each fp32 linear weight to 16 bits on every call, and autograd keeps the
     copy until the backward pass (a frozen weight for the input's gradient; a trained one is
-    kept in autocast's cache): one 16-bit copy of each on-path layer's linear weights. A
-    quantized base dequantizes on the fly and keeps nothing."""
-    if not settings.mixed_precision or settings.quantization_bit:
+    kept in autocast's cache): one 16-bit copy of each on-path layer's fp32 linear weights -
+    every one over fp32 weights, only the trained ones (LoRA's adapters, freeze's layers) with
+    frozen_bf16. A quantized base dequantizes on the fly and keeps nothing."""
+    if not settings.autocast_16bit or settings.pure_bf16 or settings.quantization_bit:
         return 0
-    per_layer = shape.linear_params // max(shape.layers, 1)
-    if settings.finetuning_type == "lora":  # the adapters' weights are cast as well
-        per_layer += shape.trainable_params // max(shape.layers, 1)
+    layers = max(shape.layers, 1)
+    lora = settings.finetuning_type == "lora"
+    if settings.frozen_weights_bf16:
+        if lora:
+            return on_path * (shape.trainable_params // layers) * settings.activation_bytes
+        trained = min(shape.trained_layers, on_path) * (shape.linear_params // layers)
+        return min(trained, shape.trainable_params) * settings.activation_bytes
+    per_layer = shape.linear_params // layers
+    if lora:  # the adapters' weights are cast as well
+        per_layer += shape.trainable_params // layers
     return on_path * per_layer * settings.activation_bytes
 
 
@@ -358,18 +433,38 @@ def _mask_bytes(
     return total + len(kinds) * rows * length * length  # transformers' boolean masks
 
 
+def output_head_bytes(
+    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str = "cpu"
+) -> int:
+    """With the chunked loss the model still computes the logits of one position. On the CPU,
+    with a bf16 head weight (pure_bf16, or frozen under frozen_bf16), torch's matmul of the
+    (rows, 1, hidden) slice does not fold into one matrix product: it expands the transposed
+    weight over the rows and copies it, rows x vocab x hidden x 2 bytes for a moment at the end
+    of the forward pass (measured: 1.25 GiB for Gemma 3's head and 4 padded rows; 320 MiB for
+    a padding-free row). An fp32 head under autocast is cast to a contiguous copy instead
+    (counted in the loss buffers)."""
+    if device_kind != "cpu" or not uses_chunked_loss(shape, settings):
+        return 0
+    if settings.weight_bytes != 2:  # the model's weights, its head's included, are fp32
+        return 0
+    return batch.rows * shape.vocab * shape.hidden * 2
+
+
 def loss_bytes(
     shape: ModelShape, settings: Settings, batch: Batch, device_kind: str = "cpu"
 ) -> tuple[int, str]:
-    """The loss's buffers, alive on top of the activations. It runs outside autocast, on the
-    final hidden states in the weights' dtype (fp32 unless pure_bf16)."""
+    """The loss's buffers, alive on top of the activations. The chunked loss takes the final
+    hidden states in the model's dtype (fp32; bf16 with pure_bf16 or frozen_bf16) and projects
+    them in the autocast dtype (the weights' without autocast)."""
     from lmforge.train.losses.linear_ce import chunk_tokens_for
 
     v, h = shape.vocab, shape.hidden
-    hb = settings.weight_bytes  # the hidden states' and the head's dtype
-    # under autocast the model's own head (logits of one position, or of all for the plain
-    # loss) casts the fp32 head weight to 16 bits and autograd keeps the copy
-    head_copy = v * h * settings.activation_bytes if settings.mixed_precision else 0
+    hb = settings.weight_bytes  # the hidden states' dtype
+    pb = settings.activation_bytes  # the projection's
+    # under autocast over an fp32 head the model's own head (logits of one position, or of all
+    # for the plain loss) casts its weight to 16 bits and autograd keeps the copy; the chunked
+    # loss casts it once more for its projection
+    head_copy = v * h * pb if settings.mixed_precision else 0
     if settings.liger:
         # liger's fused linear cross-entropy: chunks of every position, the input's gradient
         # kept, each chunk's matmuls casting the head weight under autocast
@@ -383,15 +478,20 @@ def loss_bytes(
         )
     if uses_chunked_loss(shape, settings):
         chunk = min(chunk_tokens_for(v, device_kind), max(batch.trained, 1))
-        logits = chunk * v * 4 + (chunk * v * hb if hb != 4 else 0)
+        # the chunk's logits (then its gradient) in the projection's dtype and in fp32
+        logits = chunk * v * 4 + (chunk * v * pb if pb != 4 else 0)
         hidden = 2 * batch.trained * h * hb  # trained positions' hidden states and gradient
-        head_grad = shape.vocab * h * 4 if _head_trains(shape, settings) else 0
+        head_copy *= 2
+        head_grad = 0
+        if _head_trains(shape, settings):
+            # the fp32 gradient, and each chunk's contribution in the projection's dtype and fp32
+            head_grad = v * h * (4 + pb + (4 if pb != 4 else 0))
         size = logits + hidden + head_grad + head_copy
         what = f"chunked: one {chunk} x {v:,} fp32 logits chunk, {batch.trained} trained positions"
         if head_grad:
             what += ", the output head's gradient"
         if head_copy:
-            what += ", the head's 16-bit copy"
+            what += ", two 16-bit copies of the head (the model's and the loss's)"
         return size, what
     positions = batch.positions
     a = settings.activation_bytes

@@ -47,6 +47,13 @@ class ModelShape:
     head_adapted: bool  # the output head is LoRA-wrapped or trained as a copy (no chunked loss)
     final_logit_softcapping: float | None
     lora_input_width: int = 0  # sum of the input widths of one layer's LoRA-adapted linears
+    # The tensors those linears read, each once (q, k and v read one normed hidden state, gate
+    # and up another), without the attention's output, which attention keeps anyway
+    lora_shared_input_width: int = 0
+    lora_reads_attention_output: bool = False  # the attention's output projection is adapted
+    # The RMSNorm returns its input's dtype whatever its weight's (Gemma's); else its product
+    # with an fp32 weight is fp32 (LLaMA's, for bf16 inputs in a layer whose weights train)
+    norm_keeps_input_dtype: bool = False
 
     @property
     def q_size(self) -> int:
@@ -170,11 +177,13 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
     trained_flags = [any(p.requires_grad for p in layer.parameters()) for layer in layers_module]
     lora = method.finetuning_type == "lora"
     lora_linears = sum(1 for n, _ in layers_module[0].named_modules() if n.endswith("lora_A"))
-    lora_width = sum(
-        int(m.in_features)
-        for _, m in layers_module[0].named_modules()
+    adapted = [
+        (name, m)
+        for name, m in layers_module[0].named_modules()
         if hasattr(m, "lora_A") and isinstance(getattr(m, "in_features", None), int)
-    )
+    ]
+    lora_width = sum(int(m.in_features) for _, m in adapted)
+    shared_width, reads_attention_output = _lora_shared_inputs(adapted)
     embed_trains = any(p.requires_grad for p in model.get_input_embeddings().parameters())
     first = 0 if embed_trains else next((i for i, t in enumerate(trained_flags) if t), None)
     new_head = model.get_output_embeddings()
@@ -204,7 +213,48 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
         head_adapted=head_adapted,
         final_logit_softcapping=getattr(text, "final_logit_softcapping", None),
         lora_input_width=lora_width if lora else 0,
+        lora_shared_input_width=shared_width if lora else 0,
+        lora_reads_attention_output=reads_attention_output and lora,
+        norm_keeps_input_dtype=_norm_keeps_input_dtype(layer0, norms, hidden),
     )
+
+
+# The attention's output projection under the names transformers' families give it: it reads
+# the attention's output, which the attention keeps for its own backward pass.
+ATTENTION_OUTPUT_NAMES = ("o_proj", "out_proj", "dense", "wo")
+
+
+def _lora_shared_inputs(adapted: list[tuple[str, object]]) -> tuple[int, bool]:
+    """(widths of the distinct tensors the adapted linears of one layer read, the attention's
+    output left out; whether the attention's output projection is adapted). Linears under one
+    parent module with the same input width read the same tensor (q/k/v, gate/up)."""
+    groups: dict[tuple[str, int], None] = {}
+    reads_attention_output = False
+    for name, module in adapted:
+        parent, _, leaf = name.rpartition(".")
+        if leaf in ATTENTION_OUTPUT_NAMES and ("attn" in parent or "attention" in parent):
+            reads_attention_output = True
+            continue
+        groups[(parent, int(module.in_features))] = None
+    return sum(width for _, width in groups), reads_attention_output
+
+
+def _norm_keeps_input_dtype(layer, norms: list[str], hidden: int) -> bool:
+    """Whether the layer's first norm, with its fp32 weight, returns a bf16 input in bf16 (run
+    on the meta device: no memory)."""
+    import copy
+
+    import torch
+
+    if not norms:
+        return False
+    try:
+        norm = copy.deepcopy(layer.get_submodule(norms[0])).to(device="meta", dtype=torch.float32)
+        with torch.no_grad():
+            x = torch.empty(1, hidden, dtype=torch.bfloat16, device="meta")
+            return norm(x).dtype == torch.bfloat16
+    except Exception:  # an unusual norm: taken as LLaMA's
+        return False
 
 
 def _decoder_layers(model):

@@ -15,6 +15,7 @@ TERM_ORDER = (
     "reference model",
     "activations",
     "loss buffers",
+    "output head (CPU)",
     "allocator (CPU)",
     "optimizer step",
     "rollout KV cache",
@@ -90,8 +91,13 @@ def render(
         value = r.memory.terms[name]
         detail = r.memory.details.get(name, "")
         lines.append(f"  {name:<18}{gib(value):>12}   {detail}")
+    after_forward = (
+        "the larger of loss buffers and output head"
+        if "output head (CPU)" in r.memory.terms
+        else "loss buffers"
+    )
     lines.append(
-        "  (not alive at once, the largest counts: activations + loss buffers (+ allocator); "
+        f"  (not alive at once, the largest counts: activations + {after_forward} (+ allocator); "
         + ("gradients + " if "gradients" in r.memory.peak_group else "")
         + "optimizer step; rollout KV cache)"
     )

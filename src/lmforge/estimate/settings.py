@@ -7,7 +7,7 @@ read from the config a second time.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmforge.errors import UserError
@@ -68,11 +68,27 @@ class Settings:
     max_steps: int
     seed: int
     liger: bool = False  # use_liger_kernel: liger's fused loss, RMSNorm, RoPE and gated MLPs
+    bf16: bool = False  # bf16 mixed precision (autocast_16bit is bf16 or fp16)
+    # Precision.frozen_bf16: bf16 mixed precision with LoRA or freeze loads the model in bf16 and
+    # turns only the trained parameters fp32 (config/resolve.py, train/run.py training_dtype)
+    frozen_bf16: bool = False
+
+    @property
+    def frozen_weights_bf16(self) -> bool:
+        """Frozen weights in bf16 under bf16 autocast, trained ones in fp32. Not QLoRA: its
+        frozen linears are quantized and prepare_model_for_kbit_training turns the rest fp32,
+        so it computes as `mixed_precision`."""
+        return (
+            self.frozen_bf16
+            and self.autocast_16bit
+            and not (self.pure_bf16 or self.quantization_bit)
+        )
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes per frozen weight: fp32 unless pure_bf16 (QLoRA: see memory.py)."""
-        return 2 if self.pure_bf16 else 4
+        """Bytes per frozen weight, and of the model's hidden states: fp32, bf16 with pure_bf16
+        or frozen_bf16 (QLoRA: see memory.py)."""
+        return 2 if (self.pure_bf16 or self.frozen_weights_bf16) else 4
 
     @property
     def activation_bytes(self) -> int:
@@ -80,9 +96,17 @@ class Settings:
 
     @property
     def mixed_precision(self) -> bool:
-        """bf16/fp16 autocast over fp32 weights (or a quantized base with fp32 norms): the
-        residual stream and norms stay fp32 while the linear layers compute in 16 bits."""
-        return self.autocast_16bit and not self.pure_bf16
+        """bf16/fp16 autocast over fp32 weights (full fine-tuning, fp16, or a quantized base
+        with fp32 norms): the residual stream and norms stay fp32 while the linear layers
+        compute in 16 bits."""
+        return self.autocast_16bit and not (self.pure_bf16 or self.frozen_weights_bf16)
+
+
+def with_finetuning_type(settings: Settings, finetuning_type: str, **changes) -> Settings:
+    """`settings` with another fine-tuning method (and `changes`); the frozen weights' dtype
+    follows as config/resolve.py derives it: bf16 under bf16 mixed precision unless full."""
+    new = replace(settings, finetuning_type=finetuning_type, **changes)
+    return replace(new, frozen_bf16=new.bf16 and finetuning_type != "full")
 
 
 def settings_from_config(
@@ -93,11 +117,16 @@ def settings_from_config(
     passthrough = config.passthrough
     zero, offload_opt, offload_param = deepspeed_settings(passthrough.get("deepspeed"), config)
     if plan is not None:
-        autocast = plan.precision.bf16 or plan.precision.fp16
-        pure = plan.precision.pure_bf16
-    else:
+        precision = plan.precision
+        autocast = precision.bf16 or precision.fp16
+        pure = precision.pure_bf16
+        bf16 = precision.bf16
+        frozen_bf16 = precision.frozen_bf16
+    else:  # what config/resolve.py's _precision derives on a device with bf16
         autocast = bool(train.bf16 or train.fp16)
         pure = bool(method.pure_bf16)
+        bf16 = bool(train.bf16) and not pure
+        frozen_bf16 = bf16 and method.finetuning_type != "full"
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
     uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
@@ -113,8 +142,10 @@ def settings_from_config(
         batch_size=train.per_device_train_batch_size,
         accumulation=train.gradient_accumulation_steps,
         gradient_checkpointing=bool(train.gradient_checkpointing),
+        # as train/stages/language_model.py: not under ZeRO-3 (the head's weight is a shard)
         chunked_loss=bool(train.chunked_loss and not train.compute_accuracy and not liger)
-        and stage in ("sft", "pt"),
+        and stage in ("sft", "pt")
+        and zero != 3,
         lean_mlp=device_kind == "cpu" and not liger and not zero,  # CPU only, as train/run.py
         optim=str(passthrough.get("optim") or "adamw_torch"),
         zero_stage=zero,
@@ -133,6 +164,8 @@ def settings_from_config(
         max_steps=int(train.max_steps),
         seed=int(train.seed),
         liger=liger,
+        bf16=bool(bf16),
+        frozen_bf16=bool(frozen_bf16),
     )
 
 
