@@ -190,6 +190,25 @@ def ensure_llamafactory(device: str) -> None:
     # torch named again in the same resolve: else LLaMA-Factory's dependencies (torchvision)
     # upgrade it to the newest, CUDA, build.
     subprocess.run([*pip, LLAMAFACTORY, torch], check=True)
+    if device == "cpu":
+        _text_only_torch_extras(str(VENV / "bin" / "python"))
+
+
+def _text_only_torch_extras(python: str) -> None:
+    """The resolver picks torchvision/torchaudio built for another torch than the CPU 2.13
+    wheel (none exists for it): transformers imports torchvision when present and fails
+    ("torchvision::nms does not exist"), so it goes; LLaMA-Factory 0.9.5 imports torchaudio at
+    start-up (its audio inputs only), so a broken one is replaced by an empty stand-in. Text
+    fine-tuning uses neither."""
+    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=True)
+    if subprocess.run([python, "-c", "import torchaudio"], capture_output=True).returncode == 0:
+        return
+    subprocess.run([python, "-m", "pip", "uninstall", "-y", "-q", "torchaudio"], check=True)
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    stand_in = Path(site.stdout.strip()) / "torchaudio"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "__init__.py").write_text('"""Benchmark stand-in: no audio."""\n')
 
 
 def prepare_job(args: argparse.Namespace, work: Path) -> Job:

@@ -413,28 +413,16 @@ def test_mixed_precision_formula_matches_saved_tensors(tmp_path, kind, method, m
     a bf16 input copy per linear layer that needs one, bf16 attention, and a bf16 copy of every
     linear weight, against what autograd keeps (two layers' worth: 3-layer minus 1-layer)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from lmforge.model.gated_mlp import use_lean_gated_mlps
 
-    wide = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, head_dim=32)
-
     def build(layers):
-        if kind == "gemma":
-            config = replace_config(build_tiny_model(120).config, num_hidden_layers=layers, **wide)
-            config.layer_types = ["full_attention"] * layers
-            config.sliding_window = 4096
-        else:
-            base = build_tiny_decoder("llama", 120).config
-            config = replace_config(base, num_hidden_layers=layers, num_key_value_heads=2, **wide)
-        model = AutoModelForCausalLM.from_config(
-            config, attn_implementation="sdpa", dtype=torch.float32
-        )
+        model = _wide_model(kind, layers)
         if method == "lora":
             model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
         if mlp == "lean":
             use_lean_gated_mlps(model)
-        return model.train(), config
+        return model.train(), model.config
 
     length, rows = 96, 2
     three, config = build(3)
@@ -486,31 +474,20 @@ def test_frozen_bf16_formula_matches_saved_tensors(tmp_path, kind, method, mlp):
     RMSNorm with an fp32 weight returns fp32, which each trained linear casts), and bf16 copies
     of the trained weights only, against what autograd keeps (3-layer minus 1-layer)."""
     from peft.helpers import disable_input_dtype_casting
-    from transformers import AutoModelForCausalLM
 
     from lmforge.config.plan import Precision
     from lmforge.model.gated_mlp import use_lean_gated_mlps
 
-    wide = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, head_dim=32)
     precision = Precision(bf16=True, frozen_bf16=True)
 
     def build(layers):
-        if kind == "gemma":
-            config = replace_config(build_tiny_model(120).config, num_hidden_layers=layers, **wide)
-            config.layer_types = ["full_attention"] * layers
-            config.sliding_window = 4096
-        else:
-            base = build_tiny_decoder("llama", 120).config
-            config = replace_config(base, num_hidden_layers=layers, num_key_value_heads=2, **wide)
-        model = AutoModelForCausalLM.from_config(
-            config, attn_implementation="sdpa", dtype=torch.float32
-        )
+        model = _wide_model(kind, layers)
         # freeze: every layer trains (the embeddings and the head stay frozen, in bf16)
         settings = MethodConfig(finetuning_type=method, lora_rank=8, freeze_trainable_layers=layers)
         model = _as_training_builds_it(model, settings, precision)
         if mlp == "lean":
             use_lean_gated_mlps(model)
-        return model.train(), config, settings
+        return model.train(), model.config, settings
 
     def saved(model):
         if method != "lora":
@@ -585,3 +562,18 @@ def test_tiny_gemma_on_cuda_has_no_masks_and_512_position_chunks(tmp_path):
     assert "masks" in on_cpu.memory.details["activations"]
     assert "one 512 x 262,144" in on_cuda.memory.details["loss buffers"]
     assert "one 128 x 262,144" in on_cpu.memory.details["loss buffers"]
+
+
+def _wide_model(kind: str, layers: int):
+    """A Gemma- or Llama-shaped model wide enough for the saved-tensor counts (fp32, sdpa)."""
+    from transformers import AutoModelForCausalLM
+
+    wide = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, head_dim=32)
+    if kind == "gemma":
+        config = replace_config(build_tiny_model(120).config, num_hidden_layers=layers, **wide)
+        config.layer_types = ["full_attention"] * layers
+        config.sliding_window = 4096
+    else:
+        base = build_tiny_decoder("llama", 120).config
+        config = replace_config(base, num_hidden_layers=layers, num_key_value_heads=2, **wide)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)

@@ -116,27 +116,37 @@ STAGE_RUNS = {
 }
 
 
-@pytest.mark.parametrize("stage", list(STAGE_RUNS))
-def test_each_stage_trains_lora_in_bf16_mixed_precision(tmp_path, tiny_model_dir, stage):
-    """Frozen bf16 weights meet fp32 adapters in every stage's forward passes: the policy's, the
-    reference's (adapters disabled), the value head's and sampling outside autocast (grpo)."""
+BF16_STAGE = {
+    "records": None,  # the datasets of STAGE_RUNS
+    "per_device_train_batch_size": 2,
+    "logging_steps": 1,
+    "max_steps": 2,
+    "save_steps": 100,
+    "cutoff_len": 64,
+    "bf16": True,
+}
+"""Two steps of a stage in bf16 mixed precision (run_stage)."""
+
+
+def run_stage(tmp_path, model_dir, stage: str, **settings):
+    """Train STAGE_RUNS[stage] with BF16_STAGE + settings; the run, after checking that both
+    steps logged a finite loss."""
     data = tmp_path / "data"
     write_rl_datasets(data)
     (tmp_path / "rewards.py").write_text(REWARDS)
-    settings = {"dataset_dir": str(data), **STAGE_RUNS[stage]}
-    run = run_train(
-        tmp_path,
-        tiny_model_dir,
-        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
-        max_steps=2,
-        save_steps=100,
-        cutoff_len=64,
-        bf16=True,
-        **settings,
-    )
+    settings = {"dataset_dir": str(data), **STAGE_RUNS[stage], **settings}
+    run = run_train(tmp_path, model_dir, BF16_STAGE, **settings)
     state = json.loads((run.output_dir / "trainer_state.json").read_text())
     logged = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(logged)))
+    return run
+
+
+@pytest.mark.parametrize("stage", list(STAGE_RUNS))
+def test_each_stage_trains_lora_in_bf16_mixed_precision(tmp_path, tiny_model_dir, stage):
+    """Frozen bf16 weights meet fp32 adapters in every stage's forward passes: the policy's, the
+    reference's (adapters disabled), the value head's and sampling (grpo)."""
+    run = run_stage(tmp_path, tiny_model_dir, stage)
     assert dtypes_by_role(run.model) == {True: {torch.float32}, False: {torch.bfloat16}}
 
 
@@ -144,47 +154,15 @@ def test_each_stage_trains_lora_in_bf16_mixed_precision(tmp_path, tiny_model_dir
 def test_reference_copy_runs_in_bf16_mixed_precision(tmp_path, tiny_model_dir, finetuning_type):
     """dpo with freeze (frozen bf16 and trained fp32 layers side by side) and full: the frozen
     reference copy runs under the same autocast as the policy."""
-    data = tmp_path / "data"
-    write_rl_datasets(data)
-    run = run_train(
-        tmp_path,
-        tiny_model_dir,
-        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
-        stage="dpo",
-        dataset="pairs",
-        dataset_dir=str(data),
-        finetuning_type=finetuning_type,
-        freeze_trainable_layers=1,
-        max_steps=2,
-        save_steps=100,
-        bf16=True,
-    )
-    state = json.loads((run.output_dir / "trainer_state.json").read_text())
-    logged = [h for h in state["log_history"] if "loss" in h]
-    assert len(logged) == 2 and all(torch.isfinite(torch.tensor([h["loss"] for h in logged])))
+    settings = {"finetuning_type": finetuning_type, "freeze_trainable_layers": 1}
+    run_stage(tmp_path, tiny_model_dir, "dpo", **settings)
 
 
 def test_grpo_with_freeze_samples_in_bf16_mixed_precision(tmp_path, tiny_model_dir):
     """Sampling runs outside the trainer's forward; with frozen bf16 and trained fp32 layers it
     must run under the same autocast."""
-    data = tmp_path / "data"
-    write_rl_datasets(data)
-    (tmp_path / "rewards.py").write_text(REWARDS)
-    run = run_train(
-        tmp_path,
-        tiny_model_dir,
-        {"records": None, "per_device_train_batch_size": 2, "logging_steps": 1},
-        finetuning_type="freeze",
-        freeze_trainable_layers=1,
-        max_steps=2,
-        save_steps=100,
-        cutoff_len=64,
-        bf16=True,
-        dataset_dir=str(data),
-        **STAGE_RUNS["grpo"],
-    )
-    state = json.loads((run.output_dir / "trainer_state.json").read_text())
-    assert len([h for h in state["log_history"] if "loss" in h]) == 2
+    settings = {"finetuning_type": "freeze", "freeze_trainable_layers": 1}
+    run_stage(tmp_path, tiny_model_dir, "grpo", **settings)
 
 
 def test_do_predict_after_freeze_training_in_bf16_mixed_precision(tmp_path, tiny_model_dir):
