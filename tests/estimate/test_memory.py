@@ -320,21 +320,7 @@ def test_largest_batch_layouts():
 
 def _saved_bytes_per_token(model, length: int, rows: int = 2) -> float:
     """Bytes autograd keeps for the backward pass of one forward, per token (weights excluded)."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    params = {StorageWeakRef(p.untyped_storage()).cdata for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        key = StorageWeakRef(t.untyped_storage()).cdata
-        if key not in params:
-            seen[key] = t.untyped_storage().nbytes()
-        return t
-
-    ids = torch.randint(5, 100, (rows, length))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
-    return sum(seen.values()) / (rows * length)
+    return _saved_bytes(model, length, rows) / (rows * length)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma"])
