@@ -90,28 +90,28 @@ def test_report_of_a_lora_run_with_the_automatic_split(tmp_path, tiny_model_dir)
 
 
 def test_report_compare_false_omits_the_table(tmp_path, tiny_model_dir):
-    records = [  # prompts of different lengths, so that a batch of them is padded
-        {"instruction": f"Q{i}" + " and more" * (i % 7) + "?", "input": "", "output": f"A{i}."}
-        for i in range(60)
-    ]
-    run = run_train(
-        tmp_path, tiny_model_dir, REPORT_RUN, records=records, report_compare=False, max_steps=2
-    )
+    run = _run_without_table(tmp_path, tiny_model_dir)
     text = (run.output_dir / "report.md").read_text()
     assert "## Over-fitting" in text and "Before and after" not in text
 
 
-def _trained_lora(tmp_path, tiny_model_dir):
-    """A 2-step LoRA run on REPORT_RUN: (config, ModelSetup, the trained PeftModel)."""
-    from lmforge.model.setup import prepare_model_setup
-
-    records = [  # prompts of different lengths, so that a batch of them is padded
+def _run_without_table(tmp_path, tiny_model_dir):
+    """A 2-step LoRA run on REPORT_RUN with report_compare off, over 60 prompts of different
+    lengths (so that a batch of them is padded)."""
+    records = [
         {"instruction": f"Q{i}" + " and more" * (i % 7) + "?", "input": "", "output": f"A{i}."}
         for i in range(60)
     ]
-    run = run_train(
+    return run_train(
         tmp_path, tiny_model_dir, REPORT_RUN, records=records, report_compare=False, max_steps=2
     )
+
+
+def _trained_lora(tmp_path, tiny_model_dir):
+    """_run_without_table: (config, ModelSetup, the trained PeftModel)."""
+    from lmforge.model.setup import prepare_model_setup
+
+    run = _run_without_table(tmp_path, tiny_model_dir)
     config = load_config(tmp_path / "train.yaml")
     return config, prepare_model_setup(config), run.model
 
