@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 
+def keeps_frozen_weights_bf16(bf16: bool, finetuning_type: str) -> bool:
+    """bf16 mixed precision with LoRA or freeze keeps the weights that do not train in bf16:
+    half their memory and no fp32->bf16 cast of every weight in every step. Full fine-tuning
+    keeps fp32 master weights; fp16 an fp32 residual stream (fp16 overflows where bf16 does
+    not)."""
+    return bf16 and finetuning_type != "full"
+
+
 @dataclass(frozen=True)
 class Precision:
     """How weights are kept and computed."""

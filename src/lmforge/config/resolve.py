@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.config.plan import Batching, Evaluation, Precision, Resume, RunPlan
+from lmforge.config.plan import (
+    Batching,
+    Evaluation,
+    Precision,
+    Resume,
+    RunPlan,
+    keeps_frozen_weights_bf16,
+)
 from lmforge.config.schema import STAGES, Config
 from lmforge.errors import UserError
 
@@ -106,10 +113,7 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
     if fp16 and not cuda:
         fp16 = False
         notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
-    # Frozen weights in bf16, as LLaMA-Factory and peft's examples keep them: half their memory
-    # and no fp32->bf16 cast of every weight in every step. Full fine-tuning keeps fp32 master
-    # weights; fp16 keeps an fp32 residual stream (fp16 overflows where bf16 does not).
-    frozen_bf16 = bf16 and method.finetuning_type != "full"
+    frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type)  # as LLaMA-Factory
     return Precision(bf16=bf16, fp16=fp16, pure_bf16=pure_bf16, frozen_bf16=frozen_bf16)
 
 

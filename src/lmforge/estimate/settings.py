@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lmforge.config.plan import keeps_frozen_weights_bf16
 from lmforge.errors import UserError
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
@@ -106,7 +107,7 @@ def with_finetuning_type(settings: Settings, finetuning_type: str, **changes) ->
     """`settings` with another fine-tuning method (and `changes`); the frozen weights' dtype
     follows as config/resolve.py derives it: bf16 under bf16 mixed precision unless full."""
     new = replace(settings, finetuning_type=finetuning_type, **changes)
-    return replace(new, frozen_bf16=new.bf16 and finetuning_type != "full")
+    return replace(new, frozen_bf16=keeps_frozen_weights_bf16(new.bf16, finetuning_type))
 
 
 def settings_from_config(
@@ -126,7 +127,7 @@ def settings_from_config(
         autocast = bool(train.bf16 or train.fp16)
         pure = bool(method.pure_bf16)
         bf16 = bool(train.bf16) and not pure
-        frozen_bf16 = bf16 and method.finetuning_type != "full"
+        frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type)
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
     uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
