@@ -252,6 +252,10 @@ def _setup_logging() -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes' CPU backend warns when imported (peft imports it wherever it is installed)
+    # that an optional kernel is missing, for a weight layout training does not use
+    # (model/load.py keeps the loaded one).
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Raised inside transformers/peft on every LoRA run; nothing a user can act on.
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning

@@ -5,6 +5,7 @@ printed once by the launcher instead of torch elastic's ChildFailedError traceba
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,13 @@ from lmforge.config import load_config
 from lmforge.errors import UserError
 from lmforge.train import launch
 from lmforge.train.launch import check_gpu_only_settings
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 
 DS_Z3 = '{"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}'
 
@@ -54,6 +62,47 @@ def test_deepspeed_without_a_gpu_says_so_with_the_fix(tmp_path, settings):
     check_gpu_only_settings(config, cuda=True)  # fine with a GPU
     with pytest.raises(UserError, match=r"^command line: `flash_attn: fa2` \(flash-attention 2\)"):
         check_gpu_only_settings(load_config(path, ["flash_attn=fa2", "deepspeed=null"]), cuda=False)
+
+
+FSDP_CPU = (
+    "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has none: "
+    "accelerate refuses to start it on the CPU. Fix: start `lmforge train` without `accelerate "
+    "launch --config_file ...fsdp_config.yaml` (and without `fsdp`) to train on the CPU "
+    "(FORCE_TORCHRUN=1 NPROC_PER_NODE=N trains data-parallel over N processes), or run on a "
+    "machine with an NVIDIA GPU."
+)
+
+
+def test_fsdp_without_a_gpu_says_so_with_the_fix(tmp_path, settings, monkeypatch):
+    path = write(tmp_path, settings)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    check_gpu_only_settings(load_config(path), cuda=False)  # no FSDP asked for
+    with pytest.raises(UserError) as info:
+        check_gpu_only_settings(load_config(path, ["fsdp=full_shard"]), cuda=False)
+    assert info.value.format() == f"command line: {FSDP_CPU}"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` tells workers
+    with pytest.raises(UserError) as info:
+        check_gpu_only_settings(load_config(path), cuda=False)
+    assert info.value.format() == f"{path}: {FSDP_CPU}"
+    check_gpu_only_settings(load_config(path), cuda=True)  # fine with a GPU
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="a GPU is here: FSDP runs")
+def test_accelerate_launch_with_the_fsdp_example_on_the_cpu(tmp_path, settings):
+    """The tutorial's command: the worker's first and only words are the paragraph (what
+    follows is accelerate's own report that its worker exited with code 2)."""
+    path = write(tmp_path, settings)
+    config = Path(__file__).resolve().parents[2] / "examples/accelerate/fsdp_config.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+         "--config_file", str(config), "-m", "lmforge", "train", str(path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.splitlines()[0] == f"error: {path}: {FSDP_CPU}"
+    assert "lmforge/" not in result.stderr.split(FSDP_CPU, 1)[1]  # no frame of ours
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_user_error_stops_the_launcher_before_torchrun(tmp_path, settings, monkeypatch, capsys):

@@ -29,6 +29,9 @@ class Precision:
     # bf16 mixed with LoRA or freeze: the weights that do not train are kept in bf16 (autocast
     # computes with them in bf16 anyway); the trained ones stay fp32.
     frozen_bf16: bool = False
+    # QLoRA: the frozen linear weights are stored in this many bits (bitsandbytes), the other
+    # frozen weights (embeddings, norms) in fp32 (peft's prepare_model_for_kbit_training).
+    quantization_bit: int | None = None
 
     @property
     def autocast_dtype(self):
@@ -40,6 +43,13 @@ class Precision:
     def describe(self) -> str:
         if self.pure_bf16:
             return "pure bf16"
+        if self.quantization_bit:
+            storage = "4-bit NF4" if self.quantization_bit == 4 else "8-bit"
+            mixed = "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "bf16 compute"
+            return (
+                f"{mixed} (frozen linear weights {storage}, other frozen weights fp32, "
+                "trained weights fp32)"
+            )
         if self.frozen_bf16:
             return "bf16 mixed (frozen weights bf16, trained weights fp32)"
         return "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "fp32"

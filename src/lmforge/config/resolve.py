@@ -56,7 +56,7 @@ def resolve_for_training(
             fix="set reward_funcs (exact_match, regex_match, numeric_match or module:function) "
             "and/or reward_model (the output_dir of an rm run)",
         )
-    _check_quantization(config, cuda)
+    _check_quantization(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -114,10 +114,16 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
         fp16 = False
         notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
     frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type)  # as LLaMA-Factory
-    return Precision(bf16=bf16, fp16=fp16, pure_bf16=pure_bf16, frozen_bf16=frozen_bf16)
+    return Precision(
+        bf16=bf16,
+        fp16=fp16,
+        pure_bf16=pure_bf16,
+        frozen_bf16=frozen_bf16,
+        quantization_bit=method.quantization_bit,
+    )
 
 
-def _check_quantization(config: Config, cuda: bool) -> None:
+def _check_quantization(config: Config) -> None:
     bits = config.method.quantization_bit
     if bits is None:
         return
@@ -134,21 +140,28 @@ def _check_quantization(config: Config, cuda: bool) -> None:
             where=config.source,
             fix="set finetuning_type: lora, or remove quantization_bit",
         )
-    if not cuda:
-        raise UserError(
-            f"quantization_bit: {bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {bits}-bit "
-            "kernels do not run on this device",
-            where=config.source,
-            fix="remove quantization_bit and train plain LoRA here (a 270M-1B model fits in "
-            "memory as it is), or run on a machine with an NVIDIA GPU",
-        )
+    _check_bitsandbytes()
+
+
+BITSANDBYTES_MIN = "0.46.1"  # the first that transformers 5 quantizes with, and runs on the CPU
+
+
+def _check_bitsandbytes() -> None:
+    from packaging.version import Version
+
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except ImportError:
         raise UserError(
             "quantization_bit needs the bitsandbytes package",
             fix="pip install 'lmforge[bitsandbytes]'",
         ) from None
+    if Version(bitsandbytes.__version__) < Version(BITSANDBYTES_MIN):
+        raise UserError(
+            f"quantization_bit needs bitsandbytes >= {BITSANDBYTES_MIN}, and "
+            f"{bitsandbytes.__version__} is installed",
+            fix="pip install -U 'lmforge[bitsandbytes]'",
+        )
 
 
 def resolve_for_inference(config: Config) -> Config:

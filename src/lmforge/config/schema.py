@@ -173,7 +173,7 @@ class MethodConfig:
         False, "lora: with adapter_name_or_path, merge it and train a new adapter on top."
     )
     quantization_bit: int | None = opt(
-        None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA only)."
+        None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA or CPU)."
     )
     pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
     pref_beta: float = opt(

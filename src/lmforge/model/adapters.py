@@ -139,9 +139,17 @@ def loraplus_param_groups(model, learning_rate: float, ratio: float, weight_deca
 
 
 def parameter_counts(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_count(p) for p in model.parameters())
     return trainable, total
+
+
+def _count(param) -> int:
+    """How many weights a parameter holds: a bitsandbytes 4-bit weight packs two in a byte of
+    its storage dtype (uint8, or a wider `bnb_4bit_quant_storage`)."""
+    if type(param).__name__ == "Params4bit":
+        return param.numel() * 2 * param.element_size()
+    return param.numel()
 
 
 def trainable_line(model) -> str:

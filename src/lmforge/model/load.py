@@ -50,7 +50,9 @@ def load_model(
 
     extra = {}
     if quantization_bit is not None:
-        # QLoRA: NF4 (or int8) weights, bf16 compute, on this process's GPU.
+        # QLoRA: NF4 (or int8) weights, bf16 compute, on this process's GPU (bitsandbytes
+        # quantizes as the weights move there), or on the CPU, which bitsandbytes >= 0.46.1
+        # (the version transformers 5 asks for) runs too.
         import os
 
         from transformers import BitsAndBytesConfig
@@ -62,7 +64,8 @@ def load_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-        extra["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+        extra["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype,
@@ -73,8 +76,22 @@ def load_model(
     if quantization_bit is not None:
         from peft import prepare_model_for_kbit_training
 
+        if not torch.cuda.is_available():
+            _keep_4bit_weights_unpacked(model)
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
+
+
+def _keep_4bit_weights_unpacked(model) -> None:
+    """bitsandbytes (0.49 on) repacks a 4-bit weight for its fast CPU kernel the first time
+    the layer runs in eval mode without gradients (the packing check, an evaluation), in place,
+    and the input gradients through a repacked weight come out wrong (LoRA gradient norm 0.13
+    instead of 0.29 after one eval forward, same loss). Training keeps the layout it was
+    loaded in; the flag does not exist in the versions that never repack."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def inference_dtype(infer_dtype: str) -> torch.dtype:

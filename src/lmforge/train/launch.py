@@ -74,9 +74,19 @@ def torchrun_command(cli_args: list[str]) -> list[str]:
 
 def check_gpu_only_settings(config, cuda: bool) -> None:
     """Settings that need a CUDA GPU, refused on a machine without one (before anything
-    loads): DeepSpeed ZeRO and flash-attention 2."""
+    loads): DeepSpeed ZeRO, FSDP and flash-attention 2."""
     if cuda:
         return
+    if _fsdp_requested(config):
+        raise UserError(
+            "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has "
+            "none: accelerate refuses to start it on the CPU",
+            where=config.where("fsdp") if config.passthrough.get("fsdp") else config.source,
+            fix="start `lmforge train` without `accelerate launch --config_file "
+            "...fsdp_config.yaml` (and without `fsdp`) to train on the CPU (FORCE_TORCHRUN=1 "
+            "NPROC_PER_NODE=N trains data-parallel over N processes), or run on a machine with "
+            "an NVIDIA GPU",
+        )
     deepspeed = config.passthrough.get("deepspeed")
     if deepspeed:
         name = Path(deepspeed).name if isinstance(deepspeed, str) else "an inline config"
@@ -94,6 +104,13 @@ def check_gpu_only_settings(config, cuda: bool) -> None:
             where=config.where("flash_attn"),
             fix="set flash_attn: auto (PyTorch's sdpa attention, which runs here)",
         )
+
+
+def _fsdp_requested(config) -> bool:
+    """FSDP asked for by `accelerate launch` with an FSDP config (it sets ACCELERATE_USE_FSDP
+    for its workers) or by transformers' `fsdp` training argument."""
+    launched_with_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in _TRUE
+    return launched_with_fsdp or bool(config.passthrough.get("fsdp"))
 
 
 def _zero_stage(deepspeed) -> int | None:

@@ -318,6 +318,18 @@ def batching_line(plan: RunPlan, trainer) -> str:
     return ""
 
 
+def method_line(config: Config, plan: RunPlan) -> str:
+    """`sft / lora (r=8, alpha=16, target=all; QLoRA, 4-bit base)`."""
+    method = config.method
+    line = f"{method.stage} / {method.finetuning_type}"
+    if method.finetuning_type != "lora":
+        return line
+    line += f" (r={method.lora_rank}, alpha={plan.lora_alpha}, target={method.lora_target}"
+    if plan.precision.quantization_bit:
+        line += f"; QLoRA, {plan.precision.quantization_bit}-bit base"
+    return line + ")"
+
+
 def plan_lines(
     config: Config, plan: RunPlan, setup, trainer, report: DataReport, args, memory=None
 ) -> list[str]:
@@ -329,13 +341,7 @@ def plan_lines(
     lines = [
         "Plan",
         f"  model: {config.model.model_name_or_path} ({setup.resolved.origin}: {setup.resolved.path})",
-        f"  method: {config.method.stage} / {config.method.finetuning_type}"
-        + (
-            f" (r={config.method.lora_rank}, alpha={plan.lora_alpha}, "
-            f"target={config.method.lora_target})"
-            if config.method.finetuning_type == "lora"
-            else ""
-        ),
+        f"  method: {method_line(config, plan)}",
         f"  {trainable_line(model)}",
         f"  template: {setup.template.name}; cutoff_len: {config.data.cutoff_len}",
         *(f"  data: {line}" for line in report.lines()),

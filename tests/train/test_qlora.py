@@ -1,0 +1,116 @@
+"""QLoRA (`quantization_bit: 4|8`) on the CPU: bitsandbytes >= 0.46.1 quantizes and computes there
+too, so the path a GPU runs (4-bit base, fp32 LoRA weights, bf16 compute, peft's input casts
+left to autocast) is trained and checked here."""
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import SHORT_SFT, run_train
+from lmforge import device
+from lmforge.cli import main
+from lmforge.model.adapters import parameter_counts
+from lmforge.model.load import load_model
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def losses(run) -> list[float]:
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def linear_layers(model, kind: str):
+    """bitsandbytes' layers of class `kind` (not peft's LoRA wrappers of the same name)."""
+    return [m for m in model.modules() if isinstance(m, getattr(bnb.nn, kind))]
+
+
+@pytest.mark.parametrize("bits, kind", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_trains_on_the_cpu(tmp_path, tiny_model_dir, bits, kind):
+    bf16 = device.supports_bf16()
+    plain = run_train(tmp_path / "plain", tiny_model_dir, SHORT_SFT, bf16=bf16)
+    run = run_train(tmp_path / "q", tiny_model_dir, SHORT_SFT, bf16=bf16, quantization_bit=bits)
+    # Every linear layer of the decoder is quantized (7 a layer, 2 layers); the head is not.
+    assert len(linear_layers(run.model, kind)) == 14
+    trained = {n: p for n, p in run.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    storage = "4-bit NF4" if bits == 4 else "8-bit"
+    mixed = "bf16 mixed" if bf16 else "bf16 compute"
+    assert plan["precision"] == (
+        f"{mixed} (frozen linear weights {storage}, other frozen weights fp32, "
+        "trained weights fp32)"
+    )
+    # It learns as plain LoRA does, from a start the quantization moves only a little.
+    q, p = losses(run), losses(plain)
+    assert abs(q[0] - p[0]) < 0.05 * p[0], (q, p)
+    assert q[-1] < q[0] - 0.5, q
+    assert (run.output_dir / "adapter_model.safetensors").is_file()
+    assert not (run.output_dir / "model.safetensors").exists()
+
+
+def test_the_plan_counts_the_base_weights_that_4_bit_packs_two_to_a_byte(
+    tmp_path, tiny_model_dir, caplog
+):
+    full = sum(p.numel() for p in load_model(tiny_model_dir).parameters())
+    with caplog.at_level("INFO", logger="lmforge"):
+        run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=1, quantization_bit=4)
+    trainable, total = parameter_counts(run.model)
+    assert total == full + trainable
+    assert f"trainable params: {trainable:,} || all params: {total:,} ||" in caplog.text
+    assert "method: sft / lora (r=8, alpha=16, target=all; QLoRA, 4-bit base)" in caplog.text
+
+
+def test_an_eval_forward_leaves_the_gradients_of_the_next_training_step_alone(tiny_model_dir):
+    """bitsandbytes repacks a 4-bit weight for its CPU kernel on the first eval-mode forward
+    without gradients (as the packing check and evaluations run), and gradients through a
+    repacked weight come out wrong; load_model keeps the loaded layout."""
+    from peft import LoraConfig, get_peft_model
+
+    ids = torch.tensor([[5, 9, 14, 3, 7, 11, 2, 8]])
+
+    def lora_gradients(eval_first: bool) -> dict[str, torch.Tensor]:
+        model = load_model(tiny_model_dir, dtype=torch.bfloat16, quantization_bit=4)
+        torch.manual_seed(0)
+        config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        model = get_peft_model(model, config)
+        if eval_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+            model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    fresh, after_eval = lora_gradients(False), lora_gradients(True)
+    assert fresh.keys() == after_eval.keys()
+    for name in fresh:
+        assert torch.equal(fresh[name], after_eval[name]), name
+
+
+def test_without_bitsandbytes_the_error_names_the_extra(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text("model_name_or_path: /nowhere\ndataset: x\noutput_dir: out\n")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    assert main(["train", str(path), "quantization_bit=4"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: quantization_bit needs the bitsandbytes package. "
+        "Fix: pip install 'lmforge[bitsandbytes]'.\n"
+    )
+
+
+def test_an_old_bitsandbytes_is_named_with_the_version_needed(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text("model_name_or_path: /nowhere\ndataset: x\noutput_dir: out\n")
+    monkeypatch.setattr(bnb, "__version__", "0.45.5")
+    assert main(["train", str(path), "quantization_bit=4"]) == 2
+    assert capsys.readouterr().err == (
+        "error: quantization_bit needs bitsandbytes >= 0.46.1, and 0.45.5 is installed. "
+        "Fix: pip install -U 'lmforge[bitsandbytes]'.\n"
+    )
