@@ -114,3 +114,19 @@ def test_an_old_bitsandbytes_is_named_with_the_version_needed(tmp_path, monkeypa
         "error: quantization_bit needs bitsandbytes >= 0.46.1, and 0.45.5 is installed. "
         "Fix: pip install -U 'lmforge[bitsandbytes]'.\n"
     )
+
+
+def test_a_qlora_run_resumes_exactly(tmp_path, tiny_model_dir):
+    settings = {**SHORT_SFT, "max_steps": 4, "save_steps": 2, "quantization_bit": 4}
+    whole = run_train(tmp_path / "whole", tiny_model_dir, settings, bf16=device.supports_bf16())
+    resumed = run_train(
+        tmp_path / "resumed",
+        tiny_model_dir,
+        settings,
+        bf16=device.supports_bf16(),
+        resume_from_checkpoint=str(whole.output_dir / "checkpoint-2"),
+    )
+    assert losses(resumed) == losses(whole)[2:]
+    for name, param in resumed.model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, dict(whole.model.named_parameters())[name]), name
