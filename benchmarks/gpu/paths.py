@@ -6,7 +6,9 @@ the loss of each step against the plain path's.
 Every run is `lmforge train` on the same YAML plus one change (a `deepspeed:` file from
 examples/deepspeed with FORCE_TORCHRUN=1, accelerate's FSDP config from examples/accelerate,
 `quantization_bit: 4`, `pure_bf16: true`), with the benchmark's step probe inside for the
-losses and the peak GPU memory. Prints a markdown table and writes it to WORK/paths.md.
+losses and the peak GPU memory. QLoRA computes with a quantized base, so its losses are compared
+with plain LoRA on that base dequantized (`qlora_reference`), the others with `plain`. Prints a
+markdown table and writes it to WORK/paths.md.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ PATHS: dict[str, tuple[dict, list[str], dict]] = {
         TORCHRUN,
     ),
     "fsdp": ({}, FSDP, {}),
+    "qlora_reference": ({}, LMFORGE, {}),  # plain LoRA on the dequantized 4-bit base
     "qlora_4bit": ({"quantization_bit": 4}, LMFORGE, {}),
     "pure_bf16": ({"pure_bf16": True}, LMFORGE, {}),
 }
@@ -78,10 +81,18 @@ def base_config(model: Path, out: Path) -> dict:
     }
 
 
+# Which run each path's losses are compared with.
+REFERENCE = {"qlora_4bit": "qlora_reference"}
+
+
 def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
     changes, command, env_changes = PATHS[name]
     out = work / name
     out.mkdir(parents=True, exist_ok=True)
+    if name == "qlora_reference":
+        from lmforge.model.dequantize import save_dequantized
+
+        model = save_dequantized(model, out / "dequantized-4bit", quantization_bit=4)
     config = {**base_config(model, out / "run"), **changes}
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -116,23 +127,25 @@ def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    plain = next((r["losses"] for r in results if r["path"] == "plain"), [])
+    losses_of = {r["path"]: r["losses"] for r in results}
     lines = [
-        "| path | exit | losses (3 steps) | max rel. diff to plain | peak GiB | wall s |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "| path | exit | losses (3 steps) | compared with | max rel. diff | peak GiB | wall s |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for r in results:
         losses = r["losses"]
+        reference = REFERENCE.get(r["path"], "plain")
         diffs = [
             abs(a - b) / abs(b)
-            for a, b in zip(losses, plain)
+            for a, b in zip(losses, losses_of.get(reference, []))
             if a is not None and b is not None and math.isfinite(a)
         ]
         shown = ", ".join(f"{x:.4f}" if x is not None else "-" for x in losses) or "-"
-        diff = f"{max(diffs):.2e}" if diffs and r["path"] != "plain" else "-"
+        compared = "-" if r["path"] in ("plain", "qlora_reference") else reference
+        diff = f"{max(diffs):.2e}" if diffs and compared != "-" else "-"
         lines.append(
-            f"| {r['path']} | {r['rc']} | {shown} | {diff} | {r.get('peak_gib', 0):.2f} "
-            f"| {r['wall_s']:.0f} |"
+            f"| {r['path']} | {r['rc']} | {shown} | {compared} | {diff} "
+            f"| {r.get('peak_gib', 0):.2f} | {r['wall_s']:.0f} |"
         )
     for r in results:
         if r.get("error"):

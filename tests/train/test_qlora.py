@@ -13,6 +13,7 @@ from conftest import SHORT_SFT, run_train
 from lmforge import device
 from lmforge.cli import main
 from lmforge.model.adapters import parameter_counts
+from lmforge.model.dequantize import save_dequantized
 from lmforge.model.load import load_model
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -29,9 +30,12 @@ def linear_layers(model, kind: str):
 
 
 @pytest.mark.parametrize("bits, kind", [(4, "Linear4bit"), (8, "Linear8bitLt")])
-def test_qlora_trains_on_the_cpu(tmp_path, tiny_model_dir, bits, kind):
+def test_qlora_trains_on_the_cpu_as_lora_does_on_its_dequantized_base(
+    tmp_path, tiny_model_dir, bits, kind
+):
     bf16 = device.supports_bf16()
-    plain = run_train(tmp_path / "plain", tiny_model_dir, SHORT_SFT, bf16=bf16)
+    base = save_dequantized(tiny_model_dir, tmp_path / "dequantized", quantization_bit=bits)
+    plain = run_train(tmp_path / "plain", base, SHORT_SFT, bf16=bf16)
     run = run_train(tmp_path / "q", tiny_model_dir, SHORT_SFT, bf16=bf16, quantization_bit=bits)
     # Every linear layer of the decoder is quantized (7 a layer, 2 layers); the head is not.
     assert len(linear_layers(run.model, kind)) == 14
@@ -45,9 +49,10 @@ def test_qlora_trains_on_the_cpu(tmp_path, tiny_model_dir, bits, kind):
         f"{mixed} (frozen linear weights {storage}, other frozen weights fp32, "
         "trained weights fp32)"
     )
-    # It learns as plain LoRA does, from a start the quantization moves only a little.
+    # The same losses, step by step, within bf16 rounding (the original base's differ by the
+    # quantization error: 5 % on this tiny model's first step).
     q, p = losses(run), losses(plain)
-    assert abs(q[0] - p[0]) < 0.05 * p[0], (q, p)
+    assert all(abs(a - b) <= 1e-2 * abs(b) for a, b in zip(q, p, strict=True)), (q, p)
     assert q[-1] < q[0] - 0.5, q
     assert (run.output_dir / "adapter_model.safetensors").is_file()
     assert not (run.output_dir / "model.safetensors").exists()
