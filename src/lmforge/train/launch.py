@@ -80,7 +80,7 @@ def check_gpu_only_settings(config, cuda: bool) -> None:
     if _fsdp_requested(config):
         raise UserError(
             "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has "
-            "none: accelerate refuses to start it on the CPU",
+            "none (on the CPU accelerate refuses it, or trains without sharding)",
             where=config.where("fsdp") if config.passthrough.get("fsdp") else config.source,
             fix="start `lmforge train` without `accelerate launch --config_file "
             "...fsdp_config.yaml` (and without `fsdp`) to train on the CPU (FORCE_TORCHRUN=1 "
