@@ -6,6 +6,8 @@ import importlib.metadata
 import platform
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
+# The extras that change how training runs, shown when installed (as LLaMA-Factory's `env`).
+OPTIONAL_PACKAGES = ("deepspeed", "bitsandbytes", "flash-attn", "liger-kernel", "vllm")
 
 
 def _version(name: str) -> str:
@@ -15,7 +17,13 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _installed(name: str) -> bool:
+    return _version(name) != "not installed"
+
+
 def environment_report() -> str:
+    import torch
+
     from lmforge import __version__, device
 
     rows = [
@@ -23,7 +31,10 @@ def environment_report() -> str:
         ("Python", platform.python_version()),
         ("Platform", platform.platform()),
         *((name, _version(name)) for name in PACKAGES),
+        *((name, _version(name)) for name in OPTIONAL_PACKAGES if _installed(name)),
         ("Device", device.describe()),
     ]
+    if torch.version.cuda:
+        rows.append(("CUDA (torch)", torch.version.cuda))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"- {name.ljust(width)}: {value}" for name, value in rows)
