@@ -265,6 +265,25 @@ def test_frozen_bf16_reference_copy_keeps_the_dtypes():
     assert est.terms["reference model"] == 680_000 * 2 + 320_000 * 4
 
 
+def test_loaded_reference_and_reward_models_take_bf16_under_bf16():
+    """An explicit ref_model and the reward model never train: bf16 under bf16 mixed precision
+    (Precision.frozen_model_dtype), fp32 otherwise; each taken as the policy's size."""
+    dpo = replace(FROZEN_BF16, stage="dpo", reference_loaded=True)
+    assert estimate_memory(SHAPE, dpo, BATCH, device_kind="cuda").terms["reference model"] == (
+        1_000_000 * 2
+    )
+    ppo = replace(dpo, stage="ppo", reward_model=True)
+    est = estimate_memory(SHAPE, ppo, BATCH, device_kind="cuda")
+    assert est.terms["reference model"] == 2 * 1_000_000 * 2
+    assert est.details["reference model"] == (
+        "ref_model and reward model in bf16 (taken as the same size as the policy)"
+    )
+    fp32 = replace(ppo, bf16=False, autocast_16bit=False, frozen_bf16=False)
+    assert estimate_memory(SHAPE, fp32, BATCH, device_kind="cpu").terms["reference model"] == (
+        2 * 1_000_000 * 4
+    )
+
+
 def test_bf16_head_on_the_cpu_copies_its_weight_per_row():
     """The model's one-position logits with a bf16 head on the CPU: torch expands the head
     weight over the rows and copies it (rows x vocab x hidden x 2 bytes) at the end of the

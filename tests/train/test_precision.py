@@ -182,3 +182,53 @@ def test_do_predict_after_freeze_training_in_bf16_mixed_precision(tmp_path, tiny
     )
     rows = (run.output_dir / "generated_predictions.jsonl").read_text().splitlines()
     assert len(rows) == 8 and json.loads(rows[0])["label"] == "I am Forge, made by lmforge."
+
+
+@pytest.fixture
+def loaded_dtypes(monkeypatch):
+    """(folder name, dtypes of its weights) of each model a reference or a reward model loads
+    from now on (not the policy: train/run.py holds its own name for load_model)."""
+    from lmforge.model import load as load_module
+    from lmforge.train.trainers import reference
+
+    seen: list[tuple[str, set[torch.dtype]]] = []
+    original = load_module.load_model
+
+    def recording(path, **kwargs):
+        model = original(path, **kwargs)
+        seen.append((Path(path).name, {p.dtype for p in model.parameters()}))
+        return model
+
+    monkeypatch.setattr(load_module, "load_model", recording)
+    monkeypatch.setattr(reference, "load_model", recording)
+    return seen
+
+
+@pytest.mark.parametrize("bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_an_explicit_ref_model_loads_in_bf16_under_bf16_mixed_precision(
+    tmp_path, tiny_model_dir, loaded_dtypes, bf16, dtype
+):
+    """As LLaMA-Factory loads it: the reference never trains, autocast computes with bf16
+    weights anyway, and it takes half the memory."""
+    reference = tmp_path / "reference-model"
+    load_model_fp32(tiny_model_dir).save_pretrained(reference)
+    run_stage(tmp_path, tiny_model_dir, "dpo", ref_model=str(reference), bf16=bf16)
+    assert dict(loaded_dtypes)["reference-model"] == {dtype}
+
+
+def test_the_ppo_reward_model_loads_in_bf16_under_bf16_mixed_precision(
+    tmp_path, tiny_model_dir, loaded_dtypes
+):
+    rm = run_stage(tmp_path / "rm", tiny_model_dir, "rm", bf16=False)
+    loaded_dtypes.clear()
+    settings = {"reward_model": str(rm.output_dir), "max_completion_length": 4}
+    run = run_stage(tmp_path, tiny_model_dir, "grpo", **settings, reward_funcs=None)
+    # the reward model's body: its base (the tiny model), its adapter merged in
+    assert loaded_dtypes == [(Path(tiny_model_dir).name, {torch.bfloat16})]
+    assert dtypes_by_role(run.model) == {True: {torch.float32}, False: {torch.bfloat16}}
+
+
+def load_model_fp32(path):
+    from lmforge.model.load import load_model
+
+    return load_model(path)

@@ -40,6 +40,16 @@ class Precision:
 
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
 
+    @property
+    def frozen_model_dtype(self):
+        """The dtype of a model that never trains in this run (an explicit `ref_model`, PPO's
+        reward model): bf16 under bf16 mixed or pure bf16, as LLaMA-Factory loads them (autocast
+        computes with bf16 weights anyway; half the memory); fp32 otherwise (fp16 mixed keeps
+        fp32 weights: an fp16 residual stream can overflow)."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 or self.pure_bf16 else torch.float32
+
     def describe(self) -> str:
         if self.pure_bf16:
             return "pure bf16"

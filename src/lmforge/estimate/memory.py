@@ -187,9 +187,16 @@ def estimate_memory(
     if settings.reference_copy:  # a deep copy: each weight in the policy's dtype
         extra_models += (shape.total_params - trainable) * settings.weight_bytes + trainable * pb
         details["reference model"] = "a frozen copy of the model"
-    if settings.reward_model:  # loaded in fp32 (model/load.py's default)
-        extra_models += shape.total_params * 4
-        details["reference model"] = "reward model (taken as the same size as the policy)"
+    loaded = [  # models that never train: bf16 under bf16 (Precision.frozen_model_dtype)
+        *(["ref_model"] if settings.reference_loaded else []),
+        *(["reward model"] if settings.reward_model else []),
+    ]
+    if loaded:
+        extra_models += len(loaded) * shape.total_params * settings.frozen_model_bytes
+        dtype = "bf16" if settings.frozen_model_bytes == 2 else "fp32"
+        text = f"{' and '.join(loaded)} in {dtype} (taken as the same size as the policy)"
+        copy = details.get("reference model")  # the copy and a reward model (ppo, full)
+        details["reference model"] = f"{copy}; {text}" if copy else text
     if extra_models:
         terms["reference model"] = extra_models // (n if settings.zero_stage == 3 else 1)
 

@@ -62,7 +62,7 @@ class Settings:
     padding_free: bool
     per_sample_attention: bool  # sdpa/fa2 run attention per sample in flattened rows
     reference_copy: bool  # a frozen copy of the model as reference (dpo/kto/ppo/grpo, not LoRA)
-    reward_model: bool  # ppo: a second model scores rollouts
+    reward_model: bool  # ppo (grpo with reward_model): a second model scores rollouts
     generated_tokens: int  # ppo/grpo: tokens generated after each prompt
     generations: int  # grpo: completions per prompt
     epochs: float
@@ -73,6 +73,13 @@ class Settings:
     # Precision.frozen_bf16: bf16 mixed precision with LoRA or freeze loads the model in bf16 and
     # turns only the trained parameters fp32 (config/resolve.py, train/run.py training_dtype)
     frozen_bf16: bool = False
+    reference_loaded: bool = False  # an explicit `ref_model`: a second model, loaded
+
+    @property
+    def frozen_model_bytes(self) -> int:
+        """Bytes per weight of a model that never trains (`ref_model`, the reward model), as
+        Precision.frozen_model_dtype loads it: bf16 under bf16 mixed or pure bf16, else fp32."""
+        return 2 if (self.bf16 or self.pure_bf16) else 4
 
     @property
     def frozen_weights_bf16(self) -> bool:
@@ -157,8 +164,9 @@ def settings_from_config(
         packing=bool(data.packing or data.neat_packing),
         padding_free=_padding_free(config, plan),
         per_sample_attention=config.model.flash_attn != "disabled",
-        reference_copy=uses_reference and method.finetuning_type != "lora",
-        reward_model=stage == "ppo",
+        reference_copy=uses_reference and not method.ref_model and method.finetuning_type != "lora",
+        reference_loaded=uses_reference and bool(method.ref_model),
+        reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),
         generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,
         generations=method.num_generations if stage == "grpo" else 1,
         epochs=float(train.num_train_epochs),

@@ -52,17 +52,17 @@ def _run_settings(folder: Path) -> dict:
     return run_settings(folder) or {}
 
 
-def _load_body(folder: Path, settings: dict, trust_remote_code: bool):
+def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype: torch.dtype):
     """Base model + the rm run's earlier adapters (merged) + its own adapter (merged)."""
     from lmforge.model.load import attach_adapters, load_model, split_paths
     from lmforge.model.source import resolve_model
 
     if not (folder / "adapter_config.json").is_file():
-        return load_model(folder, trust_remote_code=trust_remote_code)
+        return load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code)
     base = settings.get("model_name_or_path")
     if not base:
         base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = load_model(resolve_model(base).path, trust_remote_code=trust_remote_code)
+    model = load_model(resolve_model(base).path, dtype=dtype, trust_remote_code=trust_remote_code)
     earlier = split_paths(settings.get("adapter_name_or_path"))
     if earlier and not settings.get("create_new_adapter"):
         earlier = earlier[:-1]  # the rm run trained this one further; the folder holds it
@@ -72,7 +72,15 @@ def _load_body(folder: Path, settings: dict, trust_remote_code: bool):
 class RewardModelScorer:
     """Scores (conversation, completion) pairs with the reward model; no gradients."""
 
-    def __init__(self, path: str, data_config, *, trust_remote_code: bool = False, batch: int = 8):
+    def __init__(
+        self,
+        path: str,
+        data_config,
+        *,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+        batch: int = 8,
+    ):
         from lmforge.data.templates.auto import load_template
         from lmforge.model.load import load_tokenizer
         from lmforge.model.setup import tokenizer_folder
@@ -86,7 +94,7 @@ class RewardModelScorer:
         name = settings.get("template") or "auto"
         self.template = load_template(name, self.tokenizer, data_config)
         self.cutoff_len = int(settings.get("cutoff_len") or data_config.cutoff_len)
-        body = _load_body(folder, settings, trust_remote_code)
+        body = _load_body(folder, settings, trust_remote_code, dtype)
         head = load_value_head(ValueHead(body.config.get_text_config().hidden_size), folder)
         self.model = ModelWithValueHead(body, head).eval().requires_grad_(False)
         self.batch = batch

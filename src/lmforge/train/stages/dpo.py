@@ -20,7 +20,7 @@ class DPOStage(Stage):
         method = inputs.config.method
         reference = None
         if method.pref_loss not in REFERENCE_FREE:
-            reference = load_reference_model(inputs.config, inputs.model)
+            reference = load_reference_model(inputs.config, inputs.plan, inputs.model)
         collator = PairCollator(inputs.setup.tokenizer.pad_token_id)
         return PairwisePreferenceTrainer(
             **inputs.trainer_arguments(inputs.model, collator),

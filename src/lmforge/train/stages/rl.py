@@ -124,13 +124,16 @@ def rollout_parts(inputs: StageInputs, *, needs_reference: bool) -> RolloutParts
         scorer = RewardModelScorer(
             config.method.reward_model,
             config.data,
+            dtype=inputs.plan.precision.frozen_model_dtype,
             trust_remote_code=config.model.trust_remote_code,
         ).to(inputs.args.device)
         terms.append(RewardTerm("reward_model", scorer.score))
     tokenizer = inputs.setup.tokenizer
     return RolloutParts(
         collator=PromptCollator(tokenizer.pad_token_id),
-        ref_model=load_reference_model(config, inputs.model) if needs_reference else None,
+        ref_model=load_reference_model(config, inputs.plan, inputs.model)
+        if needs_reference
+        else None,
         stop_ids=inputs.setup.template.stop_token_ids(tokenizer),
         reward_terms=terms,
     )

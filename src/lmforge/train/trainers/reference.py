@@ -16,9 +16,10 @@ from lmforge.model.load import load_model
 logger = logging.getLogger(__name__)
 
 
-def load_reference_model(config, model) -> nn.Module | None:
-    """`ref_model` when given; None with LoRA (the trainer disables the adapters to get the
-    base, which is the reference); else a frozen copy of the starting model (full/freeze)."""
+def load_reference_model(config, plan, model) -> nn.Module | None:
+    """`ref_model` when given (in the plan's dtype for frozen models); None with LoRA (the
+    trainer disables the adapters to get the base, which is the reference); else a frozen copy
+    of the starting model (full/freeze), in its dtypes, so the policy starts at the reference."""
     if config.method.ref_model:
         from lmforge.model.source import resolve_model
 
@@ -26,6 +27,7 @@ def load_reference_model(config, model) -> nn.Module | None:
         logger.info("Reference model: %s", path)
         reference = load_model(
             path,
+            dtype=plan.precision.frozen_model_dtype,
             flash_attn=config.model.flash_attn,
             trust_remote_code=config.model.trust_remote_code,
         )
