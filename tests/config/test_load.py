@@ -96,6 +96,20 @@ def test_training_arguments_keys_pass_through(tmp_path):
     assert config.passthrough == {"ddp_timeout": 180000000, "dataloader_num_workers": 0}
 
 
+def test_no_is_the_strategy_no_not_false(tmp_path):
+    """YAML (and LLaMA-Factory's OmegaConf) read `no` as false: a strategy key written `no`,
+    in the file or on the command line, means the strategy "no"; a boolean key stays false."""
+    path = write(tmp_path, "save_strategy: no\neval_strategy: no\nsave_only_model: no\n")
+    config = load_config(path)
+    assert config.train.eval_strategy == "no"
+    assert config.passthrough == {"save_strategy": "no", "save_only_model": False}
+    flags = load_config(None, ["--save_strategy", "no", "logging_strategy=no", "eval_strategy=no"])
+    assert flags.passthrough == {"save_strategy": "no", "logging_strategy": "no"}
+    assert flags.train.eval_strategy == "no"
+    with pytest.raises(UserError, match=r"`eval_strategy: true` is not one of no, steps, epoch"):
+        load_config(None, ["eval_strategy=yes"])
+
+
 def test_list_value_joins(tmp_path):
     config = load_config(write(tmp_path, "dataset: [identity, general]\n"))
     assert config.data.dataset == "identity,general"

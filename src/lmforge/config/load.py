@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from lmforge.config.passthrough import training_argument_value
 from lmforge.config.schema import SECTIONS, Bounds, Config, ResolvedPath, key_index
 from lmforge.config.yaml_file import parse_yaml, read_yaml_mapping
 from lmforge.errors import UserError
@@ -235,7 +236,7 @@ def build_config(flat: dict[str, Any], bases: dict[str, Path | None], *, where: 
         elif kind == "passthrough":
             if target == "deepspeed" and isinstance(value, str):
                 value = _resolve_path(config, target, value, bases.get(key))
-            config.passthrough[target] = value
+            config.passthrough[target] = training_argument_value(target, value)
         elif value is not None and value is not False:  # `use_galore: false` asks for nothing
             not_used.append((key, _not_used_reason(key)))
         origins.setdefault(target, source)
@@ -351,6 +352,10 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None, *, 
             where=where,
             fix=f"give `{key}` a number (for example {_example(base)})",
         )
+    if choices and isinstance(value, bool) and result not in choices:
+        # YAML reads `no`/`off` as false and `yes`/`on` as true: the word was most likely a choice
+        word = "no" if value is False else "yes"
+        result = word if word in choices else result
     if choices and result not in choices:
         raise UserError(
             f"`{key}: {result}` is not one of {', '.join(choices)}",
