@@ -42,11 +42,13 @@ def test_qlora_trains_on_the_cpu_as_lora_does_on_its_dequantized_base(
     trained = {n: p for n, p in run.model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n for n in trained)
     assert {p.dtype for p in trained.values()} == {torch.float32}
+    frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16, torch.uint8 if bits == 4 else torch.int8}
     plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
     storage = "4-bit NF4" if bits == 4 else "8-bit"
     mixed = "bf16 mixed" if bf16 else "bf16 compute"
     assert plan["precision"] == (
-        f"{mixed} (frozen linear weights {storage}, other frozen weights fp32, "
+        f"{mixed} (frozen linear weights {storage}, other frozen weights bf16, "
         "trained weights fp32)"
     )
     # The same losses, step by step, within bf16 rounding (the original base's differ by the

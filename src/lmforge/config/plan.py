@@ -30,7 +30,7 @@ class Precision:
     # computes with them in bf16 anyway); the trained ones stay fp32.
     frozen_bf16: bool = False
     # QLoRA: the frozen linear weights are stored in this many bits (bitsandbytes), the other
-    # frozen weights (embeddings, norms) in fp32 (peft's prepare_model_for_kbit_training).
+    # frozen weights (embeddings, norms, head) in bf16 (model/load.py).
     quantization_bit: int | None = None
 
     @property
@@ -57,7 +57,7 @@ class Precision:
             storage = "4-bit NF4" if self.quantization_bit == 4 else "8-bit"
             mixed = "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "bf16 compute"
             return (
-                f"{mixed} (frozen linear weights {storage}, other frozen weights fp32, "
+                f"{mixed} (frozen linear weights {storage}, other frozen weights bf16, "
                 "trained weights fp32)"
             )
         if self.frozen_bf16:

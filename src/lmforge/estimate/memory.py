@@ -25,10 +25,10 @@ with h the hidden size, q/kv the query and key/value widths, i the MLP width, n_
 on the hidden size in a layer (LLaMA 2, Gemma 3 4) and qk 1 when queries and keys are normed.
 A gated MLP keeps 4·i (gate, up, act(gate), their product), 3·i with lmforge's lean MLP
 (model/gated_mlp.py) or liger-kernel's; a plain MLP 2·i. Under 16-bit autocast the dtypes differ
-per tensor: over fp32 weights (full fine-tuning, fp16, QLoRA's fp32 norms) the residual stream
-and the norms stay fp32 and each linear layer casts its own 16-bit input (`_mixed_layer_bytes`)
-and its weight (`_weight_casts`: every on-path layer's); over bf16 frozen weights the residual
-stream is bf16, the norms keep fp32 copies of their inputs, linear layers share their 16-bit
+per tensor: over fp32 weights (full fine-tuning, fp16) the residual stream and the norms stay
+fp32 and each linear layer casts its own 16-bit input (`_mixed_layer_bytes`) and its weight
+(`_weight_casts`: every on-path layer's); over bf16 frozen weights (and QLoRA's bf16 base
+around its quantized linears) the residual stream is bf16, the norms keep fp32 copies of their inputs, linear layers share their 16-bit
 inputs (`_frozen_bf16_layer_bytes`) and only the trained fp32 weights are cast. Attention adds
 4 bytes per head (log-sum-exp) and, where a mask is built (`_mask_bytes`: padded rows; on the
 CPU a sample longer than a sliding window; never for flattened rows on CUDA, whose varlen
@@ -123,10 +123,10 @@ def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
     if settings.quantization_bit:
         bits = NF4_BITS if settings.quantization_bit == 4 else 8.0
         quantized = shape.linear_params
-        rest = frozen - quantized  # embeddings, norms: fp32 after prepare_model_for_kbit_training
-        size = int(quantized * bits / 8) + rest * 4 + trainable * 4
+        rest = frozen - quantized  # embeddings, norms, head: bf16 (model/load.py)
+        size = int(quantized * bits / 8) + rest * 2 + trainable * 4
         what = (
-            f"{quantized:,} quantized at {bits:.2f} bits, {rest:,} fp32, {trainable:,} "
+            f"{quantized:,} quantized at {bits:.2f} bits, {rest:,} bf16, {trainable:,} "
             "trainable fp32"
         )
     else:
@@ -396,8 +396,8 @@ def _weight_casts(shape: ModelShape, settings: Settings, on_path: int) -> int:
     copy until the backward pass (a frozen weight for the input's gradient; a trained one is
     kept in autocast's cache): one 16-bit copy of each on-path layer's fp32 linear weights -
     every one over fp32 weights, only the trained ones (LoRA's adapters, freeze's layers) with
-    frozen_bf16. A quantized base dequantizes on the fly and keeps nothing."""
-    if not settings.autocast_16bit or settings.pure_bf16 or settings.quantization_bit:
+    frozen_bf16 (QLoRA's too: a quantized base dequantizes on the fly and keeps nothing)."""
+    if not settings.autocast_16bit or settings.pure_bf16:
         return 0
     layers = max(shape.layers, 1)
     lora = settings.finetuning_type == "lora"

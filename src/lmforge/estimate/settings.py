@@ -83,20 +83,16 @@ class Settings:
 
     @property
     def frozen_weights_bf16(self) -> bool:
-        """Frozen weights in bf16 under bf16 autocast, trained ones in fp32. Not QLoRA: its
-        frozen linears are quantized and prepare_model_for_kbit_training turns the rest fp32,
-        so it computes as `mixed_precision`."""
-        return (
-            self.frozen_bf16
-            and self.autocast_16bit
-            and not (self.pure_bf16 or self.quantization_bit)
-        )
+        """Frozen weights in bf16 under bf16 autocast, trained ones in fp32; with QLoRA the
+        frozen linear layers are quantized and the rest bf16 (model/load.py)."""
+        return self.frozen_bf16 and self.autocast_16bit and not self.pure_bf16
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes per frozen weight, and of the model's hidden states: fp32, bf16 with pure_bf16
-        or frozen_bf16 (QLoRA: see memory.py)."""
-        return 2 if (self.pure_bf16 or self.frozen_weights_bf16) else 4
+        """Bytes per frozen weight (QLoRA: per one not quantized, see memory.py), and of the
+        model's hidden states: fp32; bf16 with pure_bf16, frozen_bf16 or QLoRA (its base loads
+        in bf16)."""
+        return 2 if (self.pure_bf16 or self.frozen_weights_bf16 or self.quantization_bit) else 4
 
     @property
     def activation_bytes(self) -> int:
@@ -104,9 +100,8 @@ class Settings:
 
     @property
     def mixed_precision(self) -> bool:
-        """bf16/fp16 autocast over fp32 weights (full fine-tuning, fp16, or a quantized base
-        with fp32 norms): the residual stream and norms stay fp32 while the linear layers
-        compute in 16 bits."""
+        """bf16/fp16 autocast over fp32 weights (full fine-tuning, fp16): the residual stream
+        and norms stay fp32 while the linear layers compute in 16 bits."""
         return self.autocast_16bit and not (self.pure_bf16 or self.frozen_weights_bf16)
 
 
