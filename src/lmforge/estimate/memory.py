@@ -28,11 +28,12 @@ A gated MLP keeps 4·i (gate, up, act(gate), their product), 3·i with lmforge's
 per tensor: over fp32 weights (full fine-tuning, fp16) the residual stream and the norms stay
 fp32 and each linear layer casts its own 16-bit input (`_mixed_layer_bytes`) and its weight
 (`_weight_casts`: every on-path layer's); over bf16 frozen weights (and QLoRA's bf16 base
-around its quantized linears) the residual stream is bf16, the norms keep fp32 copies of their inputs, linear layers share their 16-bit
-inputs (`_frozen_bf16_layer_bytes`) and only the trained fp32 weights are cast. Attention adds
-4 bytes per head (log-sum-exp) and, where a mask is built (`_mask_bytes`: padded rows; on the
-CPU a sample longer than a sliding window; never for flattened rows on CUDA, whose varlen
-kernels take the sample boundaries), one value per (query, key) pair. Layers before the first
+around its quantized linears) the residual stream is bf16, the norms keep fp32 copies of their
+inputs, linear layers share their 16-bit inputs (`_frozen_bf16_layer_bytes`) and only the
+trained fp32 weights are cast. Attention adds 4 bytes per head (log-sum-exp) and, where a
+mask is built (`_mask_bytes`: padded rows; on the CPU a sample longer than a sliding window;
+never for flattened rows on CUDA, whose varlen kernels take the sample boundaries), one value
+per (query, key) pair. Layers before the first
 one that trains keep nothing (nothing behind them needs a gradient). Gradient checkpointing
 keeps each layer's input (h) and one layer's activations.
 
