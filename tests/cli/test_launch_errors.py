@@ -66,8 +66,9 @@ def test_deepspeed_without_a_gpu_says_so_with_the_fix(tmp_path, settings):
 
 FSDP_CPU = (
     "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has none "
-    "(on the CPU accelerate refuses it, or trains without sharding). Fix: start `lmforge train` without `accelerate "
-    "launch --config_file ...fsdp_config.yaml` (and without `fsdp`) to train on the CPU "
+    "(on the CPU accelerate refuses it, or trains without sharding). Fix: start `lmforge "
+    "train` without `accelerate launch --config_file ...fsdp_config.yaml` (and without "
+    "`fsdp`) to train on the CPU "
     "(FORCE_TORCHRUN=1 NPROC_PER_NODE=N trains data-parallel over N processes), or run on a "
     "machine with an NVIDIA GPU."
 )
