@@ -195,3 +195,27 @@ def test_frozen_bf16_follows_the_plan_and_the_method(
         fp16 = replace(s, bf16=False)
         lora = next(new for change, _, new in candidates(fp16, "cuda") if change.endswith("lora"))
         assert not lora.frozen_bf16
+
+
+def test_qlora_is_advised_on_the_cpu_only_where_bf16_runs(tmp_path, tiny_model_dir):
+    """QLoRA runs on the CPU (bitsandbytes >= 0.46.1) and computes in bf16: advised there with
+    native bf16 asked for, never to a run in fp32 on the CPU; always on CUDA."""
+    from lmforge.estimate.advice import candidates
+
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    result, _ = _result(tmp_path, tiny_model_dir, roomy, bf16=True)
+    s = result.settings
+
+    def qlora(settings, kind):
+        found = [c for c in candidates(settings, kind) if c[0] == "quantization_bit: 4"]
+        return found[0] if found else None
+
+    change, why, new = qlora(s, "cpu")
+    assert why == (
+        "QLoRA: the frozen linear weights in 4 bits (needs bitsandbytes; about 10 % slower on "
+        "the CPU)"
+    )
+    assert new.quantization_bit == 4 and new.frozen_weights_bf16
+    assert qlora(replace(s, bf16=False, autocast_16bit=False), "cpu") is None
+    assert qlora(replace(s, bf16=False, autocast_16bit=False), "cuda") is not None
+    assert qlora(replace(s, quantization_bit=4), "cuda") is None  # already QLoRA
