@@ -11,6 +11,7 @@ here only, never from one another.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -358,3 +359,46 @@ def _private_lmforge_home(request, tmp_path_factory, monkeypatch):
     the real home, where the converted embedded model is reused."""
     if request.node.get_closest_marker("e2e") is None:
         monkeypatch.setenv("LMFORGE_HOME", str(tmp_path_factory.getbasetemp() / "lmforge-home"))
+
+
+LF_DATA = Path(__file__).resolve().parent / "fixtures" / "llamafactory_data"
+REWARDS = "def short(completions, **kw):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
+STAGE_RUNS = {
+    "pt": {"stage": "pt", "dataset": "c4_demo", "dataset_dir": str(LF_DATA)},
+    "rm": {"stage": "rm", "dataset": "pairs"},
+    "dpo": {"stage": "dpo", "dataset": "pairs"},
+    "kto": {"stage": "kto", "dataset": "kto_en_demo", "dataset_dir": str(LF_DATA)},
+    "grpo": {
+        "stage": "grpo",
+        "dataset": "prompts",
+        "reward_funcs": "rewards:short",
+        "num_generations": 2,
+        "max_completion_length": 4,
+    },
+}
+
+
+BF16_STAGE = {
+    "records": None,  # the datasets of STAGE_RUNS
+    "per_device_train_batch_size": 2,
+    "logging_steps": 1,
+    "max_steps": 2,
+    "save_steps": 100,
+    "cutoff_len": 64,
+    "bf16": True,
+}
+"""Two steps of a stage in bf16 mixed precision (run_stage)."""
+
+
+def run_stage(tmp_path, model_dir, stage: str, **settings):
+    """Train STAGE_RUNS[stage] with BF16_STAGE + settings; the run, after checking that both
+    steps logged a finite loss."""
+    data = tmp_path / "data"
+    write_rl_datasets(data)
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    settings = {"dataset_dir": str(data), **STAGE_RUNS[stage], **settings}
+    run = run_train(tmp_path, model_dir, BF16_STAGE, **settings)
+    state = json.loads((run.output_dir / "trainer_state.json").read_text())
+    logged = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all(math.isfinite(loss) for loss in logged)
+    return run

@@ -3,13 +3,14 @@ too, so the path a GPU runs (4-bit base, fp32 LoRA weights, bf16 compute, peft's
 left to autocast) is trained and checked here."""
 
 import json
+import math
 import sys
 
 import pytest
 import torch
 import yaml
 
-from conftest import SHORT_SFT, run_train
+from conftest import SHORT_SFT, run_stage, run_train
 from lmforge import device
 from lmforge.cli import main
 from lmforge.model.adapters import parameter_counts
@@ -137,3 +138,17 @@ def test_a_qlora_run_resumes_exactly(tmp_path, tiny_model_dir):
     for name, param in resumed.model.named_parameters():
         if param.requires_grad:
             assert torch.equal(param, dict(whole.model.named_parameters())[name]), name
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo", "kto", "grpo"])
+def test_each_stage_trains_qlora(tmp_path, tiny_model_dir, stage):
+    """The reference of dpo/kto/grpo is the quantized base with the adapters off, so DPO's first
+    loss is exactly log 2; rm's value head trains in fp32 beside the quantized base."""
+    run = run_stage(
+        tmp_path, tiny_model_dir, stage, quantization_bit=4, bf16=device.supports_bf16()
+    )
+    frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16, torch.uint8}
+    assert {p.dtype for p in run.model.parameters() if p.requires_grad} == {torch.float32}
+    if stage == "dpo":
+        assert losses(run)[0] == pytest.approx(math.log(2), abs=1e-6)
