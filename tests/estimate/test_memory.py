@@ -105,6 +105,9 @@ def test_qlora_weights_by_hand():
     est = estimate_memory(SHAPE, s, BATCH, device_kind="cuda")
     bits = 4 + 8 / 64 + 32 / (64 * 256)
     assert est.terms["weights"] == int(600_000 * bits / 8) + 390_000 * 2 + 10_000 * 4
+    single = replace(s, double_quantization=False)  # an fp32 scale per 64 weights
+    est = estimate_memory(SHAPE, single, BATCH, device_kind="cuda")
+    assert est.terms["weights"] == int(600_000 * 4.5 / 8) + 390_000 * 2 + 10_000 * 4
 
 
 def test_zero_sharding_by_hand():

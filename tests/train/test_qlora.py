@@ -61,6 +61,27 @@ def test_qlora_trains_on_the_cpu_as_lora_does_on_its_dequantized_base(
     assert not (run.output_dir / "model.safetensors").exists()
 
 
+def test_fp4_without_double_quantization_as_llamafactory_files_ask(tmp_path, tiny_model_dir):
+    """`quantization_type: fp4` and `double_quantization: false` (keys of LLaMA-Factory's QLoRA
+    examples) reach bitsandbytes, and the run trains as LoRA on its own dequantized base."""
+    bf16 = device.supports_bf16()
+    asked = {"quantization_bit": 4, "quantization_type": "fp4", "double_quantization": False}
+    base = save_dequantized(
+        tiny_model_dir,
+        tmp_path / "dequantized",
+        quantization_type="fp4",
+        double_quantization=False,
+    )
+    plain = run_train(tmp_path / "plain", base, SHORT_SFT, bf16=bf16)
+    run = run_train(tmp_path / "q", tiny_model_dir, SHORT_SFT, bf16=bf16, **asked)
+    states = [m.weight.quant_state for m in linear_layers(run.model, "Linear4bit")]
+    assert {s.quant_type for s in states} == {"fp4"} and not any(s.nested for s in states)
+    plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert "frozen linear weights 4-bit FP4" in plan["precision"]
+    q, p = losses(run), losses(plain)
+    assert all(abs(a - b) <= 1e-2 * abs(b) for a, b in zip(q, p, strict=True)), (q, p)
+
+
 def test_the_plan_counts_the_base_weights_that_4_bit_packs_two_to_a_byte(
     tmp_path, tiny_model_dir, caplog
 ):

@@ -32,6 +32,7 @@ class Precision:
     # QLoRA: the frozen linear weights are stored in this many bits (bitsandbytes), the other
     # frozen weights (embeddings, norms, head) in bf16 (model/load.py).
     quantization_bit: int | None = None
+    quantization_type: str = "nf4"  # 4-bit: nf4 or fp4
 
     @property
     def autocast_dtype(self):
@@ -54,7 +55,9 @@ class Precision:
         if self.pure_bf16:
             return "pure bf16"
         if self.quantization_bit:
-            storage = "4-bit NF4" if self.quantization_bit == 4 else "8-bit"
+            storage = (
+                f"4-bit {self.quantization_type.upper()}" if self.quantization_bit == 4 else "8-bit"
+            )
             mixed = "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "bf16 compute"
             return (
                 f"{mixed} (frozen linear weights {storage}, other frozen weights bf16, "

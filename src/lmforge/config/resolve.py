@@ -120,6 +120,7 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
         pure_bf16=pure_bf16,
         frozen_bf16=frozen_bf16,
         quantization_bit=method.quantization_bit,
+        quantization_type=method.quantization_type,
     )
 
 

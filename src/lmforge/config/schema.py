@@ -175,6 +175,17 @@ class MethodConfig:
     quantization_bit: int | None = opt(
         None, "QLoRA: load the base model in 4 or 8 bits with bitsandbytes (CUDA or CPU)."
     )
+    quantization_method: str = opt(
+        "bnb", "QLoRA: the quantizer; bitsandbytes (bnb) here.", choices=("bnb",)
+    )
+    quantization_type: str = opt(
+        "nf4",
+        "QLoRA 4-bit: nf4 (NormalFloat, the QLoRA paper's) or fp4.",
+        choices=("nf4", "fp4"),
+    )
+    double_quantization: bool = opt(
+        True, "QLoRA 4-bit: quantize the scales too (about 0.37 bits less per weight)."
+    )
     pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
     pref_beta: float = opt(
         0.1, "dpo/kto: beta, how far the policy may move from the reference.", bounds=POSITIVE

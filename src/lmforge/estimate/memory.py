@@ -71,6 +71,7 @@ CPU_RETENTION = 0.75
 # NF4 with double quantization: 4 bits plus 8-bit block scales per 64 weights and fp32 scales
 # of those per 256 blocks.
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+SINGLE_QUANT_4BIT_BITS = 4 + 32 / 64  # double_quantization: false: an fp32 scale per 64 weights
 
 
 PEAK_GROUP = (
@@ -122,7 +123,9 @@ def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
     trainable, total = shape.trainable_params, shape.total_params
     frozen = total - trainable
     if settings.quantization_bit:
-        bits = NF4_BITS if settings.quantization_bit == 4 else 8.0
+        bits = 8.0
+        if settings.quantization_bit == 4:
+            bits = NF4_BITS if settings.double_quantization else SINGLE_QUANT_4BIT_BITS
         quantized = shape.linear_params
         rest = frozen - quantized  # embeddings, norms, head: bf16 (model/load.py)
         size = int(quantized * bits / 8) + rest * 2 + trainable * 4

@@ -74,6 +74,7 @@ class Settings:
     # turns only the trained parameters fp32 (config/resolve.py, train/run.py training_dtype)
     frozen_bf16: bool = False
     reference_loaded: bool = False  # an explicit `ref_model`: a second model, loaded
+    double_quantization: bool = True  # QLoRA 4-bit: the scales quantized too
 
     @property
     def frozen_model_bytes(self) -> int:
@@ -140,6 +141,7 @@ def settings_from_config(
         finetuning_type=method.finetuning_type,
         lora_rank=method.lora_rank,
         quantization_bit=method.quantization_bit,
+        double_quantization=method.double_quantization,
         pure_bf16=pure,
         autocast_16bit=autocast,
         batch_size=train.per_device_train_batch_size,

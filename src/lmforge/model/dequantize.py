@@ -12,8 +12,21 @@ import torch
 from lmforge.model.load import load_model, load_tokenizer
 
 
-def save_dequantized(model_dir: str | Path, out: str | Path, quantization_bit: int = 4) -> Path:
-    model = load_model(model_dir, dtype=torch.bfloat16, quantization_bit=quantization_bit)
+def save_dequantized(
+    model_dir: str | Path,
+    out: str | Path,
+    quantization_bit: int = 4,
+    *,
+    quantization_type: str = "nf4",
+    double_quantization: bool = True,
+) -> Path:
+    model = load_model(
+        model_dir,
+        dtype=torch.bfloat16,
+        quantization_bit=quantization_bit,
+        quantization_type=quantization_type,
+        double_quantization=double_quantization,
+    )
     # transformers: bitsandbytes layers -> nn.Linear, and the quantization_config dropped
     model = model.dequantize().to(torch.bfloat16)
     out = Path(out)

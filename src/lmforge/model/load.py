@@ -45,6 +45,8 @@ def load_model(
     flash_attn: str = "auto",
     trust_remote_code: bool = False,
     quantization_bit: int | None = None,
+    quantization_type: str = "nf4",
+    double_quantization: bool = True,
 ):
     from transformers import AutoModelForCausalLM
 
@@ -60,8 +62,8 @@ def load_model(
         extra["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=quantization_bit == 4,
             load_in_8bit=quantization_bit == 8,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type=quantization_type,
+            bnb_4bit_use_double_quant=double_quantization,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"

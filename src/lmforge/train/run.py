@@ -93,6 +93,8 @@ def run_training(config: Config) -> TrainingRun:
         flash_attn=config.model.flash_attn,
         trust_remote_code=config.model.trust_remote_code,
         quantization_bit=config.method.quantization_bit,
+        quantization_type=config.method.quantization_type,
+        double_quantization=config.method.double_quantization,
     )
     adapters = split_paths(config.model.adapter_name_or_path)
     model = apply_finetuning(model, config.method, plan, adapters)
