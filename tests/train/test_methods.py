@@ -101,6 +101,7 @@ def test_freeze_extra_modules_unknown_name(tmp_path, tiny_model_dir):
     "extra, message",
     [
         (["quantization_bit=4", "finetuning_type=full"], "needs finetuning_type: lora"),
+        (["quantization_bit=4", "pissa_init=true"], "pissa_init cannot start from a quantized"),
         (["quantization_bit=3"], "quantization_bit: 3 is not supported"),
         (["loraplus_lr_ratio=16", "finetuning_type=full"], "works with finetuning_type: lora"),
     ],

@@ -141,6 +141,14 @@ def _check_quantization(config: Config) -> None:
             where=config.source,
             fix="set finetuning_type: lora, or remove quantization_bit",
         )
+    if config.method.pissa_init:
+        raise UserError(
+            "pissa_init cannot start from a quantized base: PiSSA splits the full-precision "
+            f"weights into adapter and residual, and quantization_bit: {bits} leaves none",
+            where=config.where("pissa_init"),
+            fix="remove pissa_init (plain LoRA init), or quantization_bit (PiSSA on the "
+            "full-precision base)",
+        )
     _check_bitsandbytes()
 
 
