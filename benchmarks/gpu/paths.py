@@ -50,6 +50,13 @@ PATHS: dict[str, tuple[dict, list[str], dict]] = {  # quick ones first: DeepSpee
         LMFORGE,
         TORCHRUN,
     ),
+    # QLoRA sharded: its 4-bit weights stored as bf16 (model/load.py), as LLaMA-Factory does
+    "qlora_fsdp": ({"quantization_bit": 4}, FSDP, {}),
+    "qlora_zero3": (
+        {"quantization_bit": 4, "deepspeed": "examples/deepspeed/ds_z3_config.json"},
+        LMFORGE,
+        TORCHRUN,
+    ),
 }
 
 
@@ -82,7 +89,7 @@ def base_config(model: Path, out: Path) -> dict:
 
 
 # Which run each path's losses are compared with.
-REFERENCE = {"qlora_4bit": "qlora_reference"}
+REFERENCE = {name: "qlora_reference" for name in ("qlora_4bit", "qlora_fsdp", "qlora_zero3")}
 
 
 def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
@@ -120,9 +127,10 @@ def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
         probe = json.loads(step_log.read_text())
         result["losses"] = [s.get("loss") for s in sorted(probe["steps"], key=lambda s: s["step"])]
         result["peak_gib"] = (probe["info"].get("cuda_peak_bytes") or 0) / 2**30
-    if rc != 0:
+    if rc != 0:  # lmforge's one paragraph when there is one, else the log's last lines
         lines = (out / "output.log").read_text(errors="replace").splitlines()
-        result["error"] = " | ".join(line.strip() for line in lines[-6:])[-600:]
+        ours = [line for line in lines if line.startswith("error: ")]
+        result["error"] = (ours[0] if ours else " | ".join(x.strip() for x in lines[-6:]))[-600:]
     return result
 
 

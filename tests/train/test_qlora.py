@@ -173,3 +173,40 @@ def test_each_stage_trains_qlora(tmp_path, tiny_model_dir, stage):
     assert {p.dtype for p in run.model.parameters() if p.requires_grad} == {torch.float32}
     if stage == "dpo":
         assert losses(run)[0] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_a_base_to_be_sharded_stores_its_4_bit_weights_as_bf16(tiny_model_dir):
+    """ZeRO-3 and FSDP flatten and split the weights: the packed 4-bit values are stored in
+    bf16, the dtype of the rest (as LLaMA-Factory does for fsdp+qlora); the model computes the
+    same and counts the same number of weights."""
+    ids = torch.tensor([[5, 9, 14, 3, 7, 11, 2, 8]])
+    models = [
+        load_model(tiny_model_dir, dtype=torch.bfloat16, quantization_bit=4, sharded=sharded)
+        for sharded in (False, True)
+    ]
+    stored = [{m.weight.dtype for m in linear_layers(x, "Linear4bit")} for x in models]
+    assert stored == [{torch.uint8}, {torch.bfloat16}]
+    assert parameter_counts(models[0]) == parameter_counts(models[1])
+    with torch.no_grad():
+        logits = [x(input_ids=ids).logits for x in models]
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_an_8_bit_base_is_not_sharded(tmp_path, monkeypatch):
+    """Checked where the distributed settings are (on a GPU machine, before the model loads)."""
+    from lmforge.config import load_config
+    from lmforge.errors import UserError
+    from lmforge.train.run import check_distributed_settings
+
+    (tmp_path / "ds_z3.json").write_text('{"zero_optimization": {"stage": 3}}')
+    path = tmp_path / "t.yaml"
+    path.write_text("model_name_or_path: m\ndataset: x\noutput_dir: out\nquantization_bit: 8\n")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    for extra in ([f"deepspeed={tmp_path / 'ds_z3.json'}"], ["fsdp=full_shard"]):
+        with pytest.raises(UserError) as info:
+            check_distributed_settings(load_config(path, extra))
+        assert info.value.format() == (
+            f"{path}: quantization_bit: 8 cannot be sharded by DeepSpeed ZeRO-3 or FSDP: only a "
+            "4-bit base is stored in a dtype they can split. Fix: use quantization_bit: 4, or "
+            "ZeRO-2 (or no sharding) with 8 bits."
+        )

@@ -47,6 +47,7 @@ def load_model(
     quantization_bit: int | None = None,
     quantization_type: str = "nf4",
     double_quantization: bool = True,
+    sharded: bool = False,
 ):
     from transformers import AutoModelForCausalLM
 
@@ -65,9 +66,15 @@ def load_model(
             bnb_4bit_quant_type=quantization_type,
             bnb_4bit_use_double_quant=double_quantization,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # Under ZeRO-3 or FSDP (`sharded`) the packed 4-bit weights are stored as bf16 values,
+            # the dtype of the rest, so they can be flattened and split with it; and the model
+            # is not placed on a device here: the sharding engine places each shard (as
+            # LLaMA-Factory does for fsdp+qlora and ZeRO-3).
+            bnb_4bit_quant_storage=torch.bfloat16 if sharded else torch.uint8,
         )
-        device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
-        extra["device_map"] = {"": device}
+        if not sharded:
+            device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+            extra["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype,

@@ -77,7 +77,7 @@ def check_gpu_only_settings(config, cuda: bool) -> None:
     loads): DeepSpeed ZeRO, FSDP and flash-attention 2."""
     if cuda:
         return
-    if _fsdp_requested(config):
+    if fsdp_requested(config):
         raise UserError(
             "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has "
             "none (on the CPU accelerate refuses it, or trains without sharding)",
@@ -106,7 +106,13 @@ def check_gpu_only_settings(config, cuda: bool) -> None:
         )
 
 
-def _fsdp_requested(config) -> bool:
+def shards_weights(config) -> bool:
+    """DeepSpeed ZeRO-3 or FSDP: each process holds a shard of every weight."""
+    deepspeed = config.passthrough.get("deepspeed")
+    return fsdp_requested(config) or (bool(deepspeed) and _zero_stage(deepspeed) == 3)
+
+
+def fsdp_requested(config) -> bool:
     """FSDP asked for by `accelerate launch` with an FSDP config (it sets ACCELERATE_USE_FSDP
     for its workers) or by transformers' `fsdp` training argument."""
     launched_with_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in _TRUE

@@ -27,7 +27,12 @@ from lmforge.model.varlen_attention import restore_attention, varlen_kernel_of
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_steps
 from lmforge.train.interrupt import raise_if_interrupted
-from lmforge.train.launch import check_gpu_only_settings, is_launched, is_main_process
+from lmforge.train.launch import (
+    check_gpu_only_settings,
+    is_launched,
+    is_main_process,
+    shards_weights,
+)
 from lmforge.train.monitor import (
     OverfitWarningCallback,
     tracker_callbacks,
@@ -95,6 +100,7 @@ def run_training(config: Config) -> TrainingRun:
         quantization_bit=config.method.quantization_bit,
         quantization_type=config.method.quantization_type,
         double_quantization=config.method.double_quantization,
+        sharded=shards_weights(config),
     )
     adapters = split_paths(config.model.adapter_name_or_path)
     model = apply_finetuning(model, config.method, plan, adapters)
@@ -164,6 +170,14 @@ def run_training(config: Config) -> TrainingRun:
 
 
 def check_distributed_settings(config: Config) -> None:
+    bits = config.method.quantization_bit
+    if bits is not None and bits != 4 and shards_weights(config):
+        raise UserError(
+            f"quantization_bit: {bits} cannot be sharded by DeepSpeed ZeRO-3 or FSDP: only a "
+            "4-bit base is stored in a dtype they can split",
+            where=config.where("quantization_bit"),
+            fix="use quantization_bit: 4, or ZeRO-2 (or no sharding) with 8 bits",
+        )
     deepspeed = config.passthrough.get("deepspeed")
     if not deepspeed:
         return
