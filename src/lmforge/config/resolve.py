@@ -125,15 +125,11 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
 
 
 def _check_quantization(config: Config) -> None:
+    """QLoRA's settings for training (_check_quantized_loading, and what trains on it)."""
     bits = config.method.quantization_bit
     if bits is None:
         return
-    if bits not in (4, 8):
-        raise UserError(
-            f"quantization_bit: {bits} is not supported",
-            where=config.where("quantization_bit"),
-            fix="use 4 or 8",
-        )
+    _check_quantized_loading(config)
     if config.method.finetuning_type != "lora":
         raise UserError(
             f"quantization_bit needs finetuning_type: lora (QLoRA), not "
@@ -148,6 +144,19 @@ def _check_quantization(config: Config) -> None:
             where=config.where("pissa_init"),
             fix="remove pissa_init (plain LoRA init), or quantization_bit (PiSSA on the "
             "full-precision base)",
+        )
+
+
+def _check_quantized_loading(config: Config) -> None:
+    """`quantization_bit` (training or inference): 4 or 8, and a bitsandbytes that can."""
+    bits = config.method.quantization_bit
+    if bits is None:
+        return
+    if bits not in (4, 8):
+        raise UserError(
+            f"quantization_bit: {bits} is not supported",
+            where=config.where("quantization_bit"),
+            fix="use 4 or 8",
         )
     _check_bitsandbytes()
 
@@ -175,6 +184,17 @@ def _check_bitsandbytes() -> None:
 
 def resolve_for_inference(config: Config) -> Config:
     _require(config, "model_name_or_path", config.model.model_name_or_path, "gemma-3-270m")
+    _check_quantized_loading(config)  # quantization_bit: the base answers in 4/8 bits
+    adapters = [p for p in (config.model.adapter_name_or_path or "").split(",") if p.strip()]
+    if config.method.quantization_bit and len(adapters) > 1:
+        raise UserError(
+            f"quantization_bit: {config.method.quantization_bit} takes one adapter in "
+            f"adapter_name_or_path, and {len(adapters)} are given: adapters are merged into "
+            "the base, and merging into quantized weights would round them again",
+            where=config.where("adapter_name_or_path"),
+            fix="merge them into a full-precision model first (`lmforge export` without "
+            "quantization_bit) and answer with that, or remove quantization_bit",
+        )
     return config
 
 

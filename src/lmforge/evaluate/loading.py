@@ -23,7 +23,7 @@ def load_base(config: Config):
 
     from lmforge.config.resolve import resolve_for_inference
     from lmforge.infer.adapters import check_adapter_folder
-    from lmforge.model.load import load_for_inference, split_paths
+    from lmforge.model.load import is_quantized, load_for_inference, split_paths
     from lmforge.model.setup import prepare_model_setup, with_training_settings
 
     resolve_for_inference(config)
@@ -31,19 +31,19 @@ def load_base(config: Config):
         check_adapter_folder(adapter)  # before the slow part
     config = with_training_settings(config)  # the prompt format used in training
     setup = prepare_model_setup(config)
-    model = load_for_inference(setup.resolved.path, config.model)
-    if torch.cuda.is_available():
+    model = load_for_inference(setup.resolved.path, config.model, config.method)
+    if torch.cuda.is_available() and not is_quantized(model):
         model = model.to("cuda")
     return config, setup, model.eval()
 
 
 def attach_checked(model, adapters: list[str], base_name: str):
     """`model` with each adapter merged in, in order; one that does not fit is a UserError."""
-    from lmforge.model.load import attach_adapters
+    from lmforge.model.load import attach_adapters, is_quantized
 
     for adapter in adapters:
         try:
-            model = attach_adapters(model, [adapter], merge=True)
+            model = attach_adapters(model, [adapter], merge=not is_quantized(model))
         except UserError:
             raise
         except (RuntimeError, ValueError, KeyError) as exc:

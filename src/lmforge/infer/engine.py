@@ -221,7 +221,12 @@ class HFEngine(BaseEngine):
         import torch
 
         from lmforge.infer.adapters import check_adapter_folder, load_named_adapters
-        from lmforge.model.load import attach_adapters, load_for_inference, split_paths
+        from lmforge.model.load import (
+            attach_adapters,
+            is_quantized,
+            load_for_inference,
+            split_paths,
+        )
         from lmforge.model.setup import prepare_model_setup, with_training_settings
 
         resolve_for_inference(config)
@@ -229,14 +234,16 @@ class HFEngine(BaseEngine):
         for name, path in (config.infer.adapters or {}).items():
             check_adapter_folder(path, name)  # before the slow part
         setup = prepare_model_setup(config)
-        model = load_for_inference(setup.resolved.path, config.model)
-        # adapter_name_or_path: merged into the base (LLaMA-Factory's meaning); `adapters`:
-        # kept apart and switched per request.
-        model = attach_adapters(model, split_paths(config.model.adapter_name_or_path), merge=True)
+        model = load_for_inference(setup.resolved.path, config.model, config.method)
+        quantized = is_quantized(model)
+        # adapter_name_or_path: merged into the base (LLaMA-Factory's meaning; kept apart on a
+        # quantized base); `adapters`: kept apart and switched per request.
+        adapters = split_paths(config.model.adapter_name_or_path)
+        model = attach_adapters(model, adapters, merge=not quantized)
         switch = None
         if config.infer.adapters:
             model, switch = load_named_adapters(model, config.infer.adapters)
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not quantized:
             model = model.to("cuda")
         return cls(
             model,

@@ -52,6 +52,15 @@ class VLLMEngine(BaseEngine):
 
     @classmethod
     def from_config(cls, config: Config) -> VLLMEngine:
+        resolve_for_inference(config)
+        if config.method.quantization_bit:
+            raise UserError(
+                f"quantization_bit: {config.method.quantization_bit} loads the base with "
+                "bitsandbytes, which is lmforge's own engine; infer_backend: vllm loads it itself",
+                where=config.where("quantization_bit"),
+                fix="remove quantization_bit (vLLM serves the base in infer_dtype), or set "
+                "infer_backend: huggingface",
+            )
         vllm = require_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
@@ -59,7 +68,6 @@ class VLLMEngine(BaseEngine):
         from lmforge.model.load import split_paths
         from lmforge.model.setup import prepare_model_setup, with_training_settings
 
-        resolve_for_inference(config)
         config = with_training_settings(config)  # the prompt format used in training
         merged = split_paths(config.model.adapter_name_or_path)
         if len(merged) > 1:

@@ -114,15 +114,27 @@ def inference_dtype(infer_dtype: str) -> torch.dtype:
     return torch.float32
 
 
-def load_for_inference(path, model_config):
+def load_for_inference(path, model_config, method_config=None):
     """The model at `path` as inference loads it: the config's infer_dtype, attention
-    implementation and trust_remote_code (`model_config` is a ModelConfig)."""
+    implementation and trust_remote_code (`model_config` is a ModelConfig); with
+    `method_config.quantization_bit` its linear layers in 4 or 8 bits (bitsandbytes), on this
+    process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval."""
+    bits = method_config.quantization_bit if method_config is not None else None
     return load_model(
         path,
         dtype=inference_dtype(model_config.infer_dtype),
         flash_attn=model_config.flash_attn,
         trust_remote_code=model_config.trust_remote_code,
+        quantization_bit=bits,
+        quantization_type=method_config.quantization_type if bits else "nf4",
+        double_quantization=method_config.double_quantization if bits else True,
     )
+
+
+def is_quantized(model) -> bool:
+    """Loaded in 4 or 8 bits: placed on its device at load, and adapters stay unmerged (merging
+    into quantized weights would round them again)."""
+    return getattr(model, "hf_quantizer", None) is not None
 
 
 def attach_adapters(model, adapter_paths: list[str], *, merge: bool):
