@@ -98,8 +98,9 @@ def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if name == "qlora_reference":
         from lmforge.model.dequantize import save_dequantized
+        from lmforge.model.load import Quantization
 
-        model = save_dequantized(model, out / "dequantized-4bit", quantization_bit=4)
+        model = save_dequantized(model, out / "dequantized-4bit", Quantization(bits=4))
     config = {**base_config(model, out / "run"), **changes}
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

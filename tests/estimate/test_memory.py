@@ -101,13 +101,18 @@ def test_weights_gradients_optimizer_by_hand():
 
 
 def test_qlora_weights_by_hand():
-    s = replace(SETTINGS, quantization_bit=4)
+    """The linear layers quantized; the other frozen weights bf16 under bf16 mixed precision,
+    fp32 otherwise (fp16, or none), as model/load.py loads them."""
+    s = replace(SETTINGS, quantization_bit=4, autocast_16bit=True, bf16=True, frozen_bf16=True)
     est = estimate_memory(SHAPE, s, BATCH, device_kind="cuda")
     bits = 4 + 8 / 64 + 32 / (64 * 256)
     assert est.terms["weights"] == int(600_000 * bits / 8) + 390_000 * 2 + 10_000 * 4
     single = replace(s, double_quantization=False)  # an fp32 scale per 64 weights
     est = estimate_memory(SHAPE, single, BATCH, device_kind="cuda")
     assert est.terms["weights"] == int(600_000 * 4.5 / 8) + 390_000 * 2 + 10_000 * 4
+    fp32 = replace(SETTINGS, quantization_bit=4)
+    est = estimate_memory(SHAPE, fp32, BATCH, device_kind="cuda")
+    assert est.terms["weights"] == int(600_000 * bits / 8) + 390_000 * 4 + 10_000 * 4
 
 
 def test_zero_sharding_by_hand():

@@ -15,7 +15,7 @@ from lmforge import device
 from lmforge.cli import main
 from lmforge.model.adapters import parameter_counts
 from lmforge.model.dequantize import save_dequantized
-from lmforge.model.load import load_model
+from lmforge.model.load import Quantization, load_model
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -35,7 +35,8 @@ def test_qlora_trains_on_the_cpu_as_lora_does_on_its_dequantized_base(
     tmp_path, tiny_model_dir, bits, kind
 ):
     bf16 = device.supports_bf16()
-    base = save_dequantized(tiny_model_dir, tmp_path / "dequantized", quantization_bit=bits)
+    quantization = Quantization(bits=bits, compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+    base = save_dequantized(tiny_model_dir, tmp_path / "dequantized", quantization)
     plain = run_train(tmp_path / "plain", base, SHORT_SFT, bf16=bf16)
     run = run_train(tmp_path / "q", tiny_model_dir, SHORT_SFT, bf16=bf16, quantization_bit=bits)
     # Every linear layer of the decoder is quantized (7 a layer, 2 layers); the head is not.
@@ -44,12 +45,15 @@ def test_qlora_trains_on_the_cpu_as_lora_does_on_its_dequantized_base(
     assert trained and all("lora_" in n for n in trained)
     assert {p.dtype for p in trained.values()} == {torch.float32}
     frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
-    assert frozen == {torch.bfloat16, torch.uint8 if bits == 4 else torch.int8}
+    other = torch.bfloat16 if bf16 else torch.float32  # fp32 where bf16 is not native
+    assert frozen == {other, torch.uint8 if bits == 4 else torch.int8}
+    compute = {m.compute_dtype for m in linear_layers(run.model, kind) if bits == 4}
+    assert compute <= {other}
     plan = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
     storage = "4-bit NF4" if bits == 4 else "8-bit"
-    mixed = "bf16 mixed" if bf16 else "bf16 compute"
+    mixed, kept = ("bf16 mixed", "bf16") if bf16 else ("fp32", "fp32")
     assert plan["precision"] == (
-        f"{mixed} (frozen linear weights {storage}, other frozen weights bf16, "
+        f"{mixed} (frozen linear weights {storage}, other frozen weights {kept}, "
         "trained weights fp32)"
     )
     # The same losses, step by step, within bf16 rounding (the original base's differ by the
@@ -66,12 +70,13 @@ def test_fp4_without_double_quantization_as_llamafactory_files_ask(tmp_path, tin
     examples) reach bitsandbytes, and the run trains as LoRA on its own dequantized base."""
     bf16 = device.supports_bf16()
     asked = {"quantization_bit": 4, "quantization_type": "fp4", "double_quantization": False}
-    base = save_dequantized(
-        tiny_model_dir,
-        tmp_path / "dequantized",
-        quantization_type="fp4",
-        double_quantization=False,
+    quantization = Quantization(
+        bits=4,
+        kind="fp4",
+        double=False,
+        compute_dtype=torch.bfloat16 if bf16 else torch.float32,
     )
+    base = save_dequantized(tiny_model_dir, tmp_path / "dequantized", quantization)
     plain = run_train(tmp_path / "plain", base, SHORT_SFT, bf16=bf16)
     run = run_train(tmp_path / "q", tiny_model_dir, SHORT_SFT, bf16=bf16, **asked)
     states = [m.weight.quant_state for m in linear_layers(run.model, "Linear4bit")]
@@ -103,7 +108,7 @@ def test_an_eval_forward_leaves_the_gradients_of_the_next_training_step_alone(ti
     ids = torch.tensor([[5, 9, 14, 3, 7, 11, 2, 8]])
 
     def lora_gradients(eval_first: bool) -> dict[str, torch.Tensor]:
-        model = load_model(tiny_model_dir, dtype=torch.bfloat16, quantization_bit=4)
+        model = load_model(tiny_model_dir, dtype=torch.bfloat16, quantization=Quantization(bits=4))
         torch.manual_seed(0)
         config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
         model = get_peft_model(model, config)
@@ -169,7 +174,7 @@ def test_each_stage_trains_qlora(tmp_path, tiny_model_dir, stage):
         tmp_path, tiny_model_dir, stage, quantization_bit=4, bf16=device.supports_bf16()
     )
     frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
-    assert frozen == {torch.bfloat16, torch.uint8}
+    assert frozen == {torch.bfloat16 if device.supports_bf16() else torch.float32, torch.uint8}
     assert {p.dtype for p in run.model.parameters() if p.requires_grad} == {torch.float32}
     if stage == "dpo":
         assert losses(run)[0] == pytest.approx(math.log(2), abs=1e-6)
@@ -181,7 +186,11 @@ def test_a_base_to_be_sharded_stores_its_4_bit_weights_as_bf16(tiny_model_dir):
     same and counts the same number of weights."""
     ids = torch.tensor([[5, 9, 14, 3, 7, 11, 2, 8]])
     models = [
-        load_model(tiny_model_dir, dtype=torch.bfloat16, quantization_bit=4, sharded=sharded)
+        load_model(
+            tiny_model_dir,
+            dtype=torch.bfloat16,
+            quantization=Quantization(bits=4, sharded=sharded),
+        )
         for sharded in (False, True)
     ]
     stored = [{m.weight.dtype for m in linear_layers(x, "Linear4bit")} for x in models]

@@ -30,7 +30,7 @@ class Precision:
     # computes with them in bf16 anyway); the trained ones stay fp32.
     frozen_bf16: bool = False
     # QLoRA: the frozen linear weights are stored in this many bits (bitsandbytes), the other
-    # frozen weights (embeddings, norms, head) in bf16 (model/load.py).
+    # frozen weights (embeddings, norms, head) as frozen_bf16 says (bf16 under bf16 mixed).
     quantization_bit: int | None = None
     quantization_type: str = "nf4"  # 4-bit: nf4 or fp4
 
@@ -40,6 +40,14 @@ class Precision:
         import torch  # here: the config package loads without torch
 
         return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+    @property
+    def compute_dtype(self):
+        """What matmuls compute in: autocast's 16-bit dtype, bf16 under pure bf16, else fp32
+        (QLoRA's quantized layers compute in it)."""
+        import torch
+
+        return self.autocast_dtype or (torch.bfloat16 if self.pure_bf16 else torch.float32)
 
     @property
     def frozen_model_dtype(self):
@@ -55,12 +63,12 @@ class Precision:
         if self.pure_bf16:
             return "pure bf16"
         if self.quantization_bit:
-            storage = (
-                f"4-bit {self.quantization_type.upper()}" if self.quantization_bit == 4 else "8-bit"
-            )
-            mixed = "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "bf16 compute"
+            bits = self.quantization_bit
+            storage = f"4-bit {self.quantization_type.upper()}" if bits == 4 else "8-bit"
+            mixed = "bf16 mixed" if self.bf16 else "fp16 mixed" if self.fp16 else "fp32"
+            other = "bf16" if self.frozen_bf16 else "fp32"
             return (
-                f"{mixed} (frozen linear weights {storage}, other frozen weights bf16, "
+                f"{mixed} (frozen linear weights {storage}, other frozen weights {other}, "
                 "trained weights fp32)"
             )
         if self.frozen_bf16:

@@ -127,11 +127,12 @@ def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
         if settings.quantization_bit == 4:
             bits = NF4_BITS if settings.double_quantization else SINGLE_QUANT_4BIT_BITS
         quantized = shape.linear_params
-        rest = frozen - quantized  # embeddings, norms, head: bf16 (model/load.py)
-        size = int(quantized * bits / 8) + rest * 2 + trainable * 4
+        rest = frozen - quantized  # embeddings, norms, head: bf16 under bf16, else fp32
+        wb = settings.weight_bytes
+        size = int(quantized * bits / 8) + rest * wb + trainable * 4
         what = (
-            f"{quantized:,} quantized at {bits:.2f} bits, {rest:,} bf16, {trainable:,} "
-            "trainable fp32"
+            f"{quantized:,} quantized at {bits:.2f} bits, {rest:,} {'bf16' if wb == 2 else 'fp32'}"
+            f", {trainable:,} trainable fp32"
         )
     else:
         wb, pb = settings.weight_bytes, param_bytes(settings)

@@ -85,15 +85,14 @@ class Settings:
     @property
     def frozen_weights_bf16(self) -> bool:
         """Frozen weights in bf16 under bf16 autocast, trained ones in fp32; with QLoRA the
-        frozen linear layers are quantized and the rest bf16 (model/load.py)."""
+        frozen linear layers are quantized and the rest bf16 (under fp16 or none: fp32)."""
         return self.frozen_bf16 and self.autocast_16bit and not self.pure_bf16
 
     @property
     def weight_bytes(self) -> int:
         """Bytes per frozen weight (QLoRA: per one not quantized, see memory.py), and of the
-        model's hidden states: fp32; bf16 with pure_bf16, frozen_bf16 or QLoRA (its base loads
-        in bf16)."""
-        return 2 if (self.pure_bf16 or self.frozen_weights_bf16 or self.quantization_bit) else 4
+        model's hidden states: fp32, bf16 with pure_bf16 or frozen_bf16."""
+        return 2 if (self.pure_bf16 or self.frozen_weights_bf16) else 4
 
     @property
     def activation_bytes(self) -> int:

@@ -9,24 +9,12 @@ from pathlib import Path
 
 import torch
 
-from lmforge.model.load import load_model, load_tokenizer
+from lmforge.model.load import Quantization, load_model, load_tokenizer
 
 
-def save_dequantized(
-    model_dir: str | Path,
-    out: str | Path,
-    quantization_bit: int = 4,
-    *,
-    quantization_type: str = "nf4",
-    double_quantization: bool = True,
-) -> Path:
-    model = load_model(
-        model_dir,
-        dtype=torch.bfloat16,
-        quantization_bit=quantization_bit,
-        quantization_type=quantization_type,
-        double_quantization=double_quantization,
-    )
+def save_dequantized(model_dir: str | Path, out: str | Path, quantization: Quantization) -> Path:
+    """`quantization` as the run trains with it (its compute dtype: the run's, bf16 here)."""
+    model = load_model(model_dir, dtype=torch.bfloat16, quantization=quantization)
     # transformers: bitsandbytes layers -> nn.Linear, and the quantization_config dropped
     model = model.dequantize().to(torch.bfloat16)
     out = Path(out)

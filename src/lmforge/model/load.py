@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,41 +40,64 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """How a base loads quantized (bitsandbytes): QLoRA's for training, `quantization_bit` for
+    inference."""
+
+    bits: int  # 4 or 8
+    kind: str = "nf4"  # 4-bit: nf4 or fp4
+    double: bool = True  # 4-bit: the scales quantized too
+    # What the quantized linear layers compute in: the run's 16-bit autocast dtype, else fp32
+    # (bf16 on a GPU without it would be emulated, or refused).
+    compute_dtype: torch.dtype = torch.bfloat16
+    # ZeRO-3 or FSDP: the packed 4-bit values are stored as bf16, the dtype of the rest, so they
+    # can be flattened and split with it, and the model is not placed on a device here (the
+    # sharding engine places each shard), as LLaMA-Factory does for fsdp+qlora and ZeRO-3.
+    sharded: bool = False
+
+    @classmethod
+    def of(cls, method_config, compute_dtype: torch.dtype, *, sharded: bool = False):
+        """The config's quantization (`MethodConfig`), or None without quantization_bit."""
+        if not method_config.quantization_bit:
+            return None
+        return cls(
+            bits=method_config.quantization_bit,
+            kind=method_config.quantization_type,
+            double=method_config.double_quantization,
+            compute_dtype=compute_dtype,
+            sharded=sharded,
+        )
+
+    def transformers_config(self):
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(
+            load_in_4bit=self.bits == 4,
+            load_in_8bit=self.bits == 8,
+            bnb_4bit_quant_type=self.kind,
+            bnb_4bit_use_double_quant=self.double,
+            bnb_4bit_compute_dtype=self.compute_dtype,
+            bnb_4bit_quant_storage=torch.bfloat16 if self.sharded else torch.uint8,
+        )
+
+
 def load_model(
     path: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
     flash_attn: str = "auto",
     trust_remote_code: bool = False,
-    quantization_bit: int | None = None,
-    quantization_type: str = "nf4",
-    double_quantization: bool = True,
-    sharded: bool = False,
+    quantization: Quantization | None = None,
 ):
     from transformers import AutoModelForCausalLM
 
     extra = {}
-    if quantization_bit is not None:
-        # QLoRA: NF4 (or int8) weights, bf16 compute, on this process's GPU (bitsandbytes
-        # quantizes as the weights move there), or on the CPU, which bitsandbytes >= 0.46.1
-        # (the version transformers 5 asks for) runs too.
-        import os
-
-        from transformers import BitsAndBytesConfig
-
-        extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quantization_bit == 4,
-            load_in_8bit=quantization_bit == 8,
-            bnb_4bit_quant_type=quantization_type,
-            bnb_4bit_use_double_quant=double_quantization,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            # Under ZeRO-3 or FSDP (`sharded`) the packed 4-bit weights are stored as bf16 values,
-            # the dtype of the rest, so they can be flattened and split with it; and the model
-            # is not placed on a device here: the sharding engine places each shard (as
-            # LLaMA-Factory does for fsdp+qlora and ZeRO-3).
-            bnb_4bit_quant_storage=torch.bfloat16 if sharded else torch.uint8,
-        )
-        if not sharded:
+    if quantization is not None:
+        # On this process's GPU (bitsandbytes quantizes as the weights move there), or on the
+        # CPU, which bitsandbytes >= 0.46.1 (the version transformers 5 asks for) runs too.
+        extra["quantization_config"] = quantization.transformers_config()
+        if not quantization.sharded:
             device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
             extra["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(
@@ -82,11 +107,12 @@ def load_model(
         trust_remote_code=trust_remote_code,
         **extra,
     )
-    if quantization_bit is not None:
+    if quantization is not None:
         if not torch.cuda.is_available():
             _keep_4bit_weights_unpacked(model)
         # The base is frozen and its other weights (embeddings, norms, head) stay in the dtype
-        # they loaded in, bf16, as LLaMA-Factory keeps them. peft's prepare_model_for_kbit_training
+        # they loaded in (bf16 under bf16), as LLaMA-Factory keeps them. peft's
+        # prepare_model_for_kbit_training
         # turns them fp32, which on Gemma's 262k-token embeddings costs more than quantizing
         # the linear layers saves (gemma-3-270m QLoRA on the CPU: 2.88 GB peak vs LoRA's 2.43);
         # the norms compute in fp32 inside the model anyway.
@@ -119,15 +145,14 @@ def load_for_inference(path, model_config, method_config=None):
     implementation and trust_remote_code (`model_config` is a ModelConfig); with
     `method_config.quantization_bit` its linear layers in 4 or 8 bits (bitsandbytes), on this
     process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval."""
-    bits = method_config.quantization_bit if method_config is not None else None
+    dtype = inference_dtype(model_config.infer_dtype)
+    quantization = Quantization.of(method_config, dtype) if method_config is not None else None
     return load_model(
         path,
-        dtype=inference_dtype(model_config.infer_dtype),
+        dtype=dtype,
         flash_attn=model_config.flash_attn,
         trust_remote_code=model_config.trust_remote_code,
-        quantization_bit=bits,
-        quantization_type=method_config.quantization_type if bits else "nf4",
-        double_quantization=method_config.double_quantization if bits else True,
+        quantization=quantization,
     )
 
 

@@ -21,7 +21,7 @@ from lmforge.estimate.check import memory_line_and_check
 from lmforge.evaluate.predict import check_predict_settings, run_prediction
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
-from lmforge.model.load import attention_implementation, load_model, split_paths
+from lmforge.model.load import Quantization, attention_implementation, load_model, split_paths
 from lmforge.model.setup import prepare_model_setup
 from lmforge.model.varlen_attention import restore_attention, varlen_kernel_of
 from lmforge.train.callbacks import JsonlLogCallback
@@ -92,15 +92,15 @@ def run_training(config: Config) -> TrainingRun:
     from transformers import set_seed
 
     set_seed(config.train.seed)
+    quantization = Quantization.of(
+        config.method, plan.precision.compute_dtype, sharded=shards_weights(config)
+    )
     model = load_model(
         setup.resolved.path,
         dtype=training_dtype(config, plan),
         flash_attn=config.model.flash_attn,
         trust_remote_code=config.model.trust_remote_code,
-        quantization_bit=config.method.quantization_bit,
-        quantization_type=config.method.quantization_type,
-        double_quantization=config.method.double_quantization,
-        sharded=shards_weights(config),
+        quantization=quantization,
     )
     adapters = split_paths(config.model.adapter_name_or_path)
     model = apply_finetuning(model, config.method, plan, adapters)
@@ -243,11 +243,11 @@ def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> l
 
 
 def training_dtype(config: Config, plan: RunPlan) -> torch.dtype:
-    """The dtype weights load in: fp32 master weights for full fine-tuning; bf16 under pure_bf16,
-    QLoRA (bf16 compute), and LoRA/freeze in bf16 mixed precision, whose trained weights
-    `apply_finetuning` then turns fp32."""
+    """The dtype weights load in: fp32 master weights for full fine-tuning; bf16 under pure_bf16
+    and for LoRA/freeze (QLoRA's weights that are not quantized too) in bf16 mixed precision,
+    whose trained weights `apply_finetuning` then turns fp32."""
     precision = plan.precision
-    if precision.pure_bf16 or precision.frozen_bf16 or config.method.quantization_bit:
+    if precision.pure_bf16 or precision.frozen_bf16:
         return torch.bfloat16
     return torch.float32
 
