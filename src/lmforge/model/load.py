@@ -112,10 +112,9 @@ def load_model(
             _keep_4bit_weights_unpacked(model)
         # The base is frozen and its other weights (embeddings, norms, head) stay in the dtype
         # they loaded in (bf16 under bf16), as LLaMA-Factory keeps them. peft's
-        # prepare_model_for_kbit_training
-        # turns them fp32, which on Gemma's 262k-token embeddings costs more than quantizing
-        # the linear layers saves (gemma-3-270m QLoRA on the CPU: 2.88 GB peak vs LoRA's 2.43);
-        # the norms compute in fp32 inside the model anyway.
+        # prepare_model_for_kbit_training turns them fp32, which on Gemma's 262k-token
+        # embeddings costs more than quantizing the linear layers saves (gemma-3-270m QLoRA on
+        # the CPU: 2.88 GB peak vs LoRA's 2.43); the norms compute in fp32 inside the model.
         model.requires_grad_(False)
     return model
 
