@@ -213,7 +213,15 @@ def test_pyproject_lower_bounds_are_the_versions_ci_tests():
     pins = dict(
         re.findall(r"^([\w-]+)==(\S+)", (ROOT / ".ci" / "lower-bounds.txt").read_text(), re.M)
     )
-    assert set(pins) == {"torch", "transformers", "peft", "trl", "datasets", "accelerate"}
+    assert set(pins) == {
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+        "accelerate",
+        "bitsandbytes",
+    }
     for package, version in pins.items():
         (bound,) = re.findall(rf'^\s*"{package}>=([^",]+)"', pyproject, re.M)
         if package == "torch":

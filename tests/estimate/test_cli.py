@@ -198,7 +198,7 @@ def test_frozen_bf16_follows_the_plan_and_the_method(
 
 
 def test_qlora_is_advised_on_the_cpu_only_where_bf16_runs(tmp_path, tiny_model_dir):
-    """QLoRA runs on the CPU (bitsandbytes >= 0.46.1) and computes in bf16: advised there with
+    """QLoRA runs on the CPU (bitsandbytes >= 0.47.0) and computes in bf16: advised there with
     native bf16 asked for, never to a run in fp32 on the CPU; always on CUDA."""
     from lmforge.estimate.advice import candidates
 

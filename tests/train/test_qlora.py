@@ -1,4 +1,4 @@
-"""QLoRA (`quantization_bit: 4|8`) on the CPU: bitsandbytes >= 0.46.1 quantizes and computes there
+"""QLoRA (`quantization_bit: 4|8`) on the CPU: bitsandbytes >= 0.47.0 quantizes and computes there
 too, so the path a GPU runs (4-bit base, fp32 LoRA weights, bf16 compute, peft's input casts
 left to autocast) is trained and checked here."""
 
@@ -142,10 +142,10 @@ def test_without_bitsandbytes_the_error_names_the_extra(tmp_path, monkeypatch, c
 def test_an_old_bitsandbytes_is_named_with_the_version_needed(tmp_path, monkeypatch, capsys):
     path = tmp_path / "t.yaml"
     path.write_text("model_name_or_path: /nowhere\ndataset: x\noutput_dir: out\n")
-    monkeypatch.setattr(bnb, "__version__", "0.45.5")
+    monkeypatch.setattr(bnb, "__version__", "0.46.1")
     assert main(["train", str(path), "quantization_bit=4"]) == 2
     assert capsys.readouterr().err == (
-        "error: quantization_bit needs bitsandbytes >= 0.46.1, and 0.45.5 is installed. "
+        "error: quantization_bit needs bitsandbytes >= 0.47.0, and 0.46.1 is installed. "
         "Fix: pip install -U 'lmforge[bitsandbytes]'.\n"
     )
 

@@ -95,7 +95,7 @@ def load_model(
     extra = {}
     if quantization is not None:
         # On this process's GPU (bitsandbytes quantizes as the weights move there), or on the
-        # CPU, which bitsandbytes >= 0.46.1 (the version transformers 5 asks for) runs too.
+        # CPU, which bitsandbytes >= 0.47.0 (BITSANDBYTES_MIN) runs too.
         extra["quantization_config"] = quantization.transformers_config()
         if not quantization.sharded:
             device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
