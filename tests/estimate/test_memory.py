@@ -446,6 +446,15 @@ def test_mixed_precision_formula_matches_saved_tensors(tmp_path, kind, method, m
     settings = replace(
         SETTINGS, finetuning_type=method, autocast_16bit=True, lean_mlp=mlp == "lean"
     )
+    predicted = _one_more_layer_of_activations(shape, settings, rows, length)
+    assert predicted == pytest.approx(measured, rel=0.03)
+
+
+def _one_more_layer_of_activations(shape, settings, rows: int, length: int) -> int:
+    """What the estimate's activations grow by from a 1-layer to a 2-layer version of `shape`
+    (each layer with its share of the linear and trainable weights; every layer trains where
+    all of the shape's do), for rows x length positions: set against the measured (3-layer
+    minus 1-layer) / 2."""
     batch = Batch(rows, length, rows * length, 0, (length,) * rows, False, False)
     layer, trains = shape.linear_params // shape.layers, shape.trainable_params // shape.layers
 
@@ -456,11 +465,11 @@ def test_mixed_precision_formula_matches_saved_tensors(tmp_path, kind, method, m
             windows=(None,) * n,
             linear_params=layer * n,
             trainable_params=trains * n,
+            trained_layers=min(shape.trained_layers, n),
         )
         return estimate_memory(s, settings, batch, device_kind="cuda").terms["activations"]
 
-    predicted = activations(2) - activations(1)
-    assert predicted == pytest.approx(measured, rel=0.03)
+    return activations(2) - activations(1)
 
 
 def _as_training_builds_it(model, method: MethodConfig, precision):
@@ -525,21 +534,8 @@ def test_frozen_bf16_formula_matches_saved_tensors(tmp_path, kind, method, mlp):
         lean_mlp=mlp == "lean",
     )
     assert settings.frozen_weights_bf16 and settings.weight_bytes == 2
-    batch = Batch(rows, length, rows * length, 0, (length,) * rows, False, False)
-    layer, trains = shape.linear_params // shape.layers, shape.trainable_params // shape.layers
-
-    def activations(n):
-        s = replace(
-            shape,
-            layers=n,
-            windows=(None,) * n,
-            linear_params=layer * n,
-            trainable_params=trains * n,
-            trained_layers=n if method == "freeze" else 0,
-        )
-        return estimate_memory(s, settings, batch, device_kind="cuda").terms["activations"]
-
-    predicted = activations(2) - activations(1)
+    assert shape.trained_layers == (3 if method == "freeze" else 0)  # every layer, or none
+    predicted = _one_more_layer_of_activations(shape, settings, rows, length)
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
