@@ -16,7 +16,7 @@ from lmforge.config.plan import (
     RunPlan,
     keeps_frozen_weights_bf16,
 )
-from lmforge.config.schema import STAGES, Config
+from lmforge.config.schema import STAGES, Config, comma_separated
 from lmforge.errors import UserError
 
 _RESUME_AUTO = {"auto", "true", "latest"}
@@ -187,7 +187,7 @@ def _check_bitsandbytes() -> None:
 def resolve_for_inference(config: Config) -> Config:
     _require(config, "model_name_or_path", config.model.model_name_or_path, "gemma-3-270m")
     _check_quantized_loading(config)  # quantization_bit: the base answers in 4/8 bits
-    adapters = [p for p in (config.model.adapter_name_or_path or "").split(",") if p.strip()]
+    adapters = comma_separated(config.model.adapter_name_or_path)
     if config.method.quantization_bit and len(adapters) > 1:
         raise UserError(
             f"quantization_bit: {config.method.quantization_bit} takes one adapter in "

@@ -809,6 +809,12 @@ class ResolvedPath:
         return f"{self.path} ({self.base})"
 
 
+def comma_separated(value: str | None) -> list[str]:
+    """The items of a comma-joined key (adapter_name_or_path, additional_target, ...), stripped,
+    empty ones dropped."""
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
 def key_index() -> dict[str, tuple[str, Any]]:
     """Every known flat key -> (section name, dataclass field)."""
     index: dict[str, tuple[str, Any]] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lmforge.config.plan import RunPlan
-from lmforge.config.schema import MethodConfig
+from lmforge.config.schema import MethodConfig, comma_separated
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -56,16 +56,12 @@ def _apply_lora(model, method: MethodConfig, lora_alpha: int, adapter_paths: lis
         lora_alpha=lora_alpha,
         lora_dropout=method.lora_dropout,
         target_modules=_lora_targets(model, method.lora_target),
-        modules_to_save=_names(method.additional_target) or None,
+        modules_to_save=comma_separated(method.additional_target) or None,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
         init_lora_weights="pissa" if method.pissa_init else True,
     )
     return get_peft_model(model, config)
-
-
-def _names(value: str | None) -> list[str]:
-    return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
 def _lora_targets(model, lora_target: str) -> str | list[str]:
@@ -105,7 +101,7 @@ def _apply_freeze(model, method: MethodConfig) -> None:
             trainable = any(f".{m}." in name for m in modules)
         param.requires_grad_(trainable)
         trained_any |= trainable
-    extra = _names(method.freeze_extra_modules)
+    extra = comma_separated(method.freeze_extra_modules)
     outside = {n: p for n, p in model.named_parameters() if ".layers." not in n}
     for module in extra:
         matched = [p for n, p in outside.items() if module in n.split(".")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.config.schema import comma_separated
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -178,5 +179,4 @@ def attach_adapters(model, adapter_paths: list[str], *, merge: bool):
     return model
 
 
-def split_paths(value: str | None) -> list[str]:
-    return [p.strip() for p in (value or "").split(",") if p.strip()]
+split_paths = comma_separated  # adapter_name_or_path's folders
