@@ -19,6 +19,14 @@ def keeps_frozen_weights_bf16(bf16: bool, finetuning_type: str) -> bool:
     return bf16 and finetuning_type != "full"
 
 
+def loads_untrained_models_bf16(bf16: bool, pure_bf16: bool) -> bool:
+    """A model that never trains in the run (an explicit `ref_model`, the reward model) loads
+    in bf16 under bf16 mixed or pure bf16, as LLaMA-Factory loads them (autocast computes with
+    bf16 weights anyway; half the memory); in fp32 otherwise (fp16 mixed keeps fp32 weights: an
+    fp16 residual stream can overflow)."""
+    return bf16 or pure_bf16
+
+
 @dataclass(frozen=True)
 class Precision:
     """How weights are kept and computed."""
@@ -51,13 +59,11 @@ class Precision:
 
     @property
     def frozen_model_dtype(self):
-        """The dtype of a model that never trains in this run (an explicit `ref_model`, PPO's
-        reward model): bf16 under bf16 mixed or pure bf16, as LLaMA-Factory loads them (autocast
-        computes with bf16 weights anyway; half the memory); fp32 otherwise (fp16 mixed keeps
-        fp32 weights: an fp16 residual stream can overflow)."""
+        """The dtype of a model that never trains in this run (loads_untrained_models_bf16)."""
         import torch
 
-        return torch.bfloat16 if self.bf16 or self.pure_bf16 else torch.float32
+        bf16 = loads_untrained_models_bf16(self.bf16, self.pure_bf16)
+        return torch.bfloat16 if bf16 else torch.float32
 
     def describe(self) -> str:
         if self.pure_bf16:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lmforge.config.plan import keeps_frozen_weights_bf16
+from lmforge.config.plan import keeps_frozen_weights_bf16, loads_untrained_models_bf16
 from lmforge.errors import UserError
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
@@ -79,8 +79,8 @@ class Settings:
     @property
     def frozen_model_bytes(self) -> int:
         """Bytes per weight of a model that never trains (`ref_model`, the reward model), as
-        Precision.frozen_model_dtype loads it: bf16 under bf16 mixed or pure bf16, else fp32."""
-        return 2 if (self.bf16 or self.pure_bf16) else 4
+        Precision.frozen_model_dtype loads it."""
+        return 2 if loads_untrained_models_bf16(self.bf16, self.pure_bf16) else 4
 
     @property
     def frozen_weights_bf16(self) -> bool:
