@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        if _reported_to_launcher(exc):
-            return EXIT_USER_ERROR  # the torchrun launcher prints it once, for all workers
+        if _reported_to_launcher(exc) or _printed_by_another_worker(exc):
+            return EXIT_USER_ERROR  # printed once, not once per worker
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -221,6 +221,13 @@ def _reported_to_launcher(exc: UserError) -> bool:
     from lmforge.train.launch import report_user_error
 
     return report_user_error(exc)
+
+
+def _printed_by_another_worker(exc: UserError) -> bool:
+    """Under an outside launcher (`accelerate launch`): the same error is printed once."""
+    from lmforge.train.launch import printed_by_another_worker
+
+    return printed_by_another_worker(exc)
 
 
 def config_arguments(command: str, extra: list[str]) -> tuple[str | None, list[str]]:

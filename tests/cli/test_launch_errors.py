@@ -148,6 +148,42 @@ def test_a_worker_hands_its_user_error_to_the_launcher(tmp_path, monkeypatch):
     assert error.format() == "first. Fix: do y."  # the lowest rank's
 
 
+def test_workers_of_an_outside_launcher_print_the_same_error_once(tmp_path):
+    """`accelerate launch` starts the workers itself (no LMFORGE_USER_ERROR_FILE): the first
+    worker of the launch prints the paragraph, the others exit with code 2 silently; a
+    different error is still printed."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    env.pop(launch.USER_ERROR_FILE, None)
+
+    def worker(rank: int, finetuning_type: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "lmforge", "train", "--finetuning_type", finetuning_type]
+        worker_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        return subprocess.run(command, env=worker_env, capture_output=True, text=True)
+
+    first, second = worker(0, "qlora"), worker(1, "qlora")
+    assert (first.returncode, second.returncode) == (2, 2)
+    assert first.stderr.startswith("error: command line: `finetuning_type: qlora` is not one of")
+    assert second.stderr == ""
+    other = worker(1, "qlora2")
+    assert other.returncode == 2 and "`finetuning_type: qlora2`" in other.stderr
+
+
+def test_a_worker_error_left_by_an_earlier_launch_is_printed_again(tmp_path, monkeypatch):
+    """The workers of one launch share their parent's pid; a file left behind by an earlier
+    launch whose agent had the same pid is older than a launch's workers are apart."""
+    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    error = UserError("bad", fix="do x")
+    assert not launch.printed_by_another_worker(error)
+    assert launch.printed_by_another_worker(error)
+    (left,) = tmp_path.glob("lmforge-*-worker-errors/*")
+    os.utime(left, (1, 1))
+    assert not launch.printed_by_another_worker(error)
+    monkeypatch.delenv("LOCAL_RANK")  # not a worker: always printed
+    assert not launch.printed_by_another_worker(error)
+
+
 def test_an_error_found_in_the_workers_is_one_paragraph(tmp_path, settings):
     """The model folder is checked by the workers (after torchrun started them)."""
     path = write(tmp_path, {**settings, "model_name_or_path": str(tmp_path / "no-model")})

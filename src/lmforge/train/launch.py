@@ -7,13 +7,15 @@ variables say how: NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT.
 A user error stays one paragraph and exit code 2 under torchrun too: the launcher checks the
 config before any worker starts (`preflight`), and an error a worker finds later is handed to
 the launcher through a file (LMFORGE_USER_ERROR_FILE), which prints it once in place of torch
-elastic's ChildFailedError traceback.
+elastic's ChildFailedError traceback. Under an outside launcher (`accelerate launch`) the
+workers of a launch print the same error once between them (`printed_by_another_worker`).
 """
 
 from __future__ import annotations
 
 import codecs
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -21,9 +23,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-import torch
 
 from lmforge.errors import UserError
 
@@ -43,6 +44,8 @@ def should_relaunch() -> bool:
         return False
     if os.environ.get("FORCE_TORCHRUN", "").strip().lower() in _TRUE:
         return True
+    import torch  # here, not at the top: the error path below runs without it
+
     return torch.cuda.device_count() > 1
 
 
@@ -53,6 +56,8 @@ def _free_port() -> int:
 
 
 def torchrun_command(cli_args: list[str]) -> list[str]:
+    import torch
+
     nproc = os.environ.get("NPROC_PER_NODE") or str(max(torch.cuda.device_count(), 1))
     return [
         sys.executable,
@@ -133,6 +138,8 @@ def preflight(config) -> None:
     """The checks a worker would make before loading the model, made once in the launcher so
     that a user error is one paragraph (exit code 2) before torchrun starts any worker. Runs
     on a copy: the workers read the config themselves."""
+    import torch
+
     from lmforge import device
     from lmforge.config.resolve import resolve_for_training
     from lmforge.data.sources.load import check_datasets
@@ -215,6 +222,36 @@ def report_user_error(error: UserError) -> bool:
     except OSError:
         return False
     return True
+
+
+_SAME_LAUNCH_S = 120  # workers of one launch meet the same error within seconds of each other
+
+
+def printed_by_another_worker(error: UserError) -> bool:
+    """In a worker that an outside launcher started (`accelerate launch`, torchrun, deepspeed):
+    True when another worker of this launch on this machine has already printed the same
+    error, so that one paragraph is not printed once per GPU. The workers of one launch share
+    their parent (the launcher's agent); a different error is still printed by its worker."""
+    if not is_launched():
+        return False
+    digest = hashlib.sha256(error.format().encode("utf-8")).hexdigest()[:16]
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"lmforge-{user}-worker-errors"
+    path = folder / f"{os.getppid()}-{digest}"
+    try:
+        folder.mkdir(exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < _SAME_LAUNCH_S:
+                return True
+            os.utime(path)  # left by an earlier launch whose agent had the same pid
+        except OSError:
+            pass
+        return False
+    except OSError:
+        return False
+    return False
 
 
 def _worker_error(folder: str) -> UserError | None:
