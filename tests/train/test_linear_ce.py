@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_model, run_train
+from lmforge.train.losses import linear_ce
 from lmforge.train.losses.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
 
 
@@ -76,6 +77,73 @@ def test_softcapped_logits_loss_and_gradients_equal_the_plain_formula():
     assert total.item() == pytest.approx(plain.item(), rel=1e-5)
     assert torch.allclose(hidden.grad, 0.5 * expected[0], rtol=1e-4, atol=1e-6)
     assert torch.allclose(weight.grad, 0.5 * expected[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_bf16_projection_gradients_equal_the_plain_formula_within_bf16_rounding(softcap):
+    """Under mixed precision the projection runs in bf16 and the softmax in fp32; the gradient's
+    row terms (1 / sum, minus one at the target) are applied after the matmuls. Against the
+    plain formula on the same bf16 logits in fp32: loss within 1e-3, both gradients within bf16
+    rounding (what autocast's own head and loss would give)."""
+    torch.manual_seed(4)
+    hidden = torch.randn(2, 21, 32).to(torch.bfloat16).requires_grad_()
+    weight = (torch.randn(300, 32) * 0.5).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, 300, (2, 21))
+    labels[0, :7] = -100
+    total, count = linear_cross_entropy_sum(
+        hidden, weight, labels, softcap=softcap, chunk_tokens=8, dtype=torch.bfloat16
+    )
+    total.backward()
+    h32 = hidden.detach().float().requires_grad_()
+    w32 = weight.detach().float().requires_grad_()
+    logits = (h32 @ w32.t()).bfloat16().float()[:, :-1]
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    plain = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 300), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    plain.backward()
+    assert count == 2 * 20 - 6
+    assert total.item() == pytest.approx(plain.item(), rel=1e-3)
+    for got, want in ((hidden.grad, h32.grad), (weight.grad, w32.grad)):
+        assert got.dtype == torch.bfloat16
+        error = (got.float() - want).norm() / want.norm()
+        assert error < 1e-2, error
+
+
+@pytest.mark.parametrize("logit_offset", [0.0, 200.0, -300.0], ids=["near0", "large", "negative"])
+def test_rows_far_from_zero_are_shifted_by_their_maximum(logit_offset, monkeypatch):
+    """On a CPU exp is taken of the logits themselves where that is safe; rows whose logits lie
+    far above or below 0 (overflow, or underflow of every term) take the softmax's shift by the
+    row maximum. The same loss and gradients either way, in fp32 to 1e-5."""
+    torch.manual_seed(5)
+    hidden = torch.randn(1, 13, 16)
+    hidden[..., 0] = 1.0
+    weight = torch.randn(70, 16)
+    weight[:, 0] = logit_offset  # every logit moves by the offset, the softmax does not
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    labels = torch.randint(0, 70, (1, 13))
+    shifted = []
+    needs_shift = linear_ce._needs_shift
+
+    def recorded(top):
+        shifted.append(needs_shift(top))
+        return shifted[-1]
+
+    monkeypatch.setattr(linear_ce, "_needs_shift", recorded)
+    total, _ = linear_cross_entropy_sum(hidden, weight, labels, chunk_tokens=5)
+    assert shifted == [logit_offset != 0.0] * 3  # 12 positions in chunks of 5
+    total.backward()
+    h = hidden.detach().clone().requires_grad_()
+    w = weight.detach().clone().requires_grad_()
+    plain = torch.nn.functional.cross_entropy((h @ w.t())[0, :-1], labels[0, 1:], reduction="sum")
+    plain.backward()
+    assert torch.isfinite(total) and total.item() == pytest.approx(plain.item(), rel=1e-5)
+    # the offset column's gradient is offset * (sum of p - 1) = 0 up to fp32 rounding, in both
+    cancellation = 1e-5 + 1e-6 * abs(logit_offset)
+    assert torch.allclose(hidden.grad, h.grad, rtol=1e-4, atol=cancellation)
+    assert torch.allclose(weight.grad, w.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_no_gradient_work_under_no_grad():
