@@ -358,7 +358,9 @@ def coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None, *, 
         result = word if word in choices else result
     if choices and result not in choices:
         # `yes`, `on` and `true` all reach us as true: say so rather than show a word not written
-        read_as = f" (YAML reads {'yes, on and true' if value else 'no, off and false'} as {result})"
+        read_as = (
+            f" (YAML reads {'yes, on and true' if value else 'no, off and false'} as {result})"
+        )
         raise UserError(
             f"`{key}: {result}` is not one of {', '.join(choices)}"
             + (read_as if isinstance(value, bool) else ""),
