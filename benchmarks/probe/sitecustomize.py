@@ -158,7 +158,8 @@ def _install(trainer_module) -> None:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.profiler.profile(activities=activities) as prof:
+        shapes = bool(os.environ.get("BENCH_PROFILE_SHAPES"))  # which tensors the time went to
+        with torch.profiler.profile(activities=activities, record_shapes=shapes) as prof:
             result = original_step(self, model, inputs, *args, **kwargs)
             if cuda:
                 torch.cuda.synchronize()
@@ -173,6 +174,9 @@ def _install(trainer_module) -> None:
             text += f", GPU busy {busy:.1f} ms in {launches} kernel runs"
             text += "\n\n" + events.table(sort_by="self_device_time_total", row_limit=25)
         text += "\n\n" + events.table(sort_by="self_cpu_time_total", row_limit=30)
+        if shapes:
+            by_shape = prof.key_averages(group_by_input_shape=True)
+            text += "\n\n" + by_shape.table(sort_by="self_cpu_time_total", row_limit=40)
         with open(profile_path, "a") as handle:
             handle.write(text + "\n")
         return result
