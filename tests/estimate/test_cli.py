@@ -39,13 +39,38 @@ def test_json_keys(tmp_path, tiny_model_dir, capsys):
 
 
 def test_text_report_on_this_machine(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    monkeypatch.setattr("lmforge.estimate.devices.cpu_matmul_peak", lambda: 100e9)
+    monkeypatch.setattr("lmforge.estimate.devices.cpu_matmul_peak", lambda **_: 100e9)
     path = write_config(tmp_path, tiny_model_dir)
     code, out = _estimate(capsys, str(path), "--finetuning_type", "full")
     assert code == 0
     for word in ("Peak memory per device", "weights", "optimizer states", "activations", "Time"):
         assert word in out.out
     assert "Room to spare" in out.out  # a tiny model: far below the limit
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_bf16_run_on_a_bf16_cpu_is_timed_at_the_bf16_peak(
+    tmp_path, tiny_model_dir, capsys, monkeypatch, bf16
+):
+    """On a CPU with native bf16 a bf16 run computes at the bf16 matmul peak, of which lmforge
+    reaches its own share (gpus.yaml cpu_bf16); fp32 runs at the fp32 peak. The tiny model's
+    fp32 checkpoint loaded in bf16 is a loading phase of its own."""
+    import torch
+
+    def peak(seconds=0.6, dtype=None):
+        return 200e9 if dtype == torch.bfloat16 else 100e9
+
+    monkeypatch.setattr("lmforge.estimate.devices.cpu_matmul_peak", peak)
+    monkeypatch.setattr("lmforge.device.supports_bf16", lambda: True)
+    path = write_config(tmp_path, tiny_model_dir)
+    code, out = _estimate(capsys, str(path), f"bf16={str(bf16).lower()}")
+    assert code == 0
+    if bf16:
+        assert "at MFU 45% of 0.2 TFLOP/s (bf16 matmul peak measured now" in out.out
+        assert "loading (CPU)" in out.out
+    else:
+        assert "at MFU 56% of 0.1 TFLOP/s (fp32 matmul peak measured now" in out.out
+        assert "loading (CPU)" not in out.out
 
 
 @pytest.mark.parametrize(

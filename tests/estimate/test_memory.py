@@ -292,25 +292,28 @@ def test_loaded_reference_and_reward_models_take_bf16_under_bf16():
     )
 
 
-def test_bf16_head_on_the_cpu_copies_its_weight_per_row():
-    """The model's one-position logits with a bf16 head on the CPU: torch expands the head
-    weight over the rows and copies it (rows x vocab x hidden x 2 bytes) at the end of the
-    forward pass; the larger of it and the loss's buffers counts on top of the activations."""
-    est = estimate_memory(SHAPE, FROZEN_BF16, BATCH, device_kind="cpu")
+def test_loading_a_checkpoint_in_another_dtype_is_a_phase_of_its_own_on_the_cpu():
+    """An fp32 checkpoint loaded in bf16 (or quantized) is read through its memory map: its
+    pages count next to the converted weights until loading ends, before anything trains.
+    The run's peak is the larger of that and training's; loaded in its own dtype, the file's
+    pages are the weights (no phase), and on a GPU they are host memory (not counted)."""
+    fp32_file = replace(SHAPE, checkpoint_param_bytes=4)
+    est = estimate_memory(fp32_file, FROZEN_BF16, BATCH, device_kind="cpu")
     t = est.terms
-    assert t["output head (CPU)"] == 2 * 1000 * 64 * 2
-    fixed = sum(v for k, v in t.items() if k not in est.peak_group)
-    forward = t["activations"] + t["allocator (CPU)"]
-    assert est.total == fixed + forward + max(t["loss buffers"], t["output head (CPU)"])
+    assert est.loading == t["framework"] + t["weights"] + 1_000_000 * 4
+    assert est.total == max(est.training, est.loading)
+    big_file = replace(fp32_file, checkpoint_param_bytes=4, total_params=10**9)
+    est = estimate_memory(big_file, FROZEN_BF16, BATCH, device_kind="cpu")
+    assert est.loading > est.training and est.total == est.loading
 
-    def head(settings, batch=BATCH, kind="cpu"):
-        terms = estimate_memory(SHAPE, settings, batch, device_kind=kind).terms
-        return terms.get("output head (CPU)", 0)
+    def loading(shape, settings, kind="cpu"):
+        return estimate_memory(shape, settings, BATCH, device_kind=kind).loading
 
-    assert head(FROZEN_BF16, replace(BATCH, rows=1, row_len=200, flattened=True)) == 1000 * 64 * 2
-    assert head(FROZEN_BF16, kind="cuda") == 0
-    assert head(replace(FROZEN_BF16, frozen_bf16=False)) == 0  # fp32 weights: cast, not copied
-    assert head(replace(FROZEN_BF16, chunked_loss=False)) == 0  # logits of every position
+    assert loading(fp32_file, SETTINGS) == 0  # fp32 loaded as fp32
+    assert loading(replace(SHAPE, checkpoint_param_bytes=2), FROZEN_BF16) == 0  # bf16 as bf16
+    assert loading(SHAPE, FROZEN_BF16) == 0  # the config names no dtype
+    assert loading(fp32_file, FROZEN_BF16, "cuda") == 0
+    assert loading(replace(SHAPE, checkpoint_param_bytes=2), replace(SETTINGS, quantization_bit=4))
 
 
 def test_total_counts_the_largest_phase_once():

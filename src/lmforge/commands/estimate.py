@@ -50,11 +50,13 @@ def estimate_command(
 
 
 def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=None):
+    import torch
+
     from lmforge import device as this_machine
     from lmforge.config.resolve import resolve_for_training
     from lmforge.estimate import estimate_run
     from lmforge.estimate.advice import advise, larger_batch
-    from lmforge.estimate.devices import card_device, cards, this_device
+    from lmforge.estimate.devices import card_device, cards, computing_in_bf16, this_device
     from lmforge.model.setup import prepare_model_setup
     from lmforge.train.stages import get_stage
 
@@ -73,6 +75,8 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
         cuda=cuda,
         check_output_dir=False,  # nothing is written
     )
+    if target.kind == "cpu" and plan.precision.compute_dtype == torch.bfloat16:
+        target = computing_in_bf16(target, measure_peak)
     stage = get_stage(config.method.stage)
     stage.check(config)
     setup = prepare_model_setup(config)  # tokenizer and template; no weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -22,7 +22,7 @@ class Device:
     name: str
     kind: str  # "cuda" (a GPU, from the table or this machine) or "cpu"
     memory_bytes: int  # what one device holds (CPU: the machine's available RAM)
-    peak_flops: float  # dense bf16 (GPU) or measured fp32 matmul (CPU) FLOP/s
+    peak_flops: float  # dense bf16 (GPU) or measured matmul (CPU: fp32, or bf16) FLOP/s
     mfu: float  # share of the peak lmforge reaches (gpus.yaml)
     source: str  # where the figures come from, for the report
 
@@ -37,7 +37,8 @@ def cards() -> list[dict]:
 
 
 def mfu(kind: str) -> float:
-    return float(card_table()["mfu"]["gpu" if kind == "cuda" else "cpu"])
+    """`kind`: cuda, cpu (fp32) or cpu_bf16."""
+    return float(card_table()["mfu"]["gpu" if kind == "cuda" else kind])
 
 
 def _key(name: str) -> str:
@@ -116,11 +117,27 @@ def available_ram() -> int:
         return 16 * GIB
 
 
-def cpu_matmul_peak(seconds: float = 0.6) -> float:
-    """fp32 FLOP/s of a 1024 x 1024 matmul on this CPU, best of a few (about half a second)."""
+def computing_in_bf16(device: Device, measure_peak=None) -> Device:
+    """This CPU as a run that computes in bf16 sees it (bf16 matmuls on a CPU with native
+    bf16): its bf16 matmul peak and the share of it lmforge reaches there."""
     import torch
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    peak = measure_peak() if measure_peak else cpu_matmul_peak(dtype=torch.bfloat16)
+    return replace(
+        device,
+        peak_flops=peak,
+        mfu=mfu("cpu_bf16"),
+        source="bf16 matmul peak measured now; memory: available RAM",
+    )
+
+
+def cpu_matmul_peak(seconds: float = 0.6, dtype=None) -> float:
+    """FLOP/s of a 1024 x 1024 matmul on this CPU (fp32, or `dtype`), best of a few (about
+    half a second)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
     a @ b  # warm up
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:

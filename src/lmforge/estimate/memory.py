@@ -41,10 +41,12 @@ The loss: lmforge's chunked loss (train/losses/linear_ce.py) takes the decoder's
 states in the model's dtype, keeps the trained positions' ones and their gradient, and projects
 them in the autocast dtype one logits chunk of `chunk_tokens_for(vocab, device)` positions at a
 time (128 MiB of fp32 logits on the CPU, 512 MiB on CUDA); an fp32 head under autocast is cast
-to 16 bits by the model's own one-position head and again by the loss. On the CPU a bf16 head
-makes that one-position head copy its weight per row for a moment (`output_head_bytes`).
+to 16 bits by the model's own one-position head and again by the loss.
 liger-kernel's fused loss chunks every position; the plain loss keeps fp32 logits, their
 log-softmax and its gradient for every position.
+
+Loading, on the CPU: a checkpoint converted as it loads (fp32 file, bf16 weights) has its file's
+pages in memory next to the converted weights until loading ends (`loading_bytes`).
 """
 
 from __future__ import annotations
@@ -77,7 +79,6 @@ SINGLE_QUANT_4BIT_BITS = 4 + 32 / 64  # double_quantization: false: an fp32 scal
 PEAK_GROUP = (
     "activations",
     "loss buffers",
-    "output head (CPU)",
     "allocator (CPU)",
     "optimizer step",
     "rollout KV cache",
@@ -92,22 +93,27 @@ class Estimate:
     details: dict[str, str] = field(default_factory=dict)  # term -> how it was counted
     peak_group: tuple[str, ...] = ()  # terms of which only the largest group counts at once
     notes: list[str] = field(default_factory=list)
+    loading: int = 0  # the CPU's peak while the weights convert, before training (0: none)
+    loading_detail: str = ""
 
     @property
-    def total(self) -> int:
+    def training(self) -> int:
         fixed = sum(v for k, v in self.terms.items() if k not in self.peak_group)
         return fixed + self.transient
 
     @property
+    def total(self) -> int:
+        return max(self.training, self.loading)
+
+    @property
     def transient(self) -> int:
         """The largest of the step's phases: the end of the forward pass and the loss
-        (activations + the output head's or the loss's buffers), the optimizer step (with the
-        gradients when they are in the peak group), generation."""
+        (activations + the loss's buffers), the optimizer step (with the gradients when they
+        are in the peak group), generation."""
         t = self.terms
         grads = t.get("gradients", 0) if "gradients" in self.peak_group else 0
-        after_forward = max(t.get("loss buffers", 0), t.get("output head (CPU)", 0))
         phases = [
-            t.get("activations", 0) + after_forward + t.get("allocator (CPU)", 0),
+            t.get("activations", 0) + t.get("loss buffers", 0) + t.get("allocator (CPU)", 0),
             grads + t.get("optimizer step", 0),
             t.get("rollout KV cache", 0),
         ]
@@ -209,13 +215,6 @@ def estimate_memory(
         shape, settings, batch, device_kind
     )
     terms["loss buffers"], details["loss buffers"] = loss_bytes(shape, settings, batch, device_kind)
-    head = output_head_bytes(shape, settings, batch, device_kind)
-    if head:
-        terms["output head (CPU)"] = head
-        details["output head (CPU)"] = (
-            f"the model's logits of one position: torch copies the bf16 head weight "
-            f"({shape.vocab:,} x {shape.hidden}) for each of the {batch.rows} rows"
-        )
     if settings.generated_tokens:
         rows = settings.batch_size * settings.generations
         length = batch.row_len
@@ -239,7 +238,26 @@ def estimate_memory(
     else:
         terms["framework"] = CPU_PROCESS_BYTES
         details["framework"] = "the Python process: torch, transformers, tokenizer, data"
+        est.loading, est.loading_detail = loading_bytes(shape, settings, terms)
     return est
+
+
+def loading_bytes(shape: ModelShape, settings: Settings, terms: dict[str, int]) -> tuple[int, str]:
+    """The CPU's peak while the model loads, before anything trains: a checkpoint in another
+    dtype than the one loaded (an fp32 file loaded in bf16, or quantized) is read through its
+    memory map, and its pages count in the process's memory until loading ends, next to the
+    converted weights (measured: gemma-3-270m's fp32 file to bf16, 1.6 GiB above the
+    process's; loaded as fp32, the file's pages are the weights). 0 when no conversion."""
+    file_bytes = shape.checkpoint_param_bytes
+    converted = settings.quantization_bit or file_bytes != settings.weight_bytes
+    if not file_bytes or not converted:
+        return 0, ""
+    checkpoint = shape.total_params * file_bytes
+    size = terms["framework"] + terms["weights"] + checkpoint
+    return size, (
+        f"framework + weights + the checkpoint's pages while loading converts them "
+        f"({shape.total_params:,} x {file_bytes} B)"
+    )
 
 
 def uses_chunked_loss(shape: ModelShape, settings: Settings) -> bool:
@@ -443,23 +461,6 @@ def _mask_bytes(
             total += a * rows * length * length
             kinds.add(window)
     return total + len(kinds) * rows * length * length  # transformers' boolean masks
-
-
-def output_head_bytes(
-    shape: ModelShape, settings: Settings, batch: Batch, device_kind: str = "cpu"
-) -> int:
-    """With the chunked loss the model still computes the logits of one position. On the CPU,
-    with a bf16 head weight (pure_bf16, or frozen under frozen_bf16), torch's matmul of the
-    (rows, 1, hidden) slice does not fold into one matrix product: it expands the transposed
-    weight over the rows and copies it, rows x vocab x hidden x 2 bytes for a moment at the end
-    of the forward pass (measured: 1.25 GiB for Gemma 3's head and 4 padded rows; 320 MiB for
-    a padding-free row). An fp32 head under autocast is cast to a contiguous copy instead
-    (counted in the loss buffers)."""
-    if device_kind != "cpu" or not uses_chunked_loss(shape, settings):
-        return 0
-    if settings.weight_bytes != 2:  # the model's weights, its head's included, are fp32
-        return 0
-    return batch.rows * shape.vocab * shape.hidden * 2
 
 
 def loss_bytes(

@@ -54,6 +54,9 @@ class ModelShape:
     # The RMSNorm returns its input's dtype whatever its weight's (Gemma's); else its product
     # with an fp32 weight is fp32 (LLaMA's, for bf16 inputs in a layer whose weights train)
     norm_keeps_input_dtype: bool = False
+    checkpoint_param_bytes: int = (
+        0  # bytes of a weight in the checkpoint (config's dtype); 0: unsaid
+    )
 
     @property
     def q_size(self) -> int:
@@ -216,7 +219,16 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
         lora_shared_input_width=shared_width if lora else 0,
         lora_reads_attention_output=reads_attention_output and lora,
         norm_keeps_input_dtype=_norm_keeps_input_dtype(layer0, norms, hidden),
+        checkpoint_param_bytes=_dtype_bytes(getattr(model.config, "dtype", None)),
     )
+
+
+def _dtype_bytes(dtype) -> int:
+    import torch
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 0
 
 
 # The attention's output projection under the names transformers' families give it: it reads

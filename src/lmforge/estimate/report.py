@@ -15,7 +15,6 @@ TERM_ORDER = (
     "reference model",
     "activations",
     "loss buffers",
-    "output head (CPU)",
     "allocator (CPU)",
     "optimizer step",
     "rollout KV cache",
@@ -91,16 +90,17 @@ def render(
         value = r.memory.terms[name]
         detail = r.memory.details.get(name, "")
         lines.append(f"  {name:<18}{gib(value):>12}   {detail}")
-    after_forward = (
-        "the larger of loss buffers and output head"
-        if "output head (CPU)" in r.memory.terms
-        else "loss buffers"
-    )
     lines.append(
-        f"  (not alive at once, the largest counts: activations + {after_forward} (+ allocator); "
+        "  (not alive at once, the largest counts: activations + loss buffers (+ allocator); "
         + ("gradients + " if "gradients" in r.memory.peak_group else "")
         + "optimizer step; rollout KV cache)"
     )
+    if r.memory.loading:
+        above = r.memory.loading > r.memory.training
+        than = f"{'above' if above else 'below'} training's {gib(r.memory.training)}"
+        detail = r.memory.loading_detail
+        lines.append(f"  {'loading (CPU)':<18}{gib(r.memory.loading):>12}   {detail}")
+        lines.append(f"  {'':<30}   before training, {than}{': the peak' if above else ''}")
     share = r.total / device.memory_bytes if device.memory_bytes else float("inf")
     lines.append(
         f"  {'total':<18}{gib(r.total):>12}   of {gib(device.memory_bytes)}: {r.verdict} "
@@ -155,6 +155,8 @@ def to_dict(
     t = r.time
     return {
         "total_bytes": r.total,
+        "training_bytes": r.memory.training,
+        "loading_bytes": r.memory.loading,
         "device_bytes": r.device.memory_bytes,
         "fits": r.fits,
         "verdict": r.verdict,
