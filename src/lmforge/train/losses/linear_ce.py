@@ -116,7 +116,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 scaled = h.float() * row_scale
                 grad_weight += (exps.t() @ scaled.to(weight.dtype)).float()
                 target_rows = h.float() if target_scale is None else h.float() * target_scale
-                grad_weight.index_add_(0, t, target_rows, alpha=-1)
+                # accumulate=True: repeated targets add up, deterministically on CUDA too
+                grad_weight.index_put_((t,), target_rows.neg(), accumulate=True)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
