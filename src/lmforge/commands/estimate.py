@@ -56,7 +56,7 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
     from lmforge.config.resolve import resolve_for_training
     from lmforge.estimate import estimate_run
     from lmforge.estimate.advice import advise, larger_batch
-    from lmforge.estimate.devices import card_device, cards, computing_in_bf16, this_device
+    from lmforge.estimate.devices import card_device, cards, this_device
     from lmforge.model.setup import prepare_model_setup
     from lmforge.train.stages import get_stage
 
@@ -67,16 +67,15 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
             "--calibrate measures steps on this machine, so it cannot be combined with --gpu",
             fix="drop --gpu to calibrate here, or --calibrate to estimate for the named card",
         )
-    target = card_device(gpu) if gpu else this_device(measure_peak=measure_peak)
-    cuda = target.kind == "cuda"
+    cuda = bool(gpu) or torch.cuda.is_available()
     plan = resolve_for_training(
         config,
         bf16_supported=True if gpu else this_machine.supports_bf16(),
         cuda=cuda,
         check_output_dir=False,  # nothing is written
     )
-    if target.kind == "cpu" and plan.precision.compute_dtype == torch.bfloat16:
-        target = computing_in_bf16(target, measure_peak)
+    bf16 = plan.precision.compute_dtype == torch.bfloat16
+    target = card_device(gpu) if gpu else this_device(measure_peak=measure_peak, bf16=bf16)
     stage = get_stage(config.method.stage)
     stage.check(config)
     setup = prepare_model_setup(config)  # tokenizer and template; no weights

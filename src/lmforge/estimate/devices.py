@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -71,9 +71,11 @@ def card_device(name: str) -> Device:
     )
 
 
-def this_device(*, measure_peak=None) -> Device:
+def this_device(*, measure_peak=None, bf16: bool = False) -> Device:
     """The device here: the first CUDA GPU (matched in gpus.yaml for its throughput), else the
-    CPU with its available RAM and a matmul peak measured now."""
+    CPU with its available RAM and a matmul peak measured now, in the dtype the run computes
+    in (`bf16`: bf16 matmuls on a CPU with native bf16, of which lmforge reaches its own
+    share)."""
     import torch
 
     if torch.cuda.is_available():
@@ -84,14 +86,15 @@ def this_device(*, measure_peak=None) -> Device:
         except UserError:
             peak, source = 100e12, "not in gpus.yaml: 100 TFLOP/s assumed"
         return Device(props.name, "cuda", props.total_memory, peak, mfu("cuda"), source)
-    peak = (measure_peak or cpu_matmul_peak)()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peak = measure_peak() if measure_peak else cpu_matmul_peak(dtype=dtype)
     return Device(
         name=f"CPU ({os.cpu_count()} cores)",
         kind="cpu",
         memory_bytes=available_ram(),
         peak_flops=peak,
-        mfu=mfu("cpu"),
-        source="fp32 matmul peak measured now; memory: available RAM",
+        mfu=mfu("cpu_bf16" if bf16 else "cpu"),
+        source=f"{'bf16' if bf16 else 'fp32'} matmul peak measured now; memory: available RAM",
     )
 
 
@@ -115,20 +118,6 @@ def available_ram() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return 16 * GIB
-
-
-def computing_in_bf16(device: Device, measure_peak=None) -> Device:
-    """This CPU as a run that computes in bf16 sees it (bf16 matmuls on a CPU with native
-    bf16): its bf16 matmul peak and the share of it lmforge reaches there."""
-    import torch
-
-    peak = measure_peak() if measure_peak else cpu_matmul_peak(dtype=torch.bfloat16)
-    return replace(
-        device,
-        peak_flops=peak,
-        mfu=mfu("cpu_bf16"),
-        source="bf16 matmul peak measured now; memory: available RAM",
-    )
 
 
 def cpu_matmul_peak(seconds: float = 0.6, dtype=None) -> float:

@@ -54,9 +54,8 @@ class ModelShape:
     # The RMSNorm returns its input's dtype whatever its weight's (Gemma's); else its product
     # with an fp32 weight is fp32 (LLaMA's, for bf16 inputs in a layer whose weights train)
     norm_keeps_input_dtype: bool = False
-    checkpoint_param_bytes: int = (
-        0  # bytes of a weight in the checkpoint (config's dtype); 0: unsaid
-    )
+    # Bytes of a weight in the checkpoint files (config.json's dtype); 0 when it says none
+    checkpoint_param_bytes: int = 0
 
     @property
     def q_size(self) -> int:
