@@ -184,6 +184,32 @@ def test_train_prints_the_line_and_stops_when_far_over(
     assert any("memory: estimated peak" in r.getMessage() for r in caplog.records)
 
 
+def test_a_stop_for_the_loading_peak_says_it_is_loading(tmp_path, tiny_model_dir, monkeypatch):
+    """When converting the checkpoint as it loads is the run's peak (estimate.memory
+    loading_bytes), the stop names that phase, not training's terms, which sum to less."""
+    from lmforge.errors import UserError
+    from lmforge.estimate import check
+    from lmforge.train.run import run_training
+
+    real = check.estimate_run
+
+    def loading_peak(*args, **kwargs):
+        result, shape_for = real(*args, **kwargs)
+        result.memory.loading = 5 * GIB
+        result.memory.loading_detail = "framework + weights + the checkpoint's pages"
+        return result, shape_for
+
+    monkeypatch.setattr(check, "estimate_run", loading_peak)
+    monkeypatch.setattr(check, "free_memory", lambda kind: 2 * GIB)
+    config = load_config(write_config(tmp_path, tiny_model_dir, max_steps=1))
+    expected = (
+        r"needs about 5\.00 GiB per device at its peak \(while loading: framework \+ weights "
+        r"\+ the checkpoint's pages; training's own 0\.\d\d GiB\)"
+    )
+    with pytest.raises(UserError, match=expected):
+        run_training(config)
+
+
 def test_settings_follow_the_config(tmp_path, tiny_model_dir):
     roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
     result, _ = _result(

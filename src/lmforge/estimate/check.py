@@ -41,9 +41,10 @@ def memory_line_and_check(config, plan, setup, data, *, free_bytes: int | None =
         return line
     advice = advise(result, shape_for)
     fixes = "; ".join(f"{a.change} ({gib(a.result.total)})" for a in advice[:4])
-    terms = ", ".join(
-        f"{name} {gib(value)}" for name, value in result.memory.terms.items() if value
-    )
+    memory = result.memory
+    terms = ", ".join(f"{name} {gib(value)}" for name, value in memory.terms.items() if value)
+    if memory.loading > memory.training:  # the peak is before training: say what it holds
+        terms = f"while loading: {memory.loading_detail}; training's own {gib(memory.training)}"
     raise UserError(
         f"this run needs about {gib(result.total)} per device at its peak ({terms}) and "
         f"{'the GPU' if kind == 'cuda' else 'this machine'} has {gib(limit)} free, so it would "
