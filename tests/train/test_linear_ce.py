@@ -111,6 +111,62 @@ def test_bf16_projection_gradients_equal_the_plain_formula_within_bf16_rounding(
         assert error < 1e-2, error
 
 
+@pytest.mark.parametrize("chunk_tokens", [5, 64], ids=["three chunks", "one chunk"])
+def test_fp32_head_projected_in_bf16_gets_an_fp32_gradient_summed_over_chunks(chunk_tokens):
+    """Full fine-tuning under bf16 mixed precision: fp32 master weights, the projection in
+    bf16. Each chunk's weight gradient is a bf16 product added to one fp32 sum; the gradient
+    handed back is fp32 and equals the plain formula on the same bf16 logits within bf16
+    rounding, scaled by the upstream gradient once."""
+    torch.manual_seed(5)
+    hidden = torch.randn(2, 9, 32).requires_grad_()
+    weight = (torch.randn(300, 32) * 0.5).requires_grad_()
+    labels = torch.randint(0, 300, (2, 9))
+    labels[1, :3] = -100
+    total, count = linear_cross_entropy_sum(
+        hidden, weight, labels, chunk_tokens=chunk_tokens, dtype=torch.bfloat16
+    )
+    (total * 0.25).backward()
+    h32 = hidden.detach().clone().requires_grad_()
+    w32 = weight.detach().clone().requires_grad_()
+    logits = (h32.bfloat16() @ w32.bfloat16().t()).float()[:, :-1]
+    plain = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 300), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    (plain * 0.25).backward()
+    assert count == 2 * 8 - 2
+    assert total.item() == pytest.approx(plain.item(), rel=1e-3)
+    assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    for got, want in ((hidden.grad, h32.grad), (weight.grad, w32.grad)):
+        error = (got - want).norm() / want.norm()
+        assert error < 1e-2, error
+
+
+def test_no_trained_position_gives_zero_gradients():
+    """A batch whose labels are all masked: loss 0 and zero gradients, the head's included
+    (its fp32 sum is written by the first chunk, and here there is none)."""
+    hidden = torch.randn(1, 6, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    labels = torch.full((1, 6), -100)
+    total, count = linear_cross_entropy_sum(hidden, weight, labels, dtype=torch.bfloat16)
+    total.backward()
+    assert count == 0 and total.item() == 0.0
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert hidden.grad.abs().sum().item() == 0.0
+
+
+def test_a_second_backward_through_the_same_graph_is_refused_not_scaled_twice():
+    """The gradients are scaled in place in the backward pass (no weight-sized copy), so
+    retain_graph's second backward stops with autograd's in-place error."""
+    hidden = torch.randn(1, 6, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    total, _ = linear_cross_entropy_sum(hidden, weight, torch.randint(0, 20, (1, 6)))
+    (total * 0.5).backward(retain_graph=True)
+    first = weight.grad.clone()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
+    assert torch.equal(weight.grad, first)
+
+
 @pytest.mark.parametrize("logit_offset", [0.0, 200.0, -300.0], ids=["near0", "large", "negative"])
 def test_rows_far_from_zero_are_shifted_by_their_maximum(logit_offset, monkeypatch):
     """On a CPU exp is taken of the logits themselves where that is safe; rows whose logits lie
