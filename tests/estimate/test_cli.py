@@ -61,12 +61,14 @@ def test_a_bf16_run_on_a_bf16_cpu_is_timed_at_the_bf16_peak(
         return 200e9 if dtype == torch.bfloat16 else 100e9
 
     monkeypatch.setattr("lmforge.estimate.devices.cpu_matmul_peak", peak)
+    monkeypatch.setattr("lmforge.estimate.devices.cpu_memory_rates", lambda: (30e9, 5e9))
     monkeypatch.setattr("lmforge.device.supports_bf16", lambda: True)
     path = write_config(tmp_path, tiny_model_dir)
     code, out = _estimate(capsys, str(path), f"bf16={str(bf16).lower()}")
     assert code == 0
+    assert " s a step outside the matmuls (host work, weights through memory) -> " in out.out
     if bf16:
-        assert "at MFU 45% of 0.2 TFLOP/s (bf16 matmul peak measured now" in out.out
+        assert "at MFU 48% of 0.2 TFLOP/s (bf16 matmul peak measured now" in out.out
         assert "loading (CPU)" in out.out
     else:
         assert "at MFU 56% of 0.1 TFLOP/s (fp32 matmul peak measured now" in out.out

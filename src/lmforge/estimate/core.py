@@ -11,6 +11,7 @@ from lmforge.estimate.devices import Device
 from lmforge.estimate.memory import Estimate, estimate_memory, uses_chunked_loss
 from lmforge.estimate.model_shape import ModelShape
 from lmforge.estimate.settings import Settings
+from lmforge.estimate.step_overhead import step_overhead
 from lmforge.estimate.timing import TimeEstimate, estimate_time, flops
 
 TIGHT = 0.9  # above this share of the device's memory the verdict is "tight"
@@ -72,7 +73,13 @@ def compute(shape_for: ShapeFor, settings: Settings, lengths: Lengths, device: D
         seed=settings.seed,
     )
     total_flops = flops(shape, settings, data, run, chunked=uses_chunked_loss(shape, settings))
+    overhead = step_overhead(shape, settings, device).per_step(settings.accumulation)
     time = estimate_time(
-        total_flops, run, peak_flops=device.peak_flops, mfu=device.mfu, devices=settings.world_size
+        total_flops,
+        run,
+        peak_flops=device.peak_flops,
+        mfu=device.mfu,
+        devices=settings.world_size,
+        overhead_per_step=overhead,
     )
     return Result(shape, settings, data, batch, memory, time, device)

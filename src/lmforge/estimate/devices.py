@@ -25,6 +25,10 @@ class Device:
     peak_flops: float  # dense bf16 (GPU) or measured matmul (CPU: fp32, or bf16) FLOP/s
     mfu: float  # share of the peak lmforge reaches (gpus.yaml)
     source: str  # where the figures come from, for the report
+    # CPU only (0 elsewhere: a GPU's step is modelled by its MFU alone): memory rates measured
+    # now, for the per-step work that is not matmuls (estimate/step_overhead.py).
+    read_bytes_per_s: float = 0.0  # streaming through memory that is already the process's
+    fresh_bytes_per_s: float = 0.0  # writing memory new from the kernel (page faults)
 
 
 @cache
@@ -71,11 +75,11 @@ def card_device(name: str) -> Device:
     )
 
 
-def this_device(*, measure_peak=None, bf16: bool = False) -> Device:
+def this_device(*, measure_peak=None, measure_memory=None, bf16: bool = False) -> Device:
     """The device here: the first CUDA GPU (matched in gpus.yaml for its throughput), else the
-    CPU with its available RAM and a matmul peak measured now, in the dtype the run computes
-    in (`bf16`: bf16 matmuls on a CPU with native bf16, of which lmforge reaches its own
-    share)."""
+    CPU with its available RAM, a matmul peak measured now, in the dtype the run computes in
+    (`bf16`: bf16 matmuls on a CPU with native bf16, of which lmforge reaches its own share),
+    and its memory rates (cpu_memory_rates)."""
     import torch
 
     if torch.cuda.is_available():
@@ -88,6 +92,7 @@ def this_device(*, measure_peak=None, bf16: bool = False) -> Device:
         return Device(props.name, "cuda", props.total_memory, peak, mfu("cuda"), source)
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = measure_peak() if measure_peak else cpu_matmul_peak(dtype=dtype)
+    read, fresh = measure_memory() if measure_memory else cpu_memory_rates()
     return Device(
         name=f"CPU ({os.cpu_count()} cores)",
         kind="cpu",
@@ -95,6 +100,8 @@ def this_device(*, measure_peak=None, bf16: bool = False) -> Device:
         peak_flops=peak,
         mfu=mfu("cpu_bf16" if bf16 else "cpu"),
         source=f"{'bf16' if bf16 else 'fp32'} matmul peak measured now; memory: available RAM",
+        read_bytes_per_s=read,
+        fresh_bytes_per_s=fresh,
     )
 
 
@@ -134,3 +141,23 @@ def cpu_matmul_peak(seconds: float = 0.6, dtype=None) -> float:
         a @ b
         best = max(best, 2 * 1024**3 / (time.perf_counter() - start))
     return best
+
+
+def cpu_memory_rates(size: int = 2**28, repeats: int = 3) -> tuple[float, float]:
+    """Bytes/s of this CPU (best of a few, about 0.3 s): summing a 256 MiB tensor already in
+    memory, and filling a new one. The second is what a weight-sized tensor made anew every
+    step costs (the kernel maps and zeroes each page first; on the 2-core machine of
+    docs/estimate.md 35 and 4.9 GB/s)."""
+    import torch
+
+    elements = size // 4
+    kept = torch.ones(elements)
+    read = fresh = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        kept.sum()
+        read = min(read, time.perf_counter() - start)
+        start = time.perf_counter()
+        torch.empty(elements).fill_(1.0)
+        fresh = min(fresh, time.perf_counter() - start)
+    return size / read, size / fresh

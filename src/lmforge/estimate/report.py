@@ -115,7 +115,14 @@ def render(
         f"computed, padding included)",
         f"  FLOPs per token: {t.flops_per_token / 1e9:.2f} GFLOP; run: {t.total_flops:.3g} FLOP",
         f"  expected: {t.tokens_per_second:,.0f} tokens/s at MFU {device.mfu:.0%} of "
-        f"{device.peak_flops / 1e12:.3g} TFLOP/s ({device.source}) -> {duration(t.seconds)}",
+        f"{device.peak_flops / 1e12:.3g} TFLOP/s ({device.source})"
+        + (
+            f" + {t.overhead_per_step:.2f} s a step outside the matmuls (host work, weights "
+            "through memory)"
+            if t.overhead_per_step
+            else ""
+        )
+        + f" -> {duration(t.seconds)}",
     ]
     if calibration:
         lines.append(
@@ -192,6 +199,7 @@ def to_dict(
             "total_flops": t.total_flops,
             "tokens_per_second": t.tokens_per_second,
             "seconds": t.seconds,
+            "overhead_seconds_per_step": t.overhead_per_step,
         },
         "calibration": calibration,
         "advice": [

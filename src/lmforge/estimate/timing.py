@@ -11,6 +11,7 @@ Counted as benchmarks/flops.py counts them (multiply-add = 2 FLOPs), per token:
 
 Padding is computed work too (padded rows), so the positions computed, not only the real
 tokens, are counted for the time; MFU (gpus.yaml) is the share of the peak lmforge reaches.
+On a CPU each step adds the work that is not matmuls (step_overhead.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TimeEstimate:
     total_flops: float
     tokens_per_second: float  # real tokens/s of all devices together
     seconds: float
+    overhead_per_step: float = 0.0  # seconds per optimizer step besides the FLOPs (CPU)
 
 
 def causal_pairs(length: int, window: int | None) -> int:
@@ -77,10 +79,19 @@ def _pairs_per_token(shape: ModelShape, lengths: Lengths) -> float:
 
 
 def estimate_time(
-    total_flops: float, run: dict, *, peak_flops: float, mfu: float, devices: int
+    total_flops: float,
+    run: dict,
+    *,
+    peak_flops: float,
+    mfu: float,
+    devices: int,
+    overhead_per_step: float = 0.0,
 ) -> TimeEstimate:
+    """`overhead_per_step`: seconds each optimizer step adds besides its FLOPs (the processes
+    run theirs side by side)."""
     rate = peak_flops * mfu * max(devices, 1)
     seconds = total_flops / rate if rate else float("inf")
+    seconds += run["steps"] * overhead_per_step
     per_token = total_flops / max(run["real_tokens"], 1)
     return TimeEstimate(
         steps=run["steps"],
@@ -90,4 +101,5 @@ def estimate_time(
         total_flops=total_flops,
         tokens_per_second=run["real_tokens"] / seconds if seconds else 0.0,
         seconds=seconds,
+        overhead_per_step=overhead_per_step,
     )
