@@ -136,7 +136,8 @@ def test_activations_by_hand():
     per_layer = (2 + 2) * h + 2 * (q + kv) + 3 * i + 7 * r  # lean MLP: 3 x i
     expected = 4 * per_layer * 200 * 4 + 4 * 4 * 4 * 200 + 3 * h * 200 * 4
     assert est.terms["activations"] == expected
-    assert est.terms["allocator (CPU)"] == int(CPU_RETENTION * expected)
+    # and the LoRA gradients set to None after each update, from glibc's heap
+    assert est.terms["allocator (CPU)"] == int(CPU_RETENTION * expected) + 10_000 * 4
     padded = replace(BATCH, padded=True)
     masked = estimate_memory(SHAPE, SETTINGS, padded, device_kind="cpu")
     # sdpa keeps the mask in the query's dtype per layer, transformers' boolean mask once
@@ -224,19 +225,38 @@ def test_mixed_precision_loss_by_hand():
 
 
 def test_full_fine_tuning_loss_keeps_the_head_gradient_by_hand():
-    """The trained head's fp32 gradient, plus each chunk's contribution while it is added: in
-    the projection's dtype and converted to fp32 (the same tensor in fp32 training)."""
+    """The trained head's fp32 gradient, plus, in a 16-bit projection, one buffer for each
+    chunk's term before it is added (fp32 adds it in place)."""
     full = replace(SHAPE, trainable_params=1_000_000, trained_layers=4)
     s = replace(SETTINGS, finetuning_type="full")
     chunk = min(chunk_tokens_for(1000), 50)
     fp32 = estimate_memory(full, s, BATCH, device_kind="cpu")
-    assert fp32.terms["loss buffers"] == chunk * 1000 * 4 + 2 * 50 * 64 * 4 + 1000 * 64 * (4 + 4)
+    assert fp32.terms["loss buffers"] == chunk * 1000 * 4 + 2 * 50 * 64 * 4 + 1000 * 64 * 4
     mixed = estimate_memory(
         full, replace(s, autocast_16bit=True, bf16=True), BATCH, device_kind="cpu"
     )
     assert mixed.terms["loss buffers"] == (
-        chunk * 1000 * (4 + 2) + 2 * 50 * 64 * 4 + 1000 * 64 * (4 + 2 + 4) + 2 * 1000 * 64 * 2
+        chunk * 1000 * (4 + 2) + 2 * 50 * 64 * 4 + 1000 * 64 * (4 + 2) + 2 * 1000 * 64 * 2
     )
+
+
+def test_freed_layer_gradients_stay_in_the_cpu_heap_unless_they_are_mapped_apart():
+    """Full fine-tuning frees every gradient after the update: glibc keeps the layers' (under
+    its 32 MiB mmap threshold) for the next step, not the embedding's; with accumulation the
+    gradients live on and count in full anyway."""
+    full = replace(SHAPE, trainable_params=1_000_000, trained_layers=4)
+    s = replace(SETTINGS, finetuning_type="full")
+    est = estimate_memory(full, s, BATCH, device_kind="cpu")
+    activations = est.terms["activations"]
+    layers = (1_000_000 - 1000 * 64) * 4  # the embedding (vocab x hidden) is returned
+    assert est.terms["allocator (CPU)"] == int(CPU_RETENTION * activations) + layers
+    wide = replace(full, hidden=4096, intermediate=2048)  # 4096 x 2048 x 4 B = 32 MiB
+    wide_est = estimate_memory(wide, s, BATCH, device_kind="cpu")
+    assert wide_est.terms["allocator (CPU)"] == int(CPU_RETENTION * wide_est.terms["activations"])
+    kept = estimate_memory(full, replace(s, accumulation=2), BATCH, device_kind="cpu")
+    assert kept.terms["allocator (CPU)"] == int(CPU_RETENTION * kept.terms["activations"])
+    assert kept.terms["gradients"] == 1_000_000 * 4
+    assert estimate_memory(full, s, BATCH, device_kind="cuda").terms.get("allocator (CPU)") is None
 
 
 FROZEN_BF16 = replace(SETTINGS, autocast_16bit=True, bf16=True, frozen_bf16=True)
