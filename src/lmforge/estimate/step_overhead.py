@@ -46,15 +46,15 @@ def step_overhead(shape: ModelShape, settings: Settings, device: Device) -> Step
     layer_ms = host["layer"]
     if settings.finetuning_type == "lora":
         layer_ms += host["adapted_linear"] * shape.lora_linears_per_layer
+    pb = param_bytes(settings)
     weights, _ = weights_bytes(shape, settings)
     streamed, made = 2 * weights, 0
     if settings.mixed_precision:  # fp32 weights, each cast to 16 bits in every forward pass
         streamed += 4 * shape.total_params
         made += 2 * shape.total_params
     if _trains_tied_head(shape, settings):
-        made += 2 * shape.vocab * shape.hidden * param_bytes(settings)
+        made += 2 * shape.vocab * shape.hidden * pb
     per_batch = shape.layers * layer_ms / 1000 + streamed / read + made / fresh
-    pb = param_bytes(settings)
     states, _ = optimizer_bytes_per_param(settings.optim, pb)
     trainable = shape.trainable_params
     optimizer_pass = trainable * (2 * states + 3 * pb)  # states and parameter both ways, gradient

@@ -77,9 +77,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = None
-        if need_weight:  # fp32 whatever the weight's dtype: the chunks' terms add up in it
-            empty = torch.zeros_like if hidden.shape[0] == 0 else torch.empty_like  # else the
-            grad_weight = empty(weight, dtype=torch.float32)  # first chunk writes it whole
+        if need_weight:
+            # fp32 whatever the weight's dtype (the chunks' terms add up in it), written whole
+            # by the first chunk: only a batch without a trained position needs zeros
+            empty = torch.zeros_like if hidden.shape[0] == 0 else torch.empty_like
+            grad_weight = empty(weight, dtype=torch.float32)
         ctx.weight_dtype = weight.dtype
         weight = weight.to(dtype)  # no copy unless fp32 weights meet 16-bit mixed precision
         buffers = _ChunkBuffers(min(chunk_tokens, hidden.shape[0]), weight, softcap is not None)
