@@ -75,7 +75,7 @@ def card_device(name: str) -> Device:
     )
 
 
-def this_device(*, measure_peak=None, measure_memory=None, bf16: bool = False) -> Device:
+def this_device(*, measure_peak=None, bf16: bool = False) -> Device:
     """The device here: the first CUDA GPU (matched in gpus.yaml for its throughput), else the
     CPU with its available RAM, a matmul peak measured now, in the dtype the run computes in
     (`bf16`: bf16 matmuls on a CPU with native bf16, of which lmforge reaches its own share),
@@ -92,7 +92,7 @@ def this_device(*, measure_peak=None, measure_memory=None, bf16: bool = False) -
         return Device(props.name, "cuda", props.total_memory, peak, mfu("cuda"), source)
     dtype = torch.bfloat16 if bf16 else torch.float32
     peak = measure_peak() if measure_peak else cpu_matmul_peak(dtype=dtype)
-    read, fresh = measure_memory() if measure_memory else cpu_memory_rates()
+    read, fresh = cpu_memory_rates()
     return Device(
         name=f"CPU ({os.cpu_count()} cores)",
         kind="cpu",
