@@ -108,6 +108,12 @@ def render(
     )
     lines += [f"  note: {note}" for note in r.memory.notes]
     t = r.time
+    overhead = ""
+    if t.overhead_per_step:
+        overhead = (
+            f" + {t.overhead_per_step:.2f} s a step outside the matmuls (host work, weights "
+            "through memory)"
+        )
     lines += [
         "",
         "Time",
@@ -115,14 +121,8 @@ def render(
         f"computed, padding included)",
         f"  FLOPs per token: {t.flops_per_token / 1e9:.2f} GFLOP; run: {t.total_flops:.3g} FLOP",
         f"  expected: {t.tokens_per_second:,.0f} tokens/s at MFU {device.mfu:.0%} of "
-        f"{device.peak_flops / 1e12:.3g} TFLOP/s ({device.source})"
-        + (
-            f" + {t.overhead_per_step:.2f} s a step outside the matmuls (host work, weights "
-            "through memory)"
-            if t.overhead_per_step
-            else ""
-        )
-        + f" -> {duration(t.seconds)}",
+        f"{device.peak_flops / 1e12:.3g} TFLOP/s ({device.source}){overhead} -> "
+        f"{duration(t.seconds)}",
     ]
     if calibration:
         lines.append(
