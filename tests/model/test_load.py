@@ -27,3 +27,22 @@ def test_the_output_head_gets_its_kept_positions_as_one_matrix(tiny_model_dir):
     with torch.no_grad():  # one sequence, one position: a size-1 batch with the sequence's stride
         model(input_ids=ids[:1], logits_to_keep=1)
     assert seen[-1] == ((1, 1, hidden), (hidden, hidden, 1))
+
+
+def test_inference_dtype_auto_follows_native_bf16(monkeypatch):
+    """`infer_dtype: auto` is bf16 wherever bf16 is computed natively (a bf16 CPU included:
+    generation reads every weight per token, so half the bytes is about twice the speed), fp16
+    on a GPU without bf16, fp32 on a CPU that would emulate bf16; a named dtype is kept."""
+    from lmforge.model import load
+
+    def on(bf16: bool, cuda: bool):
+        monkeypatch.setattr("lmforge.device.supports_bf16", lambda: bf16)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        return load.inference_dtype("auto")
+
+    assert on(bf16=True, cuda=False) == torch.bfloat16
+    assert on(bf16=False, cuda=False) == torch.float32
+    assert on(bf16=True, cuda=True) == torch.bfloat16
+    assert on(bf16=False, cuda=True) == torch.float16
+    assert load.inference_dtype("float32") == torch.float32
+    assert load.inference_dtype("float16") == torch.float16

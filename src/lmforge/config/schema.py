@@ -120,7 +120,8 @@ class ModelConfig:
     )
     infer_dtype: str = opt(
         "auto",
-        "Dtype for inference: auto, float32, float16 or bfloat16.",
+        "Dtype for inference: auto, float32, float16 or bfloat16. auto: bf16 where the device "
+        "computes it natively (GPU or CPU), fp16 on a GPU without bf16, else fp32.",
         choices=("auto", "float32", "float16", "bfloat16"),
     )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from lmforge.config.schema import comma_separated
+from lmforge import device
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -163,12 +164,15 @@ def _keep_4bit_weights_unpacked(model) -> None:
 
 
 def inference_dtype(infer_dtype: str) -> torch.dtype:
-    """`auto`: bf16 on a GPU that supports it, fp32 on the CPU (where fp32 is fastest here)."""
+    """`auto`: bf16 where the device computes it natively (a GPU that supports it, a CPU with
+    AVX512-BF16/AMX/Arm BF16: generation reads every weight once per token, and half the bytes
+    made it 1.9x faster on Gemma-3-270M), fp16 on older GPUs, else fp32 (emulated bf16 is
+    slower than fp32)."""
     if infer_dtype != "auto":
         return _DTYPES[infer_dtype]
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    if device.supports_bf16():
+        return torch.bfloat16
+    return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
 def load_for_inference(path, model_config, method_config=None):
