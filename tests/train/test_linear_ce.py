@@ -8,7 +8,11 @@ import torch
 
 from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_model, run_train
 from lmforge.train.losses import linear_ce
-from lmforge.train.losses.linear_ce import chunk_tokens_for, linear_cross_entropy_sum
+from lmforge.train.losses.linear_ce import (
+    chunk_tokens_for,
+    linear_cross_entropy_sum,
+    logits_to_keep_for,
+)
 
 
 def tiny_llama(vocab):
@@ -237,14 +241,52 @@ def test_the_trainer_loss_equals_the_models_own_under_bf16_autocast(weights):
         plain = model(input_ids=ids, labels=labels).loss.float()
     loss = LinearCrossEntropyLoss(model, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs = model(input_ids=ids, logits_to_keep=1)
-    assert outputs.logits.shape[1] == 1  # the model's own head saw one position
+        outputs = model(input_ids=ids, logits_to_keep=logits_to_keep_for(model))
+    assert outputs.logits.shape[1] == 0  # the model's own head projected no position
     assert loss._hidden.dtype == (torch.bfloat16 if weights == "bf16 frozen" else torch.float32)
     chunked = loss(outputs, labels)
     assert loss._hidden is None  # not kept past the step
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-2)
     with pytest.raises(RuntimeError, match="did not run through its decoder"):
         loss(outputs, labels)
+
+
+def test_kv_shared_layers_keep_every_position_for_the_loss():
+    """Gemma 4's KV-shared layers (E2B/E4B) read an int `logits_to_keep: 1` as "the last
+    position only" and drop the others from the decoder's later layers; the loss needs them
+    all. What the collator passes keeps them (and projects none in the model's own head): the
+    loss equals the model's own."""
+    from lmforge.train.losses.linear_ce import LinearCrossEntropyLoss
+
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Gemma4ForCausalLM"):
+        pytest.skip("this transformers has no Gemma 4")
+    config = transformers.Gemma4TextConfig(
+        vocab_size=120,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=16,
+        num_kv_shared_layers=2,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=120,
+    )
+    torch.manual_seed(0)
+    model = transformers.Gemma4ForCausalLM(config)
+    ids = torch.randint(0, 120, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    plain = model(input_ids=ids, labels=labels).loss
+    loss = LinearCrossEntropyLoss(model)
+    outputs = model(input_ids=ids, logits_to_keep=logits_to_keep_for(model))
+    assert loss._hidden.shape == (2, 12, 32) and outputs.logits.shape == (2, 0, 120)
+    assert loss(outputs, labels).item() == pytest.approx(plain.item(), rel=1e-5)
+    model(input_ids=ids, logits_to_keep=1)  # what was passed before: one position left
+    assert loss._hidden.shape == (2, 1, 32)
 
 
 def test_zero3_falls_back_to_the_models_own_loss_and_padded_rows(

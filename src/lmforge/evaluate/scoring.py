@@ -9,13 +9,13 @@ first real token), and only the last position's logits are computed where the mo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.errors import UserError
 from lmforge.evaluate.benchmark import Benchmark
 from lmforge.evaluate.prompts import CHOICES, question_messages
+from lmforge.model.forward_inputs import forward_takes
 
 # The order LLaMA-Factory reports categories in.
 CATEGORIES = ("STEM", "Social Sciences", "Humanities", "Other")
@@ -56,7 +56,8 @@ def predict_letters(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     letters: list[str] = [""] * len(prompts)
     device = _device(model)
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    takes_keep = forward_takes(model, "logits_to_keep", through_kwargs=False)
+    extra = {"logits_to_keep": 1} if takes_keep else {}
     choice = torch.tensor(choice_ids, device=device)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -86,14 +87,6 @@ def _device(model):
 
     params = list(getattr(model, "parameters", lambda: [])())
     return params[0].device if params else torch.device("cpu")
-
-
-def _accepts(model, name: str) -> bool:
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return name in parameters
 
 
 @dataclass

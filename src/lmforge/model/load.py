@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config.schema import comma_separated
 from lmforge import device
+from lmforge.config.schema import comma_separated
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ def load_model(
 
 
 def _fold_head_inputs(model) -> None:
-    """Give the output head its input with plain strides. With logits_to_keep (the chunked
-    loss's one position, scoring, reward values, generation's prefill) the model hands the head
+    """Give the output head its input with plain strides. With logits_to_keep (scoring,
+    reward values, generation's prefill) the model hands the head
     a slice hidden[:, -k:] that keeps the whole sequence's batch stride; torch.matmul then does
     not fold it into one matrix product but runs a batched one, which for 16-bit weights on a
     CPU first copies the whole weight (gemma-3-270m, bf16, one position: 0.9 s a call instead of

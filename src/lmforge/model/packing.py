@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmforge.errors import UserError
+from lmforge.model.forward_inputs import forward_takes, unwrapped
 
 
 def prepare_model_for_packing(model) -> None:
@@ -45,6 +46,14 @@ def check_isolation(model, collator, *, autocast_dtype=None) -> None:
         features = [{"input_ids": ids, "labels": ids, "lengths": lengths} for ids in rows]
         batch = collator(features)
         batch.pop("labels")
+        refused = [key for key in batch if not forward_takes(model, key)]
+        if refused:  # remote code with a spelled-out forward: a TypeError mid-check otherwise
+            raise UserError(
+                f"packing: this model's forward ({type(unwrapped(model)).__name__}) does not "
+                f"take {', '.join(refused)}, which packed and padding-free rows pass",
+                fix="set packing: false and padding_free: false (padded rows work with every "
+                "model)",
+            )
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         out = model(**batch).logits.float().cpu()
         # Rows of equal length, no padding: padded rows and one flattened row line up.

@@ -3,7 +3,7 @@
 A plain causal-LM loss computes logits for every position: batch x length x vocabulary, in
 fp32 for the loss (Gemma 3: 262,144 tokens, so 4 x 512 positions take 2 GiB), although SFT
 trains only the answer tokens. Here the model returns its final hidden states (and logits for
-one position only); the loss projects just the trained positions onto the vocabulary, a chunk at
+no position); the loss projects just the trained positions onto the vocabulary, a chunk at
 a time, and computes each chunk's gradient right away so that no logits are kept. The result
 equals the plain loss (tests compare losses and gradients).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.model.forward_inputs import forward_takes, is_transformers_model
 
 # The loss runs while every activation of the step is still alive, so its one logits buffer adds
 # to the step's peak: 128 MiB of fp32 logits per chunk (Gemma 3, 262,144 tokens: 128 positions;
@@ -256,16 +257,34 @@ class LinearCrossEntropyLoss:
         return loss_sum / denominator
 
 
-class LastLogitCollator:
-    """Wraps a collator so the model computes logits for one position only (the loss projects
-    the trained positions itself)."""
+# No position at all: transformers' models take a slice where they take a tensor of positions.
+# An int would do for most, but Gemma 4's KV-shared layers read `logits_to_keep: 1` as "only the
+# last position matters" and drop the others from the decoder's later layers, whose output the
+# loss needs at every trained position.
+NO_POSITION = slice(0, 0)
 
-    def __init__(self, collator):
+
+def logits_to_keep_for(model) -> slice | int | None:
+    """The `logits_to_keep` that keeps the model's own head from projecting what the loss
+    projects itself: no position for transformers' models; the last one for remote code that
+    takes the argument (it may not take a slice); None where the forward does not take it (it
+    computes every position's logits anyway, so the chunked loss would only add work)."""
+    if not forward_takes(model, "logits_to_keep", through_kwargs=False):
+        return None
+    return NO_POSITION if is_transformers_model(model) else 1
+
+
+class LastLogitCollator:
+    """Wraps a collator so the model's head projects as few positions as `keep` allows (the
+    loss projects the trained positions itself)."""
+
+    def __init__(self, collator, keep: slice | int = NO_POSITION):
         self.collator = collator
+        self.keep = keep
 
     def __call__(self, features):
         batch = self.collator(features)
-        batch["logits_to_keep"] = 1
+        batch["logits_to_keep"] = self.keep
         return batch
 
 

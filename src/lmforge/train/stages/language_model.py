@@ -8,6 +8,7 @@ import logging
 from lmforge.train.losses.linear_ce import (
     LastLogitCollator,
     LinearCrossEntropyLoss,
+    logits_to_keep_for,
     supports_linear_cross_entropy,
 )
 from lmforge.train.monitor import argmax_logits, token_accuracy
@@ -27,7 +28,8 @@ def zero3_enabled() -> bool:
 def uses_linear_ce(inputs: StageInputs) -> bool:
     """The loss without full logits: not when accuracy needs the logits, nor under liger (its
     own fused loss), nor when the output head itself is adapted, nor under ZeRO-3 (the loss
-    reads the head's weight outside the head's forward, where ZeRO-3 holds only a shard)."""
+    reads the head's weight outside the head's forward, where ZeRO-3 holds only a shard), nor
+    when the model cannot be told to skip its own projection (remote code)."""
     train = inputs.config.train
     if not train.chunked_loss or train.compute_accuracy or inputs.args.use_liger_kernel:
         return False
@@ -37,6 +39,12 @@ def uses_linear_ce(inputs: StageInputs) -> bool:
     if zero3_enabled():
         logger.info("chunked_loss: ZeRO-3 shards the output head, so the plain loss is used")
         return False
+    if logits_to_keep_for(inputs.model) is None:
+        logger.info(
+            "chunked_loss: this model's forward takes no logits_to_keep (it projects every "
+            "position itself), so the plain loss is used"
+        )
+        return False
     return True
 
 
@@ -44,7 +52,7 @@ def language_model_trainer(inputs: StageInputs, collator) -> AtomicCheckpointTra
     accuracy = inputs.config.train.compute_accuracy
     loss = None
     if uses_linear_ce(inputs):
-        collator = LastLogitCollator(collator)
+        collator = LastLogitCollator(collator, logits_to_keep_for(inputs.model))
         loss = LinearCrossEntropyLoss(inputs.model, dtype=inputs.plan.precision.autocast_dtype)
     return AtomicCheckpointTrainer(
         **inputs.trainer_arguments(inputs.model, collator),
