@@ -68,6 +68,18 @@ def test_unknown_template_suggests_closest():
         get_template("gema")
 
 
+def test_llamafactory_gemma3_names_are_the_gemma_template(tiny_tokenizer):
+    """LLaMA-Factory's Gemma 3 tutorials say `template: gemma3` (or gemma3n): the same turns as
+    gemma there, so the same template here, to the token."""
+    gemma = encode_sample(Sample(CONVERSATION[:2]), get_template("gemma"), tiny_tokenizer, 1024)
+    for name in ("gemma3", "gemma3n"):
+        assert get_template(name) is get_template("gemma")
+        encoded = encode_sample(Sample(CONVERSATION[:2]), get_template(name), tiny_tokenizer, 1024)
+        assert (encoded.input_ids, encoded.labels) == (gemma.input_ids, gemma.labels)
+    with pytest.raises(UserError, match="unknown template `gemma9`"):
+        get_template("gemma9")
+
+
 def test_wrong_role_order_is_refused(tiny_tokenizer):
     with pytest.raises(UserError, match="message 1 has role `user` where `assistant`"):
         get_template("gemma").render_pairs([{"role": "user", "content": "a"}] * 2)

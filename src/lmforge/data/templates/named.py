@@ -341,6 +341,7 @@ def _load(entry) -> Template:
     if spec.get("thinking"):
         spec["thinking"] = Thinking(**spec["thinking"])
     spec.pop("vendor", None)  # documentation only
+    spec.pop("aliases", None)  # other names for it: template_aliases
     template = Template(**spec)
     if template.jinja is None:
         from lmforge.data.templates.jinja import simple_jinja
@@ -360,8 +361,22 @@ def available_templates() -> dict[str, Template]:
     return found
 
 
+@functools.cache
+def template_aliases() -> dict[str, str]:
+    """LLaMA-Factory's names for a template whose text is another's (its `gemma3` and `gemma3n`
+    are `gemma` plus an image plugin): alias -> name, from each YAML's `aliases`."""
+    folder = resources.files("lmforge.data").joinpath("templates")
+    aliases = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
+            aliases.update({alias: spec["name"] for alias in spec.get("aliases", ())})
+    return aliases
+
+
 def get_template(name: str) -> Template:
     templates = available_templates()
+    name = template_aliases().get(name, name)
     if name not in templates:
         hint = did_you_mean(name, templates)
         raise UserError(
