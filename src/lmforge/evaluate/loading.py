@@ -19,11 +19,9 @@ logger = logging.getLogger(__name__)
 
 def load_base(config: Config):
     """(config with the training run's prompt settings, ModelSetup, base model in eval mode)."""
-    import torch
-
     from lmforge.config.resolve import resolve_for_inference
     from lmforge.infer.adapters import check_adapter_folder
-    from lmforge.model.load import is_quantized, load_for_inference, split_paths
+    from lmforge.model.load import load_for_inference, split_paths
     from lmforge.model.setup import prepare_model_setup, with_training_settings
 
     resolve_for_inference(config)
@@ -32,8 +30,6 @@ def load_base(config: Config):
     config = with_training_settings(config)  # the prompt format used in training
     setup = prepare_model_setup(config)
     model = load_for_inference(setup.resolved.path, config.model, config.method)
-    if torch.cuda.is_available() and not is_quantized(model):
-        model = model.to("cuda")
     return config, setup, model.eval()
 
 

@@ -218,8 +218,6 @@ class HFEngine(BaseEngine):
 
     @classmethod
     def from_config(cls, config: Config) -> HFEngine:
-        import torch
-
         from lmforge.infer.adapters import check_adapter_folder, load_named_adapters
         from lmforge.model.load import (
             attach_adapters,
@@ -243,8 +241,6 @@ class HFEngine(BaseEngine):
         switch = None
         if config.infer.adapters:
             model, switch = load_named_adapters(model, config.infer.adapters)
-        if torch.cuda.is_available() and not quantized:
-            model = model.to("cuda")
         return cls(
             model,
             setup.tokenizer,

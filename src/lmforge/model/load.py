@@ -179,16 +179,20 @@ def load_for_inference(path, model_config, method_config=None):
     """The model at `path` as inference loads it: the config's infer_dtype, attention
     implementation and trust_remote_code (`model_config` is a ModelConfig); with
     `method_config.quantization_bit` its linear layers in 4 or 8 bits (bitsandbytes), on this
-    process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval."""
+    process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval.
+    On a GPU, there (adapters attached afterwards follow it)."""
     dtype = inference_dtype(model_config.infer_dtype)
     quantization = Quantization.of(method_config, dtype) if method_config is not None else None
-    return load_model(
+    model = load_model(
         path,
         dtype=dtype,
         flash_attn=model_config.flash_attn,
         trust_remote_code=model_config.trust_remote_code,
         quantization=quantization,
     )
+    if torch.cuda.is_available() and not is_quantized(model):  # quantized: placed at load
+        model = model.to("cuda")
+    return model
 
 
 def is_quantized(model) -> bool:
