@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -259,7 +260,9 @@ def _use_bf16(precision: str, device: str) -> bool:
 # ---------------------------------------------------------------- one run
 
 
-def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
+def run_tool(
+    tool: str, job: Job, work: Path, round_index: int, timeout: float | None = None
+) -> dict:
     out = work / "runs" / f"{tool}-{round_index}"
     out.mkdir(parents=True, exist_ok=True)
     step_log = out / "steps.json"
@@ -284,17 +287,27 @@ def run_tool(tool: str, job: Job, work: Path, round_index: int) -> dict:
     print(f"[round {round_index}] {tool}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
     with open(out / "output.log", "w") as log:
-        result = subprocess.run(command, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group: a run past --run-timeout is killed with whatever it started.
+        process = subprocess.Popen(
+            command, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            print(f"{tool} stopped after {timeout:.0f} s (--run-timeout)", flush=True)
+            return {"failed": f"not finished within --run-timeout {timeout:.0f} s"}
     wall = time.perf_counter() - start
-    if result.returncode != 0 or not step_log.exists():
+    if returncode != 0 or not step_log.exists():
         # Reported in the table (e.g. out of memory), and the other tools still run.
         tail = (out / "output.log").read_text(errors="replace").splitlines()[-25:]
-        print(f"{tool} failed (exit {result.returncode}); end of {out / 'output.log'}:", flush=True)
+        print(f"{tool} failed (exit {returncode}); end of {out / 'output.log'}:", flush=True)
         print("\n".join(tail), flush=True)
         reason = next(
             (line for line in reversed(tail) if "Error" in line), tail[-1] if tail else ""
         )
-        return {"failed": f"exit {result.returncode}: {reason.strip()[:160]}"}
+        return {"failed": f"exit {returncode}: {reason.strip()[:160]}"}
     measured = summarise(json.loads(step_log.read_text()), job)
     measured["wall_s"] = wall
     print(
@@ -412,6 +425,12 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, in run order")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        help="seconds one tool's run may take; one past it is reported as not finished and "
+        "the next tool runs (a GPU session's minutes are few)",
+    )
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--model", help="a model folder (default: the embedded Gemma-3-270M)")
     parser.add_argument(
@@ -453,16 +472,20 @@ def main() -> None:
     results: dict[str, list[dict]] = {t: [] for t in tools}
     for round_index in range(1, args.rounds + 1):
         for tool in tools:
-            results[tool].append(run_tool(tool, job, args.work, round_index))
+            results[tool].append(run_tool(tool, job, args.work, round_index, args.run_timeout))
+            write_results(args.work, results, peaks, job)  # kept if an outer limit stops the rest
     for dtype in peaks:  # the peak again at the end: the better of the two counts
         peaks[dtype] = max(peaks[dtype], device_peak(dtype, args.device))
+    print("\n" + write_results(args.work, results, peaks, job))
 
+
+def write_results(work: Path, results: dict[str, list[dict]], peaks: dict, job: Job) -> str:
     text = table(results, peaks, job)
-    print("\n" + text)
-    (args.work / "results.md").write_text(text + "\n")
-    (args.work / "results.json").write_text(
+    (work / "results.md").write_text(text + "\n")
+    (work / "results.json").write_text(
         json.dumps({"job": str(job), "peaks": peaks, "results": results}, indent=1, default=str)
     )
+    return text
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 # bench (gemma-3-1b shape, every tool), bench3b (llama-3.2-3b shape: lmforge, plain, LF), kernels
 # (in-process timings of the fused loss and MLP choices), profile (torch.profiler of two steps of
 # lmforge and plain, host and GPU time). Results go to $OUT (or /tmp/out).
-# TIME_LIMIT (s, default 500) bounds each part.
+# TIME_LIMIT (s, default 500) bounds each part; RUN_TIMEOUT (s, default 150) each tool's run in
+# bench/bench3b (one that hangs is reported as not finished and the next tool runs).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DISABLE_VERSION_CHECK=1
 R=$PWD; C=$R/benchmarks/gpu/carry; S=/tmp/sites; OUT=${OUT:-/tmp/out}; W=/tmp/work
@@ -52,7 +53,7 @@ from lmforge.model import varlen_kernels as k; print('torch varlen_attn:', k.tor
     timeout $limit python3 benchmarks/run.py --device cuda --precision bf16 --model-shape $shape \
       --tokenizer /tmp/tok --sites $S --tools $tools --rounds 1 --records 384 --min-tokens 128 \
       --max-tokens 1536 --cutoff 2048 --batch-size $batch --warmup-steps 3 --measured-steps 10 \
-      --work $W/$part 2>&1 | tee "$OUT/$part.log" | grep -v "it/s\]\|s/it\]" | tail -30
+      --run-timeout ${RUN_TIMEOUT:-150} --work $W/$part 2>&1 | tee "$OUT/$part.log" | grep -v "it/s\]\|s/it\]" | tail -30
     cp $W/$part/results.md "$OUT/$part.md" 2>/dev/null
     for d in $W/$part/runs/*/; do echo "===== $(basename $d)"; tail -c 3000 $d/output.log; done > "$OUT/$part-runs.log" 2>/dev/null ;;
   esac
