@@ -36,7 +36,8 @@ def test_inference_dtype_auto_follows_native_bf16(monkeypatch):
     from lmforge.model import load
 
     def on(bf16: bool, cuda: bool):
-        monkeypatch.setattr("lmforge.device.supports_bf16", lambda: bf16)
+        monkeypatch.setattr("lmforge.device.cpu_supports_bf16", lambda: bf16 and not cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16 and cuda)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         return load.inference_dtype("auto")
 

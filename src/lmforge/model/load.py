@@ -124,11 +124,11 @@ def load_model(
 
 def _fold_head_inputs(model) -> None:
     """Give the output head its input with plain strides. With logits_to_keep (scoring,
-    reward values, generation's prefill) the model hands the head
-    a slice hidden[:, -k:] that keeps the whole sequence's batch stride; torch.matmul then does
-    not fold it into one matrix product but runs a batched one, which for 16-bit weights on a
-    CPU first copies the whole weight (gemma-3-270m, bf16, one position: 0.9 s a call instead of
-    27 ms; a batch of 4: 3.2 s). A copy of the few kept positions avoids it."""
+    reward values, generation's prefill) the model hands the head a slice hidden[:, -k:] that
+    keeps the whole sequence's batch stride; torch.matmul then does not fold it into one
+    matrix product but runs a batched one, which for 16-bit weights on a CPU first copies the
+    whole weight (gemma-3-270m, bf16, one position: 0.9 s a call instead of 27 ms; a batch of
+    4: 3.2 s). A copy of the few kept positions avoids it."""
     head = model.get_output_embeddings()
     if isinstance(head, torch.nn.Module):
         head.register_forward_pre_hook(_with_plain_strides)
@@ -164,15 +164,15 @@ def _keep_4bit_weights_unpacked(model) -> None:
 
 
 def inference_dtype(infer_dtype: str) -> torch.dtype:
-    """`auto`: bf16 where the device computes it natively (a GPU that supports it, a CPU with
-    AVX512-BF16/AMX/Arm BF16: generation reads every weight once per token, and half the bytes
-    made it 1.9x faster on Gemma-3-270M), fp16 on older GPUs, else fp32 (emulated bf16 is
-    slower than fp32)."""
+    """`auto`: bf16 where the device inference runs on (a CUDA GPU, else the CPU) computes it
+    natively: a GPU that supports it, a CPU with AVX512-BF16/AMX/Arm BF16 (generation reads
+    every weight once per token; half the bytes made it 1.9x faster on Gemma-3-270M). Else
+    fp16 on a GPU, fp32 on a CPU (emulated bf16 is slower than fp32)."""
     if infer_dtype != "auto":
         return _DTYPES[infer_dtype]
-    if device.supports_bf16():
-        return torch.bfloat16
-    return torch.float16 if torch.cuda.is_available() else torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.cpu_supports_bf16() else torch.float32
 
 
 def load_for_inference(path, model_config, method_config=None):
