@@ -68,11 +68,11 @@ def test_unknown_template_suggests_closest():
         get_template("gema")
 
 
-def test_llamafactory_gemma3_names_are_the_gemma_template(tiny_tokenizer):
-    """LLaMA-Factory's Gemma 3 tutorials say `template: gemma3` (or gemma3n): the same turns as
-    gemma there, so the same template here, to the token."""
+def test_llamafactory_gemma_names_are_the_gemma_template(tiny_tokenizer):
+    """LLaMA-Factory's Gemma tutorials say `template: gemma3` (gemma2, gemma3n): the same turns
+    as gemma, so the same template here, to the token."""
     gemma = encode_sample(Sample(CONVERSATION[:2]), get_template("gemma"), tiny_tokenizer, 1024)
-    for name in ("gemma3", "gemma3n"):
+    for name in ("gemma2", "gemma3", "gemma3n"):
         assert get_template(name) is get_template("gemma")
         encoded = encode_sample(Sample(CONVERSATION[:2]), get_template(name), tiny_tokenizer, 1024)
         assert (encoded.input_ids, encoded.labels) == (gemma.input_ids, gemma.labels)

@@ -363,8 +363,8 @@ def available_templates() -> dict[str, Template]:
 
 @functools.cache
 def template_aliases() -> dict[str, str]:
-    """LLaMA-Factory's names for a template whose text is another's (its `gemma3` and `gemma3n`
-    are `gemma` plus an image plugin): alias -> name, from each YAML's `aliases`."""
+    """LLaMA-Factory's names for a template whose turns are another's (its `gemma3` and
+    `gemma3n` are `gemma` plus an image plugin): alias -> name, from each YAML's `aliases`."""
     folder = resources.files("lmforge.data").joinpath("templates")
     aliases = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
