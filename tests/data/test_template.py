@@ -80,6 +80,19 @@ def test_llamafactory_gemma_names_are_the_gemma_template(tiny_tokenizer):
         get_template("gemma9")
 
 
+def test_the_plan_names_the_template_and_the_name_it_was_given():
+    from types import SimpleNamespace
+
+    from lmforge.train.run import template_line
+
+    def line(given):
+        config = SimpleNamespace(model=SimpleNamespace(template=given))
+        return template_line(config, SimpleNamespace(template=get_template("gemma")))
+
+    assert line("gemma3") == "gemma (as `gemma3`)"
+    assert line("gemma") == line("auto") == line(None) == "gemma"
+
+
 def test_wrong_role_order_is_refused(tiny_tokenizer):
     with pytest.raises(UserError, match="message 1 has role `user` where `assistant`"):
         get_template("gemma").render_pairs([{"role": "user", "content": "a"}] * 2)

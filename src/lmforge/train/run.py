@@ -319,6 +319,13 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         ) from None
 
 
+def template_line(config: Config, setup) -> str:
+    """The template used, and the name the config gave it where that was another name for it
+    (LLaMA-Factory's `gemma3` is `gemma`)."""
+    name, given = setup.template.name, config.model.template
+    return f"{name} (as `{given}`)" if given not in (name, "auto", None) else name
+
+
 def attention_line(config: Config, model) -> str:
     """The kernel that actually runs: a variable-length one for packed/padding-free rows."""
     kernel = varlen_kernel_of(model)
@@ -359,7 +366,7 @@ def plan_lines(
         f"  model: {config.model.model_name_or_path} ({setup.resolved.origin}: {setup.resolved.path})",
         f"  method: {method_line(config, plan)}",
         f"  {trainable_line(model)}",
-        f"  template: {setup.template.name}; cutoff_len: {config.data.cutoff_len}",
+        f"  template: {template_line(config, setup)}; cutoff_len: {config.data.cutoff_len}",
         *(f"  data: {line}" for line in report.lines()),
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
         f"accumulation x {args.world_size} process(es) = {effective}"
