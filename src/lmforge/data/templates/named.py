@@ -330,7 +330,8 @@ def _text(message: dict) -> str:
 _TUPLES = ("trim", "stop_words", "special_tokens", "observation_group")
 
 
-def _load(entry) -> Template:
+def _load(entry) -> tuple[Template, tuple[str, ...]]:
+    """One YAML file: its template, and the other names it answers to (`aliases`)."""
     spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
     jinja_file = spec.pop("jinja_file", None)
     if jinja_file:
@@ -341,37 +342,35 @@ def _load(entry) -> Template:
     if spec.get("thinking"):
         spec["thinking"] = Thinking(**spec["thinking"])
     spec.pop("vendor", None)  # documentation only
-    spec.pop("aliases", None)  # other names for it: template_aliases
+    aliases = tuple(spec.pop("aliases", ()))
     template = Template(**spec)
     if template.jinja is None:
         from lmforge.data.templates.jinja import simple_jinja
 
         template = dataclasses.replace(template, jinja=simple_jinja(template))
-    return template
+    return template, aliases
 
 
 @functools.cache
-def available_templates() -> dict[str, Template]:
+def _catalogue() -> tuple[dict[str, Template], dict[str, str]]:
     folder = resources.files("lmforge.data").joinpath("templates")
-    found = {}
+    templates, aliases = {}, {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            template = _load(entry)
-            found[template.name] = template
-    return found
+            template, names = _load(entry)
+            templates[template.name] = template
+            aliases.update(dict.fromkeys(names, template.name))
+    return templates, aliases
 
 
-@functools.cache
+def available_templates() -> dict[str, Template]:
+    return _catalogue()[0]
+
+
 def template_aliases() -> dict[str, str]:
     """LLaMA-Factory's names for a template whose turns are another's (its `gemma3` and
     `gemma3n` are `gemma` plus an image plugin): alias -> name, from each YAML's `aliases`."""
-    folder = resources.files("lmforge.data").joinpath("templates")
-    aliases = {}
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            spec = yaml.safe_load(entry.read_text(encoding="utf-8"))
-            aliases.update({alias: spec["name"] for alias in spec.get("aliases", ())})
-    return aliases
+    return _catalogue()[1]
 
 
 def get_template(name: str) -> Template:
