@@ -502,7 +502,7 @@ def loss_bytes(
         hidden = 2 * batch.trained * h * hb  # trained positions' hidden states and gradient
         head_copy *= 2
         head_grad = 0
-        if _head_trains(shape, settings):
+        if head_trains(shape, settings):
             # the fp32 gradient, and in 16-bit projections one buffer for each chunk's term
             # (an fp32 projection adds its term in place)
             head_grad = v * h * (4 + (pb if pb != 4 else 0))
@@ -534,9 +534,10 @@ def _heap_gradient_bytes(shape: ModelShape, settings: Settings) -> int:
     pb = param_bytes(settings)
     if shape.hidden * shape.intermediate * pb >= GLIBC_MMAP_MAX:
         return 0
-    large = shape.vocab * shape.hidden + shape.head_params if _head_trains(shape, settings) else 0
+    large = shape.vocab * shape.hidden + shape.head_params if head_trains(shape, settings) else 0
     return max(shape.trainable_params - large, 0) * pb
 
 
-def _head_trains(shape: ModelShape, settings: Settings) -> bool:
+def head_trains(shape: ModelShape, settings: Settings) -> bool:
+    """The output head (or the embedding it is tied to) gets a gradient: full fine-tuning."""
     return settings.finetuning_type == "full"

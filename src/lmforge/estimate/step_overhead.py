@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmforge.estimate.devices import Device, card_table
-from lmforge.estimate.memory import param_bytes, uses_chunked_loss, weights_bytes
+from lmforge.estimate.memory import head_trains, param_bytes, uses_chunked_loss, weights_bytes
 from lmforge.estimate.model_shape import ModelShape
 from lmforge.estimate.settings import Settings, optimizer_bytes_per_param
 
@@ -65,7 +65,7 @@ def _trains_tied_head(shape: ModelShape, settings: Settings) -> bool:
     """Full fine-tuning of a model whose head is its embedding matrix: the chunked loss's head
     gradient and the embedding's own dense one are both made anew every batch, then added."""
     return (
-        settings.finetuning_type == "full"
+        head_trains(shape, settings)
         and shape.head_params == 0
         and uses_chunked_loss(shape, settings)
     )
