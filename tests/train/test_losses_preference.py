@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmforge.train.losses.logps import sequence_logps
-from lmforge.train.losses.preference import preference_loss
+from lmforge.train.losses.preference import PairwiseObjective, bco_loss, preference_loss
 
 
 def sigmoid(x: float) -> float:
@@ -73,8 +73,7 @@ POLICY_C, POLICY_R, REF_C, REF_R = -1.0, -2.0, -1.5, -1.5
 
 def referenced(kind: str, beta: float, chosen_tokens=(1,), rejected_tokens=(1,)):
     return preference_loss(
-        kind,
-        beta,
+        PairwiseObjective(kind, beta),
         t(POLICY_C),
         t(POLICY_R),
         torch.tensor(chosen_tokens),
@@ -96,7 +95,7 @@ def test_sigmoid_dpo_by_hand():
 def test_sigmoid_dpo_gradient_by_hand():
     chosen, rejected = t(POLICY_C).requires_grad_(), t(POLICY_R).requires_grad_()
     losses, _, _ = preference_loss(
-        "sigmoid", 0.1, chosen, rejected, torch.tensor([1]), torch.tensor([1]), t(REF_C), t(REF_R)
+        PairwiseObjective("sigmoid", 0.1), chosen, rejected, torch.tensor([1]), torch.tensor([1]), t(REF_C), t(REF_R)
     )
     losses.sum().backward()
     # d/dm -log sigmoid(beta m) = -beta (1 - sigmoid(beta m)); m = chosen - rejected + const
@@ -106,7 +105,7 @@ def test_sigmoid_dpo_gradient_by_hand():
 
 def test_sigmoid_dpo_is_log_2_when_policy_equals_reference():
     losses, chosen_rewards, _ = preference_loss(
-        "sigmoid", 0.5, t(-3.0), t(-4.0), torch.tensor([2]), torch.tensor([2]), t(-3.0), t(-4.0)
+        PairwiseObjective("sigmoid", 0.5), t(-3.0), t(-4.0), torch.tensor([2]), torch.tensor([2]), t(-3.0), t(-4.0)
     )
     assert losses.item() == approx(math.log(2)) and chosen_rewards.item() == 0
 
@@ -136,7 +135,7 @@ def test_ipo_zero_token_rows_divide_by_one():
 
 def test_reference_losses_need_reference_logps():
     with pytest.raises(ValueError, match="needs reference"):
-        preference_loss("sigmoid", 0.1, t(-1.0), t(-2.0), torch.tensor([1]), torch.tensor([1]))
+        preference_loss(PairwiseObjective("sigmoid", 0.1), t(-1.0), t(-2.0), torch.tensor([1]), torch.tensor([1]))
 
 
 def test_unknown_kind_is_refused():
@@ -149,9 +148,14 @@ def test_unknown_kind_is_refused():
 # chosen: -2.0 over 4 tokens (average -0.5); rejected: -3.0 over 2 tokens (average -1.5)
 
 
-def reference_free(kind: str, beta: float, **kwargs):
+def reference_free(kind: str, beta: float, simpo_gamma: float = 0.5, **kwargs):
     return preference_loss(
-        kind, beta, t(-2.0), t(-3.0), torch.tensor([4]), torch.tensor([2]), **kwargs
+        PairwiseObjective(kind, beta, simpo_gamma=simpo_gamma),
+        t(-2.0),
+        t(-3.0),
+        torch.tensor([4]),
+        torch.tensor([2]),
+        **kwargs,
     )
 
 
@@ -191,13 +195,11 @@ def test_orpo_by_hand():
 
 def test_reference_free_losses_batch_rows_independently():
     losses, _, _ = preference_loss(
-        "simpo",
-        1.0,
+        PairwiseObjective("simpo", 1.0, simpo_gamma=0.0),
         t(-2.0, -1.0),
         t(-3.0, -1.0),
         torch.tensor([4, 0]),  # a row without trained tokens divides by 1
         torch.tensor([2, 1]),
-        simpo_gamma=0.0,
     )
     assert losses.tolist() == [approx(-log_sigmoid(1.0)), approx(math.log(2))]
 
@@ -238,10 +240,124 @@ def test_pairwise_trainer_adds_ftx_times_chosen_nll_per_token(tmp_path):
         trainer = PairwisePreferenceTrainer(
             model=policy,
             args=args,
-            pref_loss="sigmoid",
-            pref_beta=0.1,
-            pref_ftx=ftx,
-            simpo_gamma=0.5,
+            objective=PairwiseObjective("sigmoid", 0.1, ftx=ftx),
             ref_model=reference,
         )
         assert trainer.compute_loss(policy, batch).item() == approx(expected)
+
+
+# ---- cDPO label smoothing, LD-DPO, BCO ---------------------------------------------------------
+
+
+def test_label_smoothing_takes_a_share_of_labels_as_flipped_by_hand():
+    losses, _, _ = preference_loss(
+        PairwiseObjective("sigmoid", 0.1, label_smoothing=0.2),
+        t(POLICY_C),
+        t(POLICY_R),
+        torch.tensor([1]),
+        torch.tensor([1]),
+        t(REF_C),
+        t(REF_R),
+    )
+    # margin 1.0: -(1 - 0.2) log sigmoid(0.1) - 0.2 log sigmoid(-0.1)
+    assert losses.item() == approx(-0.8 * log_sigmoid(0.1) - 0.2 * log_sigmoid(-0.1))
+    assert losses.item() == approx(0.6643966600735709)
+
+
+def _uniform_logits(rows: int, length: int) -> torch.Tensor:
+    """Logits over a vocabulary of 4 where token 1 has probability 1/2 and the others 1/6."""
+    return torch.tensor([0.0, math.log(3), 0.0, 0.0]).expand(rows, length, 4).clone()
+
+
+def test_ld_alpha_weighs_tokens_past_the_shorter_answer_by_hand():
+    # pair 0: chosen has 2 trained tokens, rejected 4 (two past the shared 2);
+    # pair 1: chosen 3 tokens in two turns (a gap), rejected 1
+    x = -100
+    labels = torch.tensor(
+        [
+            [x, x, 1, 1, x, x, x],
+            [x, x, 1, 1, x, 2, x],  # chosen of pair 1: tokens 1, 1, then 2 after a gap
+            [x, x, 1, 2, 1, 2, x],
+            [x, x, 2, x, x, x, x],
+        ]
+    )
+    logits = _uniform_logits(4, 7)
+    one, other = math.log(1 / 2), math.log(1 / 6)
+    plain, counts = sequence_logps(logits, labels)
+    weighted, same_counts = sequence_logps(logits, labels, ld_alpha=0.25)
+    assert counts.tolist() == same_counts.tolist() == [2, 3, 4, 1]
+    assert plain.tolist() == [
+        approx(2 * one),
+        approx(2 * one + other),
+        approx(2 * one + 2 * other),
+        approx(other),
+    ]
+    assert weighted.tolist() == [
+        approx(2 * one),  # the shorter answer: every token counts
+        approx(one + 0.25 * (one + other)),  # shared length 1: its 2nd and 3rd tokens weighed
+        approx(one + other + 0.25 * (one + other)),  # shared length 2
+        approx(other),
+    ]
+    # alpha 1 is plain DPO
+    assert sequence_logps(logits, labels, ld_alpha=1.0)[0].tolist() == plain.tolist()
+
+
+def test_bco_loss_by_hand():
+    losses = bco_loss(t(0.3), t(-0.2), 0.05)
+    assert losses.item() == approx(-log_sigmoid(0.25) - log_sigmoid(0.25))
+
+
+def _pair_batch():
+    return {  # chosen row [0, 1] then rejected row [0, 2], one trained token each
+        "input_ids": torch.tensor([[0, 1], [0, 2]]),
+        "attention_mask": torch.ones(2, 2, dtype=torch.long),
+        "labels": torch.tensor([[-100, 1], [-100, 2]]),
+    }
+
+
+def test_pairwise_trainer_mixes_bco_against_the_running_mean_reward(tmp_path):
+    from transformers import TrainingArguments
+
+    from lmforge.train.trainers.preference import PairwisePreferenceTrainer
+
+    policy = TableModel([[0.0, math.log(2), 0.0]] * 3)  # after token 0: [1/4, 1/2, 1/4]
+    reference = TableModel([[0.0, 0.0, 0.0]] * 3)  # [1/3, 1/3, 1/3]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    beta, weight = 0.1, 0.5
+    trainer = PairwisePreferenceTrainer(
+        model=policy,
+        args=args,
+        objective=PairwiseObjective("sigmoid", beta, bco_weight=weight),
+        ref_model=reference,
+    )
+    chosen = beta * (math.log(1 / 2) - math.log(1 / 3))
+    rejected = beta * (math.log(1 / 4) - math.log(1 / 3))
+    dpo = -log_sigmoid(chosen - rejected)
+    # first batch: the running mean is this batch's mean reward
+    mean = (chosen + rejected) / 2
+    bco = -log_sigmoid(chosen - mean) - log_sigmoid(-(rejected - mean))
+    assert trainer.compute_loss(policy, _pair_batch()).item() == approx(
+        (dpo + weight * bco) / (1 + weight)
+    )
+    # earlier batches stay in the baseline: two more, of mean rewards 1.0 and 0.0
+    trainer.mean_reward.add(torch.tensor([1.0]))
+    trainer.mean_reward.add(torch.tensor([0.0]))
+    state = trainer.checkpoint_state()["bco_mean_reward"]
+    assert state == {"total": approx(mean + 1.0), "count": 3}
+    loss = trainer.compute_loss(policy, _pair_batch()).item()
+    delta = (mean + 1.0 + mean) / 4
+    bco = -log_sigmoid(chosen - delta) - log_sigmoid(-(rejected - delta))
+    assert loss == approx((dpo + weight * bco) / (1 + weight))
+    # evaluation judges against the baseline without moving it
+    policy.eval()
+    trainer.compute_loss(policy, _pair_batch())
+    assert trainer.mean_reward.count == 4
+    # a resumed trainer continues from the saved baseline
+    resumed = PairwisePreferenceTrainer(
+        model=policy,
+        args=args,
+        objective=PairwiseObjective("sigmoid", beta, bco_weight=weight),
+        ref_model=reference,
+    )
+    resumed.restore_checkpoint_state(trainer.checkpoint_state())
+    assert resumed.mean_reward.value == approx(delta)

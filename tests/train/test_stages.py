@@ -2,6 +2,7 @@
 LLaMA-Factory's shapes: losses fall, rewards separate, and the outputs reload."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -408,3 +409,50 @@ def test_unknown_pref_loss_is_refused(tmp_path):
     path.write_text("stage: dpo\npref_loss: kto_pair\n")
     with pytest.raises(UserError, match="`pref_loss: kto_pair` is not one of sigmoid, hinge"):
         load_config(path)
+
+
+def test_dpo_with_label_smoothing_ld_alpha_and_bco_resumes_exactly(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's dpo_label_smoothing, ld_alpha and pref_bco_weight train, and BCO's
+    running mean reward is saved with the checkpoint: the resumed run repeats the losses."""
+    settings = dict(
+        stage="dpo",
+        dataset="pairs",
+        max_steps=4,
+        save_steps=2,
+        per_device_train_batch_size=2,
+        pref_beta=0.5,
+        dpo_label_smoothing=0.1,
+        ld_alpha=0.5,
+        pref_bco_weight=0.5,
+    )
+    data = str(write_pairs_dataset(tmp_path / "data", PAIRS))
+    full, first, resumed = uninterrupted_and_resumed(tmp_path, tiny_model_dir, data, settings)
+    saved = json.loads((first.output_dir / "checkpoint-2" / "lmforge_state.json").read_text())
+    assert saved["trainer"]["bco_mean_reward"]["count"] == 2
+    history = trainer_logs(full)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert [h["loss"] for h in trainer_logs(resumed)] == pytest.approx(
+        [h["loss"] for h in history], abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "works with pref_loss: sigmoid"),
+        ({"pref_loss": "simpo", "pref_bco_weight": 0.5}, "needs a reference model"),
+        ({"dpo_label_smoothing": 0.5}, "from 0 up to (not including) 0.5"),
+        ({"ld_alpha": 1.5}, "from 0 to 1"),
+    ],
+)
+def test_dpo_settings_that_cannot_apply_are_refused(tmp_path, tiny_model_dir, settings, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_train(
+            tmp_path,
+            tiny_model_dir,
+            STAGES,
+            stage="dpo",
+            dataset="pairs",
+            dataset_dir=str(write_pairs_dataset(tmp_path / "data", PAIRS)),
+            **settings,
+        )

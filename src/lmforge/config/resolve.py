@@ -57,6 +57,7 @@ def resolve_for_training(
             "and/or reward_model (the output_dir of an rm run)",
         )
     _check_quantization(config)
+    _check_preference(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -78,6 +79,26 @@ def resolve_for_training(
         batching=_batching(config),
         notes=tuple(notes),
     )
+
+
+def _check_preference(config: Config) -> None:
+    """Settings of one DPO loss given with another, which would ignore them."""
+    method = config.method
+    if method.stage != "dpo":
+        return
+    if method.dpo_label_smoothing > 0 and method.pref_loss != "sigmoid":
+        raise UserError(
+            f"dpo_label_smoothing works with pref_loss: sigmoid only (it is {method.pref_loss})",
+            where=config.where("dpo_label_smoothing"),
+            fix="set pref_loss: sigmoid or remove dpo_label_smoothing",
+        )
+    if method.pref_bco_weight > 0 and method.pref_loss in ("orpo", "simpo"):
+        raise UserError(
+            f"pref_bco_weight needs a reference model, which pref_loss: {method.pref_loss} "
+            "does not use",
+            where=config.where("pref_bco_weight"),
+            fix="set pref_loss: sigmoid, hinge or ipo, or remove pref_bco_weight",
+        )
 
 
 def _batching(config: Config) -> Batching:

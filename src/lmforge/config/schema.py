@@ -200,6 +200,24 @@ class MethodConfig:
         choices=("sigmoid", "hinge", "ipo", "orpo", "simpo"),
     )
     simpo_gamma: float = opt(0.5, "simpo: target reward margin gamma.", bounds=NON_NEGATIVE)
+    dpo_label_smoothing: float = opt(
+        0.0,
+        "dpo sigmoid: the share of preference labels taken to be flipped (cDPO, robust to "
+        "noisy pairs); 0 is plain DPO.",
+        bounds=Bounds(low=0, high=0.5, high_open=True),
+    )
+    ld_alpha: float | None = opt(
+        None,
+        "dpo: LD-DPO, the weight of each answer's tokens past the shorter answer's length in "
+        "its log-probability (1: plain DPO; 0: compare equal lengths only).",
+        bounds=SHARE,
+    )
+    pref_bco_weight: float = opt(
+        0.0,
+        "dpo: weight of the added BCO loss (each answer judged on its own against the running "
+        "mean reward); the two are averaged by weight.",
+        bounds=NON_NEGATIVE,
+    )
     ref_model: str | None = opt(
         None,
         "dpo/kto/ppo/grpo: reference model. Default: the base with LoRA disabled (LoRA), or a "

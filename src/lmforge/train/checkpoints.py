@@ -35,7 +35,7 @@ STAGING = ".staging"  # checkpoints are written here, then renamed into place wh
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
-LOSS_STATE = "lmforge_state.json"  # {"global_step": N, "train_loss_sum": sum of step losses}
+LOSS_STATE = "lmforge_state.json"  # {"global_step": N, "train_loss_sum": sum, "trainer": {...}}
 RESULTS = ("train_results.json", "all_results.json")
 _WEIGHTS = (
     "adapter_model.safetensors",
@@ -290,10 +290,25 @@ def _recorded_train_loss(output_dir: Path) -> float:
 # -- the whole run's train_loss -----------------------------------------------------------------
 
 
-def write_loss_state(folder: Path, step: int, loss_sum: float) -> None:
-    (folder / LOSS_STATE).write_text(
-        json.dumps({"global_step": step, "train_loss_sum": loss_sum}) + "\n"
-    )
+def write_loss_state(
+    folder: Path, step: int, loss_sum: float, trainer_state: dict | None = None
+) -> None:
+    """LOSS_STATE, with what a trainer keeps besides the model and optimizer (BCO's running
+    mean reward) under "trainer"."""
+    state = {"global_step": step, "train_loss_sum": loss_sum}
+    if trainer_state:
+        state["trainer"] = trainer_state
+    (folder / LOSS_STATE).write_text(json.dumps(state) + "\n")
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    """What write_loss_state stored under "trainer" ({} for a checkpoint without it)."""
+    try:
+        saved = json.loads((checkpoint / LOSS_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    trainer = saved.get("trainer") if isinstance(saved, dict) else None
+    return trainer if isinstance(trainer, dict) else {}
 
 
 def read_loss_sum(checkpoint: Path) -> float:

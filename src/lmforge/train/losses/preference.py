@@ -1,8 +1,10 @@
 """Losses written out, with the formulas in view: the pairwise preference objectives (DPO
-sigmoid, hinge, IPO, ORPO, SimPO), KTO and Bradley-Terry. Sequence log-probabilities are in
-logps.py."""
+sigmoid with cDPO label smoothing, hinge, IPO, ORPO, SimPO; BCO), KTO and Bradley-Terry.
+Sequence log-probabilities (LD-DPO's included) are in logps.py."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,18 +13,40 @@ PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 REFERENCE_FREE = ("orpo", "simpo")
 
 
+@dataclass(frozen=True)
+class PairwiseObjective:
+    """What a pairwise preference run optimises: the loss `kind` (PREF_LOSSES) and its settings.
+
+    label_smoothing: cDPO, the share of pairs whose labels are taken to be flipped (sigmoid).
+    ld_alpha: LD-DPO, the weight of an answer's tokens past the shorter answer of its pair
+    (sequence_logps in logps.py applies it). bco_weight: BCO's share of the loss (the trainer
+    keeps the running mean reward BCO compares with). ftx: an SFT term on the chosen answers."""
+
+    kind: str = "sigmoid"
+    beta: float = 0.1
+    ftx: float = 0.0
+    simpo_gamma: float = 0.5
+    label_smoothing: float = 0.0
+    ld_alpha: float | None = None
+    bco_weight: float = 0.0
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind not in REFERENCE_FREE
+
+
 def preference_loss(
-    kind: str,
-    beta: float,
+    objective: PairwiseObjective,
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
     chosen_tokens: torch.Tensor,
     rejected_tokens: torch.Tensor,
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
-    simpo_gamma: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair losses, and the implicit rewards of the chosen and rejected answers."""
+    """Per-pair losses, and the implicit rewards of the chosen and rejected answers (BCO's
+    term is added by the trainer, which holds its running mean)."""
+    kind, beta = objective.kind, objective.beta
     if kind in REFERENCE_FREE:
         # Length-normalised log-probabilities: both ORPO and SimPO compare averages.
         chosen_avg = chosen_logps / chosen_tokens.clamp(min=1)
@@ -30,7 +54,7 @@ def preference_loss(
         chosen_rewards, rejected_rewards = beta * chosen_avg.detach(), beta * rejected_avg.detach()
         if kind == "simpo":
             # SimPO: -log sigmoid(beta * (avg_c - avg_r) - gamma)
-            losses = -F.logsigmoid(beta * (chosen_avg - rejected_avg) - simpo_gamma)
+            losses = -F.logsigmoid(beta * (chosen_avg - rejected_avg) - objective.simpo_gamma)
         else:
             # ORPO: NLL(chosen) - beta * log sigmoid(log odds(chosen) - log odds(rejected)),
             # with odds(p) = p / (1 - p) over the average token probability.
@@ -45,8 +69,11 @@ def preference_loss(
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
     margin = chosen_ratio - rejected_ratio
-    if kind == "sigmoid":  # DPO: -log sigmoid(beta * margin)
-        losses = -F.logsigmoid(beta * margin)
+    if kind == "sigmoid":
+        # DPO: -log sigmoid(beta * margin); cDPO (label smoothing e) takes each label to be
+        # flipped with probability e: -(1 - e) log sigmoid(beta m) - e log sigmoid(-beta m)
+        e = objective.label_smoothing
+        losses = -(1 - e) * F.logsigmoid(beta * margin) - e * F.logsigmoid(-beta * margin)
     elif kind == "hinge":  # RSO / SLiC: max(0, 1 - beta * margin)
         losses = torch.relu(1 - beta * margin)
     elif kind == "ipo":  # IPO: (margin - 1 / (2 beta))^2 on per-token averages
@@ -56,6 +83,17 @@ def preference_loss(
     else:
         raise ValueError(f"unknown pref_loss {kind}")
     return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def bco_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, mean_reward: torch.Tensor | float
+) -> torch.Tensor:
+    """BCO (Jung et al., 2024): each answer is classified on its own, chosen above and rejected
+    below the running mean reward delta: -log sigmoid(r_c - delta) - log sigmoid(-(r_r - delta)).
+    The rewards are beta * log(pi / pi_ref), with their gradients."""
+    return -F.logsigmoid(chosen_rewards - mean_reward) - F.logsigmoid(
+        -(rejected_rewards - mean_reward)
+    )
 
 
 def kto_loss(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmforge.data.encoding.collate import PairCollator
-from lmforge.train.losses.preference import REFERENCE_FREE
+from lmforge.train.losses.preference import PairwiseObjective
 from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_pair_samples
 from lmforge.train.trainers.preference import PairwisePreferenceTrainer
 from lmforge.train.trainers.reference import load_reference_model
@@ -17,19 +17,28 @@ class DPOStage(Stage):
         return encode_pair_samples(config, setup)
 
     def build_trainer(self, inputs: StageInputs):
-        method = inputs.config.method
+        objective = pairwise_objective(inputs.config.method)
         reference = None
-        if method.pref_loss not in REFERENCE_FREE:
+        if objective.needs_reference:
             reference = load_reference_model(inputs.config, inputs.plan, inputs.model)
         collator = PairCollator(inputs.setup.tokenizer.pad_token_id)
         return PairwisePreferenceTrainer(
             **inputs.trainer_arguments(inputs.model, collator),
             ref_model=reference,
-            pref_loss=method.pref_loss,
-            pref_beta=method.pref_beta,
-            pref_ftx=method.pref_ftx,
-            simpo_gamma=method.simpo_gamma,
+            objective=objective,
         )
+
+
+def pairwise_objective(method) -> PairwiseObjective:
+    return PairwiseObjective(
+        kind=method.pref_loss,
+        beta=method.pref_beta,
+        ftx=method.pref_ftx,
+        simpo_gamma=method.simpo_gamma,
+        label_smoothing=method.dpo_label_smoothing,
+        ld_alpha=method.ld_alpha,
+        bco_weight=method.pref_bco_weight,
+    )
 
 
 STAGE = DPOStage()

@@ -16,6 +16,7 @@ from lmforge.train.checkpoints import (
     STAGING,
     read_loss_sum,
     read_state,
+    read_trainer_state,
     write_loss_state,
 )
 from lmforge.train.interrupt import InterruptCallback, signal_handlers
@@ -44,6 +45,7 @@ class AtomicCheckpointTrainer(Trainer):
             checkpoint = Path(resume_from_checkpoint)
             self._loss_sum_before = read_loss_sum(checkpoint)
             self._resumed_step = read_state(checkpoint)["global_step"]
+            self.restore_checkpoint_state(read_trainer_state(checkpoint))
         with signal_handlers(self.interrupt):
             output = super().train(resume_from_checkpoint, *args, **kwargs)
         return TrainOutput(output.global_step, output.metrics["train_loss"], output.metrics)
@@ -55,6 +57,14 @@ class AtomicCheckpointTrainer(Trainer):
             steps = max(self.state.global_step, 1)
             logs["train_loss"] = (self._loss_sum_before + self._total_loss_scalar) / steps
         super().log(logs, *args, **kwargs)
+
+    def checkpoint_state(self) -> dict:
+        """What this trainer keeps across steps besides the model, optimizer and schedule (a
+        JSON-able dict saved with each checkpoint); restore_checkpoint_state takes it back."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        pass
 
     def _loss_sum_so_far(self) -> float:
         """Sum of the per-step losses of the whole run up to now (the logged part is averaged
@@ -88,7 +98,9 @@ class AtomicCheckpointTrainer(Trainer):
             self._get_output_dir = original
         if not self.args.should_save:
             return
-        write_loss_state(Path(staging, name), self.state.global_step, loss_sum)
+        write_loss_state(
+            Path(staging, name), self.state.global_step, loss_sum, self.checkpoint_state()
+        )
         final = os.path.join(run_dir, name)
         if os.path.isdir(final):
             shutil.rmtree(final)

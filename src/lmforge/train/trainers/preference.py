@@ -15,7 +15,8 @@ from torch import nn
 
 from lmforge.train.losses.logps import sequence_logps
 from lmforge.train.losses.preference import (
-    REFERENCE_FREE,
+    PairwiseObjective,
+    bco_loss,
     bradley_terry_loss,
     kto_loss,
     preference_loss,
@@ -79,42 +80,35 @@ class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpoint
     def __init__(
         self,
         *args,
-        pref_loss: str,
-        pref_beta: float,
-        pref_ftx: float,
-        simpo_gamma: float,
+        objective: PairwiseObjective,
         ref_model: nn.Module | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.pref_loss, self.pref_beta = pref_loss, pref_beta
-        self.pref_ftx, self.simpo_gamma = pref_ftx, simpo_gamma
+        self.objective = objective
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
+        self.mean_reward = RunningMean()  # BCO's delta
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        objective = self.objective
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
         half = batch["input_ids"].shape[0] // 2
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, tokens = sequence_logps(logits, batch["labels"])
+        logps, tokens = sequence_logps(logits, batch["labels"], objective.ld_alpha)
         ref_c = ref_r = None
-        if self.pref_loss not in REFERENCE_FREE:
-            ref_logps, _ = sequence_logps(self.reference_logits(model, batch), batch["labels"])
+        if objective.needs_reference:
+            reference = self.reference_logits(model, batch)
+            ref_logps, _ = sequence_logps(reference, batch["labels"], objective.ld_alpha)
             ref_c, ref_r = ref_logps[:half], ref_logps[half:]
         losses, chosen_rewards, rejected_rewards = preference_loss(
-            self.pref_loss,
-            self.pref_beta,
-            logps[:half],
-            logps[half:],
-            tokens[:half],
-            tokens[half:],
-            ref_c,
-            ref_r,
-            self.simpo_gamma,
+            objective, logps[:half], logps[half:], tokens[:half], tokens[half:], ref_c, ref_r
         )
-        if self.pref_ftx > 0:  # keep the chosen answers likely (SFT term, as LLaMA-Factory's)
-            losses = losses + self.pref_ftx * (-logps[:half] / tokens[:half].clamp(min=1))
+        if objective.bco_weight > 0 and objective.needs_reference:
+            losses = self._with_bco(losses, logps[:half] - ref_c, logps[half:] - ref_r, model)
+        if objective.ftx > 0:  # keep the chosen answers likely (SFT term, as LLaMA-Factory's)
+            losses = losses + objective.ftx * (-logps[:half] / tokens[:half].clamp(min=1))
         split = "" if model.training else "eval_"
         self._store(
             split,
@@ -127,6 +121,48 @@ class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpoint
         )
         loss = losses.mean()
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _with_bco(self, losses, chosen_ratio, rejected_ratio, model) -> torch.Tensor:
+        """(loss + w * BCO) / (1 + w), as LLaMA-Factory weighs them. BCO's delta is the mean
+        reward of all training batches so far, this one included (over every process); an
+        evaluation batch is judged against it without moving it."""
+        beta, weight = self.objective.beta, self.objective.bco_weight
+        chosen, rejected = beta * chosen_ratio, beta * rejected_ratio
+        if model.training:
+            batch_mean = torch.cat((chosen, rejected)).mean().detach()
+            self.mean_reward.add(self.accelerator.gather(batch_mean[None]))
+        delta = self.mean_reward.value
+        return (losses + weight * bco_loss(chosen, rejected, delta)) / (1 + weight)
+
+    def checkpoint_state(self) -> dict:
+        return {"bco_mean_reward": self.mean_reward.state()} if self.objective.bco_weight else {}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        if "bco_mean_reward" in state:
+            self.mean_reward = RunningMean.from_state(state["bco_mean_reward"])
+
+
+class RunningMean:
+    """The mean of every value added so far (BCO's running reward baseline); saved with each
+    checkpoint, so a resumed run continues from the same baseline."""
+
+    def __init__(self, total: float = 0.0, count: int = 0):
+        self.total, self.count = total, count
+
+    def add(self, values: torch.Tensor) -> None:
+        self.total += float(values.float().sum())
+        self.count += values.numel()
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def state(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RunningMean:
+        return cls(float(state["total"]), int(state["count"]))
 
 
 class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
