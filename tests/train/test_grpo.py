@@ -201,3 +201,12 @@ def test_grpo_examples_run_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):
     assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
     logs = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [r["current_steps"] for r in logs] == [1, 2]
+
+
+def test_rollout_sampler_keeps_the_datasets_order_without_shuffling():
+    from lmforge.train.trainers.rollout import RepeatedChunkSampler
+
+    sampler = RepeatedChunkSampler(5, chunk=2, repeats=2, seed=0, shuffle=False)
+    assert list(sampler) == [0, 1, 0, 1, 2, 3, 2, 3, 4, 0, 4, 0]
+    shuffled = list(RepeatedChunkSampler(5, chunk=2, repeats=1, seed=0))
+    assert sorted(shuffled[:5]) == [0, 1, 2, 3, 4] and shuffled[:5] != [0, 1, 2, 3, 4]

@@ -153,3 +153,55 @@ def test_training_leaves_the_config_as_written(tmp_path, tiny_model_dir):
     assert plan["eval_strategy"] == "steps" and plan["load_best_model_at_end"] is True
     saved = yaml.safe_load((run.output_dir / "run_config.yaml").read_text())
     assert saved["lora_alpha"] is None and saved["fp16"] is True
+
+
+def _training_order(monkeypatch, tmp_path, tiny_model_dir, **settings) -> list[int]:
+    """Which record (its answer "Answer <i>.") each step of one epoch trained on."""
+    from transformers import Trainer
+
+    from conftest import VOCAB
+
+    words = {i: w for w, i in VOCAB.items()}
+    seen = []
+    training_step = Trainer.training_step
+
+    def spy(self, model, inputs, *args, **kwargs):
+        text = "".join(words.get(int(i), "") for i in inputs["input_ids"].flatten())
+        seen.append(int(text.split("Answer ")[1].split(".")[0]))
+        return training_step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", spy)
+    records = [{"instruction": f"Q{i}", "input": "", "output": f"Answer {i}."} for i in range(8)]
+    run_train(
+        tmp_path,
+        tiny_model_dir,
+        SHORT_SFT,
+        records=records,
+        per_device_train_batch_size=1,
+        max_steps=-1,
+        num_train_epochs=1,
+        save_steps=100,
+        **settings,
+    )
+    monkeypatch.undo()
+    return seen
+
+
+def test_disable_shuffling_trains_in_the_datasets_order(monkeypatch, tmp_path, tiny_model_dir):
+    shuffled = _training_order(monkeypatch, tmp_path / "a", tiny_model_dir)
+    in_order = _training_order(monkeypatch, tmp_path / "b", tiny_model_dir, disable_shuffling=True)
+    assert sorted(shuffled) == list(range(8)) and shuffled != list(range(8))
+    assert in_order == list(range(8))
+
+
+def test_disable_shuffling_with_another_sampling_strategy_is_refused(tmp_path, tiny_model_dir):
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="ask for two orders"):
+        run_train(
+            tmp_path,
+            tiny_model_dir,
+            SHORT_SFT,
+            disable_shuffling=True,
+            train_sampling_strategy="group_by_length",
+        )

@@ -398,6 +398,11 @@ class TrainConfig:
         "Random seed for initialisation, shuffling and dropout.",
         bounds=Bounds(low=0, high=2**32 - 1),
     )
+    disable_shuffling: bool = opt(
+        False,
+        "Train on the records in the dataset's order, every epoch, instead of shuffled (a "
+        "curriculum written in the data's order).",
+    )
     plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
     report_compare: bool = opt(
         True,

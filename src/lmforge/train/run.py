@@ -263,6 +263,21 @@ def lora_inputs_left_to_autocast(model, plan: RunPlan):
     return disable_input_dtype_casting(model, active=plan.precision.autocast_dtype is not None)
 
 
+def sampling_arguments(config: Config) -> dict:
+    """disable_shuffling (LLaMA-Factory's key) is transformers' sequential sampler; the
+    rollout stages' own sampler reads the same setting."""
+    if not config.train.disable_shuffling:
+        return {}
+    chosen = config.passthrough.get("train_sampling_strategy", "sequential")
+    if chosen != "sequential":
+        raise UserError(
+            f"disable_shuffling: true and train_sampling_strategy: {chosen} ask for two orders",
+            where=config.where("disable_shuffling"),
+            fix="keep one of them",
+        )
+    return {"train_sampling_strategy": "sequential"}
+
+
 def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval: bool):
     from transformers import TrainingArguments
 
@@ -306,6 +321,7 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         kwargs.update(
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
+    kwargs.update(sampling_arguments(config))
     kwargs.update(config.passthrough)
     try:
         return TrainingArguments(**kwargs)

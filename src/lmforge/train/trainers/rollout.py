@@ -68,12 +68,13 @@ def prompt_row(
 
 
 class RepeatedChunkSampler(torch.utils.data.Sampler):
-    """A shuffled order in which each chunk (the prompts of one optimizer step) comes
-    `repeats` times in a row: PPO's epochs over one batch of rollouts. The last chunk is filled
-    from the start of the order so every chunk is whole."""
+    """A shuffled order (the dataset's with shuffle=False) in which each chunk (the prompts of
+    one optimizer step) comes `repeats` times in a row: PPO's epochs over one batch of
+    rollouts. The last chunk is filled from the start of the order so every chunk is whole."""
 
-    def __init__(self, size: int, chunk: int, repeats: int, seed: int):
+    def __init__(self, size: int, chunk: int, repeats: int, seed: int, shuffle: bool = True):
         self.size, self.chunk, self.repeats, self.seed = size, chunk, repeats, seed
+        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -85,7 +86,8 @@ class RepeatedChunkSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         order = list(range(self.size))
-        random.Random(self.seed + self.epoch).shuffle(order)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
         chunks = -(-self.size // self.chunk)
         order = (order * (1 + chunks * self.chunk // max(self.size, 1)))[: chunks * self.chunk]
         for start in range(0, len(order), self.chunk):

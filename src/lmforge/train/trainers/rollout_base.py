@@ -78,7 +78,10 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
         args = self.args
         chunk = args.per_device_train_batch_size * args.gradient_accumulation_steps
         chunk *= max(args.world_size, 1)
-        return RepeatedChunkSampler(len(dataset), chunk, self.settings.epochs, args.seed)
+        shuffle = args.train_sampling_strategy != "sequential"  # disable_shuffling
+        return RepeatedChunkSampler(
+            len(dataset), chunk, self.settings.epochs, args.seed, shuffle=shuffle
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rollout = self._rollout(model, inputs)
