@@ -411,9 +411,12 @@ def test_unknown_pref_loss_is_refused(tmp_path):
         load_config(path)
 
 
-def test_dpo_with_label_smoothing_ld_alpha_and_bco_resumes_exactly(tmp_path, tiny_model_dir):
+def test_dpo_with_label_smoothing_ld_alpha_and_bco_resumes_exactly(
+    tmp_path, tiny_model_dir, caplog
+):
     """LLaMA-Factory's dpo_label_smoothing, ld_alpha and pref_bco_weight train, and BCO's
     running mean reward is saved with the checkpoint: the resumed run repeats the losses."""
+    caplog.set_level("INFO", logger="lmforge.train.run")
     settings = dict(
         stage="dpo",
         dataset="pairs",
@@ -433,6 +436,10 @@ def test_dpo_with_label_smoothing_ld_alpha_and_bco_resumes_exactly(tmp_path, tin
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert [h["loss"] for h in trainer_logs(resumed)] == pytest.approx(
         [h["loss"] for h in history], abs=1e-6
+    )
+    assert (
+        "  loss: dpo sigmoid, beta 0.5; cDPO label smoothing 0.1; LD-DPO alpha 0.5; BCO weight 0.5"
+        in [r.message for r in caplog.records]
     )
 
 

@@ -58,6 +58,7 @@ def resolve_for_training(
         )
     _check_quantization(config)
     _check_preference(config)
+    _check_sft_loss(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -98,6 +99,34 @@ def _check_preference(config: Config) -> None:
             "does not use",
             where=config.where("pref_bco_weight"),
             fix="set pref_loss: sigmoid, hinge or ipo, or remove pref_bco_weight",
+        )
+
+
+def _check_sft_loss(config: Config) -> None:
+    """DFT and EAFT weigh SFT's token losses, which only lmforge's own losses compute."""
+    method = config.method
+    asked = [k for k in ("use_dft_loss", "use_eaft_loss") if getattr(method, k)]
+    if not asked:
+        return
+    if len(asked) > 1:
+        raise UserError(
+            "use_dft_loss and use_eaft_loss are both true",
+            where=config.where("use_eaft_loss"),
+            fix="keep one of them",
+        )
+    key = asked[0]
+    if method.stage != "sft":
+        raise UserError(
+            f"{key} weighs supervised fine-tuning's loss, and this is stage {method.stage}",
+            where=config.where(key),
+            fix=f"set stage: sft or remove {key}",
+        )
+    if config.passthrough.get("use_liger_kernel"):
+        raise UserError(
+            f"{key} needs lmforge's loss, and use_liger_kernel computes liger's own inside the "
+            "model",
+            where=config.where(key),
+            fix=f"remove use_liger_kernel or {key}",
         )
 
 

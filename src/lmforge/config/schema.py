@@ -188,6 +188,17 @@ class MethodConfig:
         True, "QLoRA 4-bit: quantize the scales too (about 0.37 bits less per weight)."
     )
     pure_bf16: bool = opt(False, "full: keep weights and optimizer state in bf16 (no fp32 copy).")
+    use_dft_loss: bool = opt(
+        False,
+        "sft: DFT, each answer token's loss times its probability under the model (no "
+        "gradient through it).",
+    )
+    use_eaft_loss: bool = opt(
+        False,
+        "sft: EAFT, each answer token's loss times (entropy of the prediction over its 20 "
+        "likeliest tokens / 3) ** eaft_alpha.",
+    )
+    eaft_alpha: float = opt(1.0, "sft: EAFT's exponent.", bounds=POSITIVE)
     pref_beta: float = opt(
         0.1, "dpo/kto: beta, how far the policy may move from the reference.", bounds=POSITIVE
     )

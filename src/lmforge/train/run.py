@@ -369,6 +369,13 @@ def method_line(config: Config, plan: RunPlan) -> str:
     return line + ")"
 
 
+def loss_line(trainer) -> str | None:
+    """What the trainer optimises, where lmforge computes it: the SFT/pt loss (chunked or from
+    full logits, plain or weighted) or the pairwise preference objective."""
+    described = getattr(trainer, "objective", None) or getattr(trainer, "compute_loss_func", None)
+    return described.describe() if hasattr(described, "describe") else None
+
+
 def plan_lines(
     config: Config, plan: RunPlan, setup, trainer, report: DataReport, args, memory=None
 ) -> list[str]:
@@ -388,6 +395,7 @@ def plan_lines(
         f"accumulation x {args.world_size} process(es) = {effective}"
         + batching_line(plan, trainer),
         f"  steps: {planned_steps(args, report.train_rows)}; learning rate {args.learning_rate}",
+        *([f"  loss: {loss}"] if (loss := loss_line(trainer)) else []),
         f"  precision: {plan.precision.describe()}; attention: {attention_line(config, model)}",
         f"  device: {device.describe()}",
         *([f"  memory: {memory}"] if memory else []),

@@ -14,6 +14,7 @@ import torch
 
 from lmforge.data.encoding.encode import IGNORE_INDEX
 from lmforge.model.forward_inputs import forward_takes, is_transformers_model
+from lmforge.train.losses.token_weights import TokenWeighting, weighted
 
 # The loss runs while every activation of the step is still alive, so its one logits buffer adds
 # to the step's peak: 128 MiB of fp32 logits per chunk (Gemma 3, 262,144 tokens: 128 positions;
@@ -73,7 +74,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, targets, softcap, chunk_tokens, need_hidden, need_weight, dtype
+        ctx,
+        hidden,
+        weight,
+        targets,
+        softcap,
+        chunk_tokens,
+        need_hidden,
+        need_weight,
+        dtype,
+        weighting,
     ):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -101,6 +111,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 logits = torch.mul(capped, softcap, out=exps)
             top = logits.amax(dim=-1, keepdim=True).float()
             target_logits = logits.gather(1, t[:, None]).squeeze(1).float()
+            top_k = None  # the largest logits, for a weighting that reads them (EAFT)
+            if weighting is not None and weighting.top_k:
+                top_k = logits.topk(min(weighting.top_k, logits.shape[-1])).values
             if logits is not exps:
                 exps.copy_(logits)
             del logits
@@ -110,7 +123,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             else:
                 shift = 0.0
             sums = exps.exp_().sum(dim=-1)
-            total += (sums.log() + shift - target_logits).sum()
+            nll = sums.log() + shift - target_logits
+            token_weights = None if weighting is None else weighting.weights(nll, top_k)
+            total += nll.sum() if token_weights is None else (token_weights * nll).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
             target_scale = None  # d(capped logit)/d(logit) at the target: 1 without softcap
@@ -120,7 +135,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 del capped
             if low is not exps:
                 exps = low.copy_(exps)  # the logits are no longer needed: their buffer
+            # d(w * nll) = w * (softmax - onehot): the weight scales both row terms
             row_scale = sums.reciprocal()[:, None]
+            if token_weights is not None:
+                column = token_weights[:, None]
+                row_scale = row_scale * column
+                target_scale = column if target_scale is None else target_scale * column
             if grad_hidden is not None:
                 target_rows = weight[t].float()
                 if target_scale is not None:
@@ -160,16 +180,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(scale)
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
-        return (
-            grad_hidden,
-            grad_weight,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (grad_hidden, grad_weight) + (None,) * 8
 
 
 # Without subtracting each row's maximum, exp of every logit stays an fp32 number whose row
@@ -195,6 +206,7 @@ def linear_cross_entropy_sum(
     softcap: float | None = None,
     chunk_tokens: int | None = None,
     dtype: torch.dtype | None = None,
+    weighting: TokenWeighting | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over trained positions, and how many there are.
 
@@ -202,7 +214,8 @@ def linear_cross_entropy_sum(
     nothing is trained; position t predicts label t + 1. chunk_tokens: positions projected at
     a time (default: a 128 MiB logits buffer). dtype: what the projection computes in (the
     weight's by default; bf16/fp16 under mixed precision, as autocast would for the model's own
-    output head); the softmax and the sum are fp32 either way.
+    output head); the softmax and the sum are fp32 either way. weighting: each token's
+    cross-entropy times a weight from its prediction (DFT, EAFT: token_weights.py).
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
@@ -217,6 +230,7 @@ def linear_cross_entropy_sum(
         grad and selected.requires_grad,
         grad and weight.requires_grad,
         dtype or weight.dtype,
+        weighting,
     )
     return total, int(keep.sum())
 
@@ -229,13 +243,25 @@ class LinearCrossEntropyLoss:
     with `output_hidden_states`: that returns every layer's, and under mixed precision
     accelerate converts each one the model returns to an fp32 copy."""
 
-    def __init__(self, model, chunk_tokens: int | None = None, dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model,
+        chunk_tokens: int | None = None,
+        dtype: torch.dtype | None = None,
+        weighting: TokenWeighting | None = None,
+    ):
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.dtype = dtype
+        self.weighting = weighting
         self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self._hidden: torch.Tensor | None = None
         model.get_decoder().register_forward_hook(self._keep_hidden)
+
+    def describe(self) -> str:
+        return (
+            f"{weighted(self.weighting)}cross-entropy on trained tokens, chunked (no full logits)"
+        )
 
     def _keep_hidden(self, module, args, output) -> None:
         self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -252,6 +278,7 @@ class LinearCrossEntropyLoss:
             softcap=self.softcap,
             chunk_tokens=self.chunk_tokens,
             dtype=self.dtype,
+            weighting=self.weighting,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         return loss_sum / denominator

@@ -34,6 +34,21 @@ class PairwiseObjective:
     def needs_reference(self) -> bool:
         return self.kind not in REFERENCE_FREE
 
+    def describe(self) -> str:
+        """`dpo sigmoid, beta 0.1; cDPO label smoothing 0.1; ...` for the plan."""
+        parts = [f"dpo {self.kind}, beta {self.beta:g}"]
+        if self.kind == "simpo":
+            parts.append(f"gamma {self.simpo_gamma:g}")
+        if self.label_smoothing:
+            parts.append(f"cDPO label smoothing {self.label_smoothing:g}")
+        if self.ld_alpha is not None:
+            parts.append(f"LD-DPO alpha {self.ld_alpha:g}")
+        if self.bco_weight:
+            parts.append(f"BCO weight {self.bco_weight:g}")
+        if self.ftx:
+            parts.append(f"SFT term {self.ftx:g}")
+        return "; ".join(parts)
+
 
 def preference_loss(
     objective: PairwiseObjective,

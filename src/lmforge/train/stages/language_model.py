@@ -11,6 +11,7 @@ from lmforge.train.losses.linear_ce import (
     logits_to_keep_for,
     supports_linear_cross_entropy,
 )
+from lmforge.train.losses.token_weights import TokenWeighting, WeightedCrossEntropyLoss
 from lmforge.train.monitor import argmax_logits, token_accuracy
 from lmforge.train.stages.base import StageInputs
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
@@ -48,12 +49,19 @@ def uses_linear_ce(inputs: StageInputs) -> bool:
     return True
 
 
-def language_model_trainer(inputs: StageInputs, collator) -> AtomicCheckpointTrainer:
+def language_model_trainer(
+    inputs: StageInputs, collator, weighting: TokenWeighting | None = None
+) -> AtomicCheckpointTrainer:
+    """weighting: SFT's per-token loss weights (DFT, EAFT), in whichever loss runs."""
     accuracy = inputs.config.train.compute_accuracy
     loss = None
     if uses_linear_ce(inputs):
         collator = LastLogitCollator(collator, logits_to_keep_for(inputs.model))
-        loss = LinearCrossEntropyLoss(inputs.model, dtype=inputs.plan.precision.autocast_dtype)
+        loss = LinearCrossEntropyLoss(
+            inputs.model, dtype=inputs.plan.precision.autocast_dtype, weighting=weighting
+        )
+    elif weighting is not None:
+        loss = WeightedCrossEntropyLoss(weighting)
     return AtomicCheckpointTrainer(
         **inputs.trainer_arguments(inputs.model, collator),
         compute_loss_func=loss,

@@ -10,6 +10,7 @@ from lmforge.data.encoding.loader import build_datasets, packing_enabled
 from lmforge.errors import UserError
 from lmforge.model.packing import check_isolation, prepare_model_for_packing
 from lmforge.model.varlen_attention import kernel_for_model, restore_attention, use_varlen_attention
+from lmforge.train.losses.token_weights import sft_token_weighting
 from lmforge.train.stages.base import Stage, StageData, StageInputs
 from lmforge.train.stages.language_model import language_model_trainer, zero3_enabled
 
@@ -42,14 +43,16 @@ class SFTStage(Stage):
 
     def build_trainer(self, inputs: StageInputs):
         data, model, plan = inputs.config.data, inputs.model, inputs.plan
+        weighting = sft_token_weighting(inputs.config.method)
         packing = packing_enabled(data)
         padding_free = plan.batching.padding_free and not packing
+        padded = PadCollator(inputs.setup.tokenizer.pad_token_id)
         if not (packing or padding_free):
-            return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
+            return language_model_trainer(inputs, padded, weighting)
         if plan.batching.auto and not packing and zero3_enabled():
             # Sharded weights cannot run the isolation check outside DeepSpeed's engine.
             logger.warning("padded rows: padding-free batches are not the default under ZeRO-3")
-            return language_model_trainer(inputs, PadCollator(inputs.setup.tokenizer.pad_token_id))
+            return language_model_trainer(inputs, padded, weighting)
         # Several samples per row: a variable-length kernel attends per sample instead of
         # through a row-wide mask (the device's fastest: model/varlen_attention.py).
         autocast = plan.precision.autocast_dtype
@@ -78,8 +81,8 @@ class SFTStage(Stage):
             # padding_free unset: padded rows are correct for every model, just slower.
             restore_attention(model)
             logger.warning("padded rows instead of padding-free batches: %s", exc.what)
-            collator = PadCollator(inputs.setup.tokenizer.pad_token_id)
-        return language_model_trainer(inputs, collator)
+            collator = padded
+        return language_model_trainer(inputs, collator, weighting)
 
 
 def _full_weights(model):
