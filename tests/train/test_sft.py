@@ -205,3 +205,35 @@ def test_disable_shuffling_with_another_sampling_strategy_is_refused(tmp_path, t
             disable_shuffling=True,
             train_sampling_strategy="group_by_length",
         )
+
+
+def test_train_from_scratch_starts_from_seeded_random_weights(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's train_from_scratch: the architecture of config.json with new weights
+    (the same for the same seed), not the weights in the folder."""
+    from safetensors.torch import load_file
+
+    saved = load_file(tiny_model_dir / "model.safetensors")
+    settings = dict(
+        finetuning_type="full", train_from_scratch=True, max_steps=1, learning_rate=1e-12
+    )
+    runs = [run_train(tmp_path / n, tiny_model_dir, SHORT_SFT, **settings) for n in "ab"]
+    name = next(k for k in saved if k.endswith("embed_tokens.weight"))
+    trained = [load_file(r.output_dir / "model.safetensors")[name] for r in runs]
+    assert torch.equal(trained[0], trained[1])  # seeded
+    assert not torch.allclose(trained[0], saved[name].to(trained[0].dtype), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"finetuning_type": "lora"}, "finetuning_type lora would save only part"),
+        ({"finetuning_type": "full", "adapter_name_or_path": "x"}, "cannot apply"),
+    ],
+)
+def test_train_from_scratch_with_a_partial_method_is_refused(
+    tmp_path, tiny_model_dir, settings, message
+):
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, train_from_scratch=True, **settings)

@@ -59,6 +59,7 @@ def resolve_for_training(
     _check_quantization(config)
     _check_preference(config)
     _check_sft_loss(config)
+    _check_from_scratch(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -127,6 +128,29 @@ def _check_sft_loss(config: Config) -> None:
             "model",
             where=config.where(key),
             fix=f"remove use_liger_kernel or {key}",
+        )
+
+
+def _check_from_scratch(config: Config) -> None:
+    """Random weights are worth training only whole: an adapter or a few unfrozen layers on
+    them would be saved without the random base they need."""
+    model, method = config.model, config.method
+    if not model.train_from_scratch:
+        return
+    if method.finetuning_type != "full":
+        raise UserError(
+            f"train_from_scratch starts from random weights, and finetuning_type "
+            f"{method.finetuning_type} would save only part of the model (the random rest "
+            "is lost)",
+            where=config.where("finetuning_type"),
+            fix="set finetuning_type: full, or remove train_from_scratch",
+        )
+    if model.adapter_name_or_path:
+        raise UserError(
+            "train_from_scratch starts from random weights, so adapter_name_or_path (trained "
+            "on other weights) cannot apply",
+            where=config.where("adapter_name_or_path"),
+            fix="remove adapter_name_or_path or train_from_scratch",
         )
 
 

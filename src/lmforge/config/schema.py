@@ -112,6 +112,11 @@ class ModelConfig:
         "Chat template name (e.g. gemma). Default: the model catalogue's template for the model.",
     )
     trust_remote_code: bool = opt(False, "Allow code from the model's folder or hub repo to run.")
+    train_from_scratch: bool = opt(
+        False,
+        "Train from random weights of the model's architecture (its config.json) instead of "
+        "its trained weights: pre-training a new model (full fine-tuning only).",
+    )
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) to download.")
     flash_attn: str = opt(
         "auto",

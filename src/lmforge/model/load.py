@@ -91,9 +91,22 @@ def load_model(
     flash_attn: str = "auto",
     trust_remote_code: bool = False,
     quantization: Quantization | None = None,
+    random_weights: bool = False,
 ):
-    from transformers import AutoModelForCausalLM
+    """The causal LM in `path`; random_weights: its architecture with freshly initialised
+    weights (train_from_scratch; the caller seeds the generator)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    if random_weights:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(
+            config,
+            dtype=dtype,
+            attn_implementation=attention_implementation(flash_attn),
+            trust_remote_code=trust_remote_code,
+        )
+        _fold_head_inputs(model)
+        return model
     extra = {}
     if quantization is not None:
         # On this process's GPU (bitsandbytes quantizes as the weights move there), or on the

@@ -101,6 +101,7 @@ def run_training(config: Config) -> TrainingRun:
         flash_attn=config.model.flash_attn,
         trust_remote_code=config.model.trust_remote_code,
         quantization=quantization,
+        random_weights=config.model.train_from_scratch,
     )
     adapters = split_paths(config.model.adapter_name_or_path)
     model = apply_finetuning(model, config.method, plan, adapters)
@@ -361,6 +362,8 @@ def method_line(config: Config, plan: RunPlan) -> str:
     """`sft / lora (r=8, alpha=16, target=all; QLoRA, 4-bit base)`."""
     method = config.method
     line = f"{method.stage} / {method.finetuning_type}"
+    if config.model.train_from_scratch:
+        line += " from random weights (train_from_scratch)"
     if method.finetuning_type != "lora":
         return line
     line += f" (r={method.lora_rank}, alpha={plan.lora_alpha}, target={method.lora_target}"
