@@ -95,7 +95,13 @@ def test_sigmoid_dpo_by_hand():
 def test_sigmoid_dpo_gradient_by_hand():
     chosen, rejected = t(POLICY_C).requires_grad_(), t(POLICY_R).requires_grad_()
     losses, _, _ = preference_loss(
-        PairwiseObjective("sigmoid", 0.1), chosen, rejected, torch.tensor([1]), torch.tensor([1]), t(REF_C), t(REF_R)
+        PairwiseObjective("sigmoid", 0.1),
+        chosen,
+        rejected,
+        torch.tensor([1]),
+        torch.tensor([1]),
+        t(REF_C),
+        t(REF_R),
     )
     losses.sum().backward()
     # d/dm -log sigmoid(beta m) = -beta (1 - sigmoid(beta m)); m = chosen - rejected + const
@@ -105,7 +111,13 @@ def test_sigmoid_dpo_gradient_by_hand():
 
 def test_sigmoid_dpo_is_log_2_when_policy_equals_reference():
     losses, chosen_rewards, _ = preference_loss(
-        PairwiseObjective("sigmoid", 0.5), t(-3.0), t(-4.0), torch.tensor([2]), torch.tensor([2]), t(-3.0), t(-4.0)
+        PairwiseObjective("sigmoid", 0.5),
+        t(-3.0),
+        t(-4.0),
+        torch.tensor([2]),
+        torch.tensor([2]),
+        t(-3.0),
+        t(-4.0),
     )
     assert losses.item() == approx(math.log(2)) and chosen_rewards.item() == 0
 
@@ -135,7 +147,13 @@ def test_ipo_zero_token_rows_divide_by_one():
 
 def test_reference_losses_need_reference_logps():
     with pytest.raises(ValueError, match="needs reference"):
-        preference_loss(PairwiseObjective("sigmoid", 0.1), t(-1.0), t(-2.0), torch.tensor([1]), torch.tensor([1]))
+        preference_loss(
+            PairwiseObjective("sigmoid", 0.1),
+            t(-1.0),
+            t(-2.0),
+            torch.tensor([1]),
+            torch.tensor([1]),
+        )
 
 
 def test_unknown_kind_is_refused():

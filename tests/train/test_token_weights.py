@@ -61,7 +61,9 @@ def test_chunked_weighted_loss_and_gradients_equal_the_full_logits_formula(weigh
     )
     total.backward()
     assert count == 2 * 12 - 4
-    unweighted, _ = linear_cross_entropy_sum(hidden.detach(), weight.detach(), labels, softcap=softcap)
+    unweighted, _ = linear_cross_entropy_sum(
+        hidden.detach(), weight.detach(), labels, softcap=softcap
+    )
     assert total.item() != pytest.approx(unweighted.item(), rel=1e-2)  # the weights act
     assert total.item() == pytest.approx(plain.item(), rel=1e-5)
     assert torch.allclose(hidden.grad, expected[0], rtol=1e-4, atol=1e-6)

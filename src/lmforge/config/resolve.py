@@ -60,6 +60,7 @@ def resolve_for_training(
     _check_preference(config)
     _check_sft_loss(config)
     _check_from_scratch(config)
+    _check_new_tokens(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -151,6 +152,28 @@ def _check_from_scratch(config: Config) -> None:
             "on other weights) cannot apply",
             where=config.where("adapter_name_or_path"),
             fix="remove adapter_name_or_path or train_from_scratch",
+        )
+
+
+def _check_new_tokens(config: Config) -> None:
+    from lmforge.model.new_tokens import grows_vocabulary
+
+    if grows_vocabulary(config.model) and config.method.quantization_bit:
+        key = next(
+            k
+            for k in (
+                "add_tokens",
+                "add_special_tokens",
+                "new_special_tokens_config",
+                "resize_vocab",
+            )
+            if getattr(config.model, k)
+        )
+        raise UserError(
+            f"{key} grows the embedding, which a quantized base (quantization_bit) cannot "
+            "have resized",
+            where=config.where(key),
+            fix="train LoRA on the unquantized model (remove quantization_bit), or remove " + key,
         )
 
 

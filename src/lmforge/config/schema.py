@@ -112,6 +112,32 @@ class ModelConfig:
         "Chat template name (e.g. gemma). Default: the model catalogue's template for the model.",
     )
     trust_remote_code: bool = opt(False, "Allow code from the model's folder or hub repo to run.")
+    add_tokens: str | None = opt(
+        None,
+        "Tokens to add to the vocabulary, comma-separated (split like words never again).",
+    )
+    add_special_tokens: str | None = opt(
+        None,
+        "Special tokens to add to the vocabulary, comma-separated (e.g. <tool_call>,</tool_call>). "
+        "With LoRA their embedding rows train with the adapter.",
+    )
+    new_special_tokens_config: str | None = opt(
+        None,
+        "YAML file of `token: description` lines: special tokens to add, and the words whose "
+        "embeddings start theirs (init_special_tokens: desc_init).",
+        path=True,
+    )
+    init_special_tokens: str = opt(
+        "noise_init",
+        "Where added tokens' rows start: noise_init (mean of all rows plus noise), desc_init "
+        "(mean of the description's token rows) or desc_init_w_noise.",
+        choices=("noise_init", "desc_init", "desc_init_w_noise"),
+    )
+    resize_vocab: bool = opt(
+        False,
+        "Grow the embedding to the tokenizer's length when the tokenizer has more tokens than "
+        "the model has rows (adding tokens does this by itself).",
+    )
     train_from_scratch: bool = opt(
         False,
         "Train from random weights of the model's architecture (its config.json) instead of "

@@ -18,6 +18,7 @@ import torch
 
 from lmforge.errors import UserError
 from lmforge.model.load import attention_implementation
+from lmforge.model.new_tokens import fit_vocabulary, grows_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def load_reference(job):
         attn_implementation=attention_implementation(job.config.model.flash_attn),
         trust_remote_code=job.config.model.trust_remote_code,
     ).to(job.device)
+    if grows_vocabulary(job.config.model):  # rows for the tokens training added
+        fit_vocabulary(model, job.setup.tokenizer)
     model.eval()
     for index, adapter in enumerate(job.adapters):
         check_adapter_fits(model, adapter, job.setup.resolved.path)

@@ -232,7 +232,9 @@ class HFEngine(BaseEngine):
         for name, path in (config.infer.adapters or {}).items():
             check_adapter_folder(path, name)  # before the slow part
         setup = prepare_model_setup(config)
-        model = load_for_inference(setup.resolved.path, config.model, config.method)
+        model = load_for_inference(
+            setup.resolved.path, config.model, config.method, setup.tokenizer
+        )
         quantized = is_quantized(model)
         # adapter_name_or_path: merged into the base (LLaMA-Factory's meaning; kept apart on a
         # quantized base); `adapters`: kept apart and switched per request.

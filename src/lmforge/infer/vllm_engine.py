@@ -61,14 +61,26 @@ class VLLMEngine(BaseEngine):
                 fix="remove quantization_bit (vLLM serves the base in infer_dtype), or set "
                 "infer_backend: huggingface",
             )
+        from lmforge.model.new_tokens import grows_vocabulary
+        from lmforge.model.setup import with_training_settings
+
+        config = with_training_settings(config)  # the prompt format used in training
+        adapters = config.model.adapter_name_or_path or config.infer.adapters
+        if adapters and grows_vocabulary(config.model):  # a full model's folder has the rows
+            raise UserError(
+                "infer_backend: vllm cannot serve tokens added to the vocabulary in training "
+                "(add_tokens, add_special_tokens) with an adapter on top of the base model",
+                where=config.where("infer_backend"),
+                fix="write the merged model with `lmforge export` and serve that folder, or set "
+                "infer_backend: huggingface",
+            )
         vllm = require_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
 
         from lmforge.model.load import split_paths
-        from lmforge.model.setup import prepare_model_setup, with_training_settings
+        from lmforge.model.setup import prepare_model_setup
 
-        config = with_training_settings(config)  # the prompt format used in training
         merged = split_paths(config.model.adapter_name_or_path)
         if len(merged) > 1:
             raise UserError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -11,15 +12,22 @@ import torch
 from lmforge.config.plan import RunPlan
 from lmforge.config.schema import MethodConfig, comma_separated
 from lmforge.errors import UserError
+from lmforge.model.new_tokens import trainable_token_indices
 
 logger = logging.getLogger(__name__)
 
 
 def apply_finetuning(
-    model, method: MethodConfig, plan: RunPlan, adapter_paths: list[str] | None = None
+    model,
+    method: MethodConfig,
+    plan: RunPlan,
+    adapter_paths: list[str] | None = None,
+    new_token_ids: tuple[int, ...] = (),
 ):
+    """new_token_ids: rows of tokens added to the vocabulary (and rows resize_vocab added),
+    trained with a new LoRA adapter (full fine-tuning trains every row anyway)."""
     if method.finetuning_type == "lora":
-        model = _apply_lora(model, method, plan.lora_alpha, adapter_paths or [])
+        model = _apply_lora(model, method, plan.lora_alpha, adapter_paths or [], new_token_ids)
     elif method.finetuning_type == "freeze":
         _apply_freeze(model, method)
     else:
@@ -33,7 +41,13 @@ def apply_finetuning(
     return model
 
 
-def _apply_lora(model, method: MethodConfig, lora_alpha: int, adapter_paths: list[str]):
+def _apply_lora(
+    model,
+    method: MethodConfig,
+    lora_alpha: int,
+    adapter_paths: list[str],
+    new_token_ids: tuple[int, ...] = (),
+):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     # Earlier adapters are merged into the base; the last one is trained further, unless
@@ -49,19 +63,38 @@ def _apply_lora(model, method: MethodConfig, lora_alpha: int, adapter_paths: lis
     for path in adapter_paths[: len(adapter_paths) - len(keep_training)]:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     if keep_training:
-        return PeftModel.from_pretrained(model, keep_training[0], is_trainable=True)
+        return _saves_rows_only(
+            PeftModel.from_pretrained(model, keep_training[0], is_trainable=True)
+        )
+    modules_to_save = comma_separated(method.additional_target)
+    tokens = trainable_token_indices(model, list(new_token_ids)) if new_token_ids else None
+    if tokens and set(tokens) & set(modules_to_save):
+        tokens = None  # additional_target trains the whole embedding already
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=method.lora_rank,
         lora_alpha=lora_alpha,
         lora_dropout=method.lora_dropout,
         target_modules=_lora_targets(model, method.lora_target),
-        modules_to_save=comma_separated(method.additional_target) or None,
+        modules_to_save=modules_to_save or None,
+        trainable_token_indices=tokens,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
         init_lora_weights="pissa" if method.pissa_init else True,
     )
-    return get_peft_model(model, config)
+    return _saves_rows_only(get_peft_model(model, config))
+
+
+def _saves_rows_only(peft_model):
+    """An adapter that trains the rows of added tokens holds them; peft would also copy the
+    whole resized embedding (and the head: the same tensor again when tied) into every save,
+    because the vocabulary grew: 2 x 335 MB a checkpoint for Gemma-3-270M. Every row the
+    resize added is one the adapter trains (run.py), and loading resizes the base first."""
+    if any(c.trainable_token_indices for c in peft_model.peft_config.values()):
+        peft_model.save_pretrained = functools.partial(
+            peft_model.save_pretrained, save_embedding_layers=False
+        )
+    return peft_model
 
 
 def _lora_targets(model, lora_target: str) -> str | list[str]:

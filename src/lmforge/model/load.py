@@ -188,12 +188,15 @@ def inference_dtype(infer_dtype: str) -> torch.dtype:
     return torch.bfloat16 if device.cpu_supports_bf16() else torch.float32
 
 
-def load_for_inference(path, model_config, method_config=None):
+def load_for_inference(path, model_config, method_config=None, tokenizer=None):
     """The model at `path` as inference loads it: the config's infer_dtype, attention
     implementation and trust_remote_code (`model_config` is a ModelConfig); with
     `method_config.quantization_bit` its linear layers in 4 or 8 bits (bitsandbytes), on this
     process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval.
-    On a GPU, there (adapters attached afterwards follow it)."""
+    On a GPU, there (adapters attached afterwards follow it). With `tokenizer`: rows for the
+    tokens training added to it (the adapter brings their trained values)."""
+    from lmforge.model.new_tokens import fit_vocabulary, grows_vocabulary
+
     dtype = inference_dtype(model_config.infer_dtype)
     quantization = Quantization.of(method_config, dtype) if method_config is not None else None
     model = load_model(
@@ -203,6 +206,8 @@ def load_for_inference(path, model_config, method_config=None):
         trust_remote_code=model_config.trust_remote_code,
         quantization=quantization,
     )
+    if tokenizer is not None and grows_vocabulary(model_config):
+        fit_vocabulary(model, tokenizer)
     if torch.cuda.is_available() and not is_quantized(model):  # quantized: placed at load
         model = model.to("cuda")
     return model

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lmforge.config.run_files import run_settings
@@ -13,6 +13,7 @@ from lmforge.data.templates.auto import load_template
 from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 from lmforge.model.load import load_tokenizer, split_paths
+from lmforge.model.new_tokens import NewTokens, add_to_tokenizer, requested_tokens
 from lmforge.model.source import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,10 @@ class ModelSetup:
     resolved: ResolvedModel
     tokenizer: object
     template: ChatTemplate
+    # Tokens the config added to the tokenizer (add_tokens, add_special_tokens, ...), and
+    # their ids in it: the model's rows for them are fitted when it loads (new_tokens.py).
+    new_tokens: NewTokens = field(default_factory=NewTokens)
+    new_token_ids: tuple[int, ...] = ()
 
 
 def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None) -> str:
@@ -45,8 +50,8 @@ def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None
     )
 
 
-# The prompt format a trained model learned: inference uses the training run's values of these
-# keys unless the inference config sets them itself. key -> config section.
+# The prompt format and vocabulary a trained model learned: inference uses the training run's
+# values of these keys unless the inference config sets them itself. key -> config section.
 TRAINED_FORMAT_KEYS = {
     "template": "model",
     "enable_thinking": "data",
@@ -54,6 +59,11 @@ TRAINED_FORMAT_KEYS = {
     "tool_format": "data",
     "default_system": "data",
     "date_string": "data",
+    # the vocabulary: the same tokens get the same ids as in training
+    "add_tokens": "model",
+    "add_special_tokens": "model",
+    "new_special_tokens_config": "model",
+    "resize_vocab": "model",
 }
 
 
@@ -120,7 +130,9 @@ def prepare_model_setup(config: Config) -> ModelSetup:
     tokenizer = load_tokenizer(
         tokenizer_folder(resolved.path), trust_remote_code=model.trust_remote_code
     )
+    new_tokens = requested_tokens(model)
+    new_ids = add_to_tokenizer(tokenizer, new_tokens) if new_tokens else []
     name = choose_template_name(config, resolved, tokenizer)
     template = load_template(name, tokenizer, config.data)
     check_template(template, tokenizer)
-    return ModelSetup(resolved, tokenizer, template)
+    return ModelSetup(resolved, tokenizer, template, new_tokens, tuple(new_ids))

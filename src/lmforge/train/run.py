@@ -22,6 +22,12 @@ from lmforge.evaluate.predict import check_predict_settings, run_prediction
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import Quantization, attention_implementation, load_model, split_paths
+from lmforge.model.new_tokens import (
+    fit_vocabulary,
+    grows_vocabulary,
+    initialise_rows,
+    vocabulary_line,
+)
 from lmforge.model.setup import prepare_model_setup
 from lmforge.model.varlen_attention import restore_attention, varlen_kernel_of
 from lmforge.train.callbacks import JsonlLogCallback
@@ -103,8 +109,13 @@ def run_training(config: Config) -> TrainingRun:
         quantization=quantization,
         random_weights=config.model.train_from_scratch,
     )
+    trained_rows: tuple[int, ...] = ()
+    if grows_vocabulary(config.model):
+        new_rows = fit_vocabulary(model, setup.tokenizer)
+        initialise_rows(model, setup.tokenizer, setup.new_tokens, new_rows)
+        trained_rows = tuple(sorted({*setup.new_token_ids, *new_rows}))
     adapters = split_paths(config.model.adapter_name_or_path)
-    model = apply_finetuning(model, config.method, plan, adapters)
+    model = apply_finetuning(model, config.method, plan, adapters, trained_rows)
     output_dir = Path(config.train.output_dir)
     inputs = StageInputs(
         config=config,
@@ -393,6 +404,13 @@ def plan_lines(
         f"  method: {method_line(config, plan)}",
         f"  {trainable_line(model)}",
         f"  template: {template_line(config, setup)}; cutoff_len: {config.data.cutoff_len}",
+        *(
+            [
+                f"  vocabulary: {vocabulary_line(setup.new_tokens, setup.new_token_ids, config.method)}"
+            ]
+            if setup.new_tokens
+            else []
+        ),
         *(f"  data: {line}" for line in report.lines()),
         f"  batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
         f"accumulation x {args.world_size} process(es) = {effective}"

@@ -270,7 +270,7 @@ class LinearCrossEntropyLoss:
         hidden, self._hidden = self._hidden, None  # held no longer than this step
         if hidden is None:
             raise RuntimeError("the model's forward pass did not run through its decoder")
-        weight = self.model.get_output_embeddings().weight
+        weight = output_weight(self.model.get_output_embeddings())
         loss_sum, count = linear_cross_entropy_sum(
             hidden,
             weight,
@@ -315,12 +315,26 @@ class LastLogitCollator:
         return batch
 
 
+def output_weight(head) -> torch.Tensor | None:
+    """The weight the output head projects with, or None where the head is more than a weight
+    (a LoRA- or copy-wrapped head: lora_target or additional_target naming lm_head). peft's
+    trainable tokens (rows of tokens added to the vocabulary) give the base weight with their
+    rows replaced, which carries their gradient."""
+    if type(head) is torch.nn.Linear:
+        return head.weight if head.bias is None else None
+    rows = getattr(head, "token_adapter", None)  # peft's TrainableTokensWrapper
+    base = getattr(rows, "base_layer", None)
+    if type(base) is not torch.nn.Linear or base.bias is not None:
+        return None
+    if rows.disable_adapters or rows.merged or not rows.active_adapters:
+        return base.weight
+    return rows.get_merged_weights(rows.active_adapters)
+
+
 def supports_linear_cross_entropy(model) -> bool:
-    """The output head must be a plain linear layer: a LoRA- or copy-wrapped head (lora_target
-    or additional_target naming lm_head) has extra weights the shortcut would skip; and the
-    model must name its decoder, whose output the loss takes."""
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
+    """The output head must project with a weight alone (output_weight); and the model must
+    name its decoder, whose output the loss takes."""
+    if output_weight(model.get_output_embeddings()) is None:
         return False
     try:  # the final hidden states come from the decoder (remote code may not name one)
         return isinstance(model.get_decoder(), torch.nn.Module)

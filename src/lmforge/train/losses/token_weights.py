@@ -89,4 +89,3 @@ class WeightedCrossEntropyLoss:
         weights = self.weighting.weights(nll.detach(), top)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(nll.numel(), 1)
         return (weights * nll).sum() / denominator
-
