@@ -61,6 +61,7 @@ def resolve_for_training(
     _check_sft_loss(config)
     _check_from_scratch(config)
     _check_new_tokens(config)
+    _check_muon(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -174,6 +175,28 @@ def _check_new_tokens(config: Config) -> None:
             "have resized",
             where=config.where(key),
             fix="train LoRA on the unquantized model (remove quantization_bit), or remove " + key,
+        )
+
+
+def _check_muon(config: Config) -> None:
+    """Muon orthogonalises whole 2-D weights: DeepSpeed hands an optimizer flat shards, FSDP
+    sharded ones; and LoRA+ is another optimizer."""
+    if not config.method.use_muon:
+        return
+    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
+    if sharding:
+        raise UserError(
+            f"use_muon needs whole weights, and {sharding[0]} gives the optimizer shards of them",
+            where=config.where("use_muon"),
+            fix=f"remove {sharding[0]} (several GPUs still train with plain data parallelism) "
+            "or use_muon",
+        )
+    if config.method.loraplus_lr_ratio is not None or config.passthrough.get("optim"):
+        other = "loraplus_lr_ratio" if config.method.loraplus_lr_ratio else "optim"
+        raise UserError(
+            f"use_muon and {other} each choose the optimizer",
+            where=config.where("use_muon"),
+            fix=f"keep one of use_muon and {other}",
         )
 
 

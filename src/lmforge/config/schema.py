@@ -201,6 +201,11 @@ class MethodConfig:
         "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16).",
         bounds=POSITIVE,
     )
+    use_muon: bool = opt(
+        False,
+        "Muon for the hidden layers' 2-D weights (AdamW's learning rate and weight decay carry "
+        "over), AdamW for embeddings, head, norms and biases; not with DeepSpeed or FSDP.",
+    )
     create_new_adapter: bool = opt(
         False, "lora: with adapter_name_or_path, merge it and train a new adapter on top."
     )

@@ -63,17 +63,22 @@ class StageInputs:
             "eval_dataset": self.data.eval or None,
             "processing_class": self.setup.tokenizer,
             "callbacks": list(self.callbacks),
-            "optimizers": (loraplus_optimizer(self.config, model, self.args), None),
+            "optimizers": (custom_optimizer(self.config, model, self.args), None),
         }
 
 
-def loraplus_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
-    """AdamW with LoRA+ learning rates, or None to let the Trainer build its own optimizer."""
+def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
+    """AdamW with LoRA+ learning rates, Muon with AdamW, or None to let the Trainer build its
+    own optimizer (`optim`)."""
+    import torch
+
+    if config.method.use_muon:
+        from lmforge.train.optimizers import muon_optimizer
+
+        return muon_optimizer(model, args)
     ratio = config.method.loraplus_lr_ratio
     if not ratio:
         return None
-    import torch
-
     groups = loraplus_param_groups(model, args.learning_rate, ratio, args.weight_decay)
     betas = (args.adam_beta1, args.adam_beta2)
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)

@@ -1,0 +1,120 @@
+"""Optimizers the Trainer does not build from `optim`: which one a config asks for
+(`custom_optimizer`), and Muon with AdamW (LLaMA-Factory's `use_muon`).
+
+Muon (Jordan et al., 2024; "Muon is Scalable for LLM Training", Moonshot 2025) updates each 2-D
+weight of the hidden layers by its momentum orthogonalised with a Newton-Schulz iteration, its
+step scaled by 0.2 * sqrt(max(rows, columns)) so that AdamW's learning rate and weight decay
+carry over; embeddings, the output head, norms and biases stay with AdamW. torch.optim.Muon
+takes 2-D weights only, and the Trainer takes one optimizer, so `MuonAdamW` is both in one (the
+same arithmetic as torch.optim.Muon with adjust_lr_fn="match_rms_adamw" and torch.optim.AdamW:
+tests/train/test_optimizers.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Newton-Schulz quintic coefficients (Keller Jordan's; torch.optim.Muon's defaults)
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
+
+
+def orthogonalised(matrix: torch.Tensor) -> torch.Tensor:
+    """About U V^T of matrix = U S V^T, in bf16 (five quintic Newton-Schulz steps)."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.bfloat16()
+    tall = matrix.size(0) > matrix.size(1)
+    if tall:
+        x = x.T
+    x = x.div(x.norm().clamp(min=NS_EPS))
+    for _ in range(NS_STEPS):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the groups marked `muon: True` (2-D weights), AdamW for the others."""
+
+    def __init__(
+        self,
+        muon_params,
+        adamw_params,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        groups = [
+            {"params": list(muon_params), "muon": True},
+            {"params": list(adamw_params), "muon": False},
+        ]
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, betas=betas, eps=eps)
+        super().__init__([g for g in groups if g["params"]], defaults)
+        for group in self.param_groups:
+            if group["muon"] and any(p.ndim != 2 for p in group["params"]):
+                raise ValueError("Muon updates 2-D weights only")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    (self._muon if group["muon"] else self._adamw)(param, group)
+        return loss
+
+    def _muon(self, param, group) -> None:
+        lr, momentum = group["lr"], group["momentum"]
+        state = self.state[param]
+        buffer = state.setdefault("momentum_buffer", torch.zeros_like(param.grad))
+        buffer.lerp_(param.grad, 1 - momentum)
+        update = param.grad.lerp(buffer, momentum)  # Nesterov
+        param.mul_(1 - lr * group["weight_decay"])
+        scale = 0.2 * math.sqrt(max(param.shape))
+        param.add_(orthogonalised(update).to(param.dtype), alpha=-lr * scale)
+
+    def _adamw(self, param, group) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        state["step"] += 1
+        step = state["step"].item()
+        param.mul_(1 - lr * group["weight_decay"])
+        state["exp_avg"].lerp_(param.grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+        corrected = math.sqrt(1 - beta2**step)
+        denominator = (state["exp_avg_sq"].sqrt() / corrected).add_(eps)
+        param.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1**step))
+
+
+def muon_optimizer(model, args) -> MuonAdamW:
+    """LLaMA-Factory's split: Muon for the trainable 2-D weights but the embedding and the
+    output head, AdamW for everything else; AdamW's settings from TrainingArguments."""
+    skip = {id(model.get_input_embeddings().weight)}
+    head = model.get_output_embeddings()
+    if head is not None:
+        skip.add(id(head.weight))
+    muon, adamw = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (muon if param.ndim == 2 and id(param) not in skip else adamw).append(param)
+    return MuonAdamW(
+        muon,
+        adamw,
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )

@@ -1,0 +1,93 @@
+"""LLaMA-Factory's use_muon: Muon on the hidden layers' 2-D weights and AdamW on the rest, the
+same arithmetic as torch.optim.Muon (match_rms_adamw) and torch.optim.AdamW, in a training run
+that resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SHORT_SFT, build_tiny_decoder, run_train
+from lmforge.errors import UserError
+from lmforge.train.optimizers import MuonAdamW, muon_optimizer
+
+
+def test_muon_and_adamw_groups_step_as_torchs_own_optimizers():
+    torch.manual_seed(0)
+    weights = [torch.randn(6, 4), torch.randn(3, 8)]  # wide and tall
+    others = [torch.randn(5), torch.randn(7, 2)]
+    ours = [p.clone().requires_grad_() for p in weights + others]
+    theirs = [p.clone().requires_grad_() for p in weights + others]
+    settings = dict(lr=0.02, weight_decay=0.1)
+    optimizer = MuonAdamW(ours[:2], ours[2:], betas=(0.9, 0.95), eps=1e-8, **settings)
+    muon = torch.optim.Muon(theirs[:2], adjust_lr_fn="match_rms_adamw", **settings)
+    adamw = torch.optim.AdamW(theirs[2:], betas=(0.9, 0.95), eps=1e-8, **settings)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer.step()
+        muon.step()
+        adamw.step()
+        for p, q in zip(ours, theirs):
+            assert torch.allclose(p, q, atol=1e-6), step
+    assert not any(torch.equal(p, w) for p, w in zip(ours, weights + others))  # they moved
+
+
+def test_muon_takes_hidden_weights_and_leaves_embedding_head_and_norms_to_adamw():
+    from types import SimpleNamespace
+
+    model = build_tiny_decoder("llama", 50, tie_word_embeddings=False)
+    args = SimpleNamespace(
+        learning_rate=1e-3, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8
+    )
+    optimizer = muon_optimizer(model, args)
+    groups = {g["muon"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[i] for i in groups[True]}
+    adamw = {names[i] for i in groups[False]}
+    assert "model.layers.0.self_attn.q_proj.weight" in muon
+    assert "model.layers.1.mlp.down_proj.weight" in muon
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} <= adamw
+    assert not any("norm" in n or "embed" in n or "lm_head" in n for n in muon)
+    assert len(muon) + len(adamw) == len(list(model.parameters()))
+
+
+def _losses(run) -> list[float]:
+    lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def test_full_fine_tuning_with_muon_learns_and_resumes_exactly(tmp_path, tiny_model_dir):
+    settings = dict(
+        finetuning_type="full", use_muon=True, learning_rate=2e-3, max_steps=4, save_steps=2
+    )
+    full = run_train(tmp_path / "a", tiny_model_dir, SHORT_SFT, **settings)
+    losses = _losses(full)
+    assert losses[-1] < losses[0], losses
+    first = run_train(tmp_path / "b", tiny_model_dir, SHORT_SFT, **settings)
+    state = torch.load(first.output_dir / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert {g["muon"] for g in state["param_groups"]} == {True, False}
+    resumed = run_train(
+        tmp_path / "b",
+        tiny_model_dir,
+        SHORT_SFT,
+        resume_from_checkpoint=str(first.output_dir / "checkpoint-2"),
+        **settings,
+    )
+    assert _losses(resumed) == pytest.approx(losses, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"loraplus_lr_ratio": 16}, "use_muon and loraplus_lr_ratio each choose"),
+        ({"optim": "adafactor"}, "use_muon and optim each choose"),
+        ({"deepspeed": "examples/deepspeed/ds_z2_config.json"}, "deepspeed gives the optimizer"),
+    ],
+)
+def test_muon_with_another_optimizer_or_sharding_is_refused(
+    tmp_path, tiny_model_dir, settings, message
+):
+    with pytest.raises(UserError, match=message):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_muon=True, **settings)
