@@ -91,3 +91,96 @@ def test_muon_with_another_optimizer_or_sharding_is_refused(
 ):
     with pytest.raises(UserError, match=message):
         run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_muon=True, **settings)
+
+
+@pytest.mark.parametrize(
+    "settings, optimizer, group",
+    [
+        (
+            {"use_galore": True, "galore_rank": 4, "galore_scale": 0.5},
+            "galore_torch",
+            {"rank": 4, "update_proj_gap": 200, "scale": 0.5, "proj_type": "std"},
+        ),
+        (
+            {"use_apollo": True, "apollo_rank": 2, "apollo_proj": "svd"},
+            "apollo_torch",
+            {"rank": 2, "proj": "svd", "scale": 32.0, "scale_type": "channel"},
+        ),
+        (
+            {"use_galore": True, "galore_layerwise": True, "galore_target": "q_proj,v_proj"},
+            "transformers",  # its LayerWiseDummyOptimizer
+            None,
+        ),
+    ],
+    ids=["galore", "apollo", "galore-layerwise"],
+)
+def test_galore_and_apollo_train_the_hidden_layers_with_llamafactorys_settings(
+    tmp_path, tiny_model_dir, monkeypatch, settings, optimizer, group
+):
+    """The optimizer's package, and the settings of its projected group (None: layer-wise)."""
+    from transformers import Trainer
+
+    built = []
+    create = Trainer.create_optimizer
+
+    def spy(self, *args, **kwargs):
+        built.append(create(self, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+    run = run_train(
+        tmp_path, tiny_model_dir, SHORT_SFT, finetuning_type="full", max_steps=3, **settings
+    )
+    losses = _losses(run)
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert type(built[0]).__module__.split(".")[0] == optimizer
+    if group is None:  # layer-wise: one optimizer per weight, the targets' with GaLore's rank
+        inner = {id(p): o for p, o in built[0].optimizer_dict.items()}
+        q = run.model.model.layers[0].self_attn.q_proj.weight
+        k = run.model.model.layers[0].self_attn.k_proj.weight
+        assert inner[id(q)].param_groups[0]["rank"] == 16
+        assert "rank" not in inner[id(k)].param_groups[0]
+        return
+    projected = [g for g in built[0].param_groups if "rank" in g]
+    assert len(projected) == 1 and {k: projected[0][k] for k in group} == group
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    targets = {names[id(p)] for p in projected[0]["params"]}
+    assert "model.layers.0.self_attn.q_proj.weight" in targets
+    assert "model.layers.1.mlp.down_proj.weight" in targets
+    assert not any("embed" in n or "norm" in n or "lm_head" in n for n in targets)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"use_galore": True}, "works with finetuning_type: full"),
+        ({"use_galore": True, "use_apollo": True, "finetuning_type": "full"}, "each choose"),
+        (
+            {
+                "use_apollo": True,
+                "apollo_layerwise": True,
+                "finetuning_type": "full",
+                "gradient_accumulation_steps": 2,
+            },
+            "gradients cannot accumulate",
+        ),
+    ],
+)
+def test_low_rank_settings_that_cannot_apply_are_refused(
+    tmp_path, tiny_model_dir, settings, message
+):
+    with pytest.raises(UserError, match=message):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, **settings)
+
+
+def test_a_missing_low_rank_package_names_its_extra(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "galore_torch" else find(name, *a),
+    )
+    with pytest.raises(UserError, match=r"pip install 'lmforge\[galore\]'"):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_galore=True, finetuning_type="full")

@@ -62,6 +62,7 @@ def resolve_for_training(
     _check_from_scratch(config)
     _check_new_tokens(config)
     _check_muon(config)
+    _check_low_rank(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
             "loraplus_lr_ratio works with finetuning_type: lora only",
@@ -193,10 +194,74 @@ def _check_muon(config: Config) -> None:
         )
     if config.method.loraplus_lr_ratio is not None or config.passthrough.get("optim"):
         other = "loraplus_lr_ratio" if config.method.loraplus_lr_ratio else "optim"
+    elif config.method.use_galore or config.method.use_apollo:
+        other = "use_galore" if config.method.use_galore else "use_apollo"
+    else:
+        other = None
+    if other:
         raise UserError(
             f"use_muon and {other} each choose the optimizer",
             where=config.where("use_muon"),
             fix=f"keep one of use_muon and {other}",
+        )
+
+
+def _check_low_rank(config: Config) -> None:
+    """GaLore and APOLLO: full fine-tuning (as LLaMA-Factory), one optimizer, whole weights,
+    their package installed; layer-wise updates without gradient accumulation."""
+    import importlib.util
+
+    from lmforge.train.optimizers import LOW_RANK_PACKAGES, low_rank_kind
+
+    method = config.method
+    kind = low_rank_kind(method)
+    if kind is None:
+        return
+    key = f"use_{kind}"
+    others = [
+        k
+        for k, on in (
+            ("use_apollo", method.use_apollo and kind == "galore"),
+            ("use_muon", method.use_muon),
+            ("loraplus_lr_ratio", method.loraplus_lr_ratio is not None),
+            ("optim", bool(config.passthrough.get("optim"))),
+        )
+        if on
+    ]
+    if others:
+        raise UserError(
+            f"{key} and {others[0]} each choose the optimizer",
+            where=config.where(key),
+            fix=f"keep one of {key} and {others[0]}",
+        )
+    if method.finetuning_type != "full":
+        raise UserError(
+            f"{key} projects the gradients of whole weights: it works with finetuning_type: "
+            f"full (this run: {method.finetuning_type})",
+            where=config.where(key),
+            fix=f"set finetuning_type: full, or remove {key}",
+        )
+    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
+    if sharding:
+        raise UserError(
+            f"{key} needs whole weights, and {sharding[0]} gives the optimizer shards of them",
+            where=config.where(key),
+            fix=f"remove {sharding[0]} or {key}",
+        )
+    if getattr(method, f"{kind}_layerwise") and config.train.gradient_accumulation_steps != 1:
+        raise UserError(
+            f"{kind}_layerwise updates each weight as its gradient arrives, so gradients cannot "
+            f"accumulate (gradient_accumulation_steps: {config.train.gradient_accumulation_steps})",
+            where=config.where(f"{kind}_layerwise"),
+            fix="set gradient_accumulation_steps: 1 (a larger per_device_train_batch_size "
+            f"instead), or {kind}_layerwise: false",
+        )
+    module, extra = LOW_RANK_PACKAGES[kind]
+    if importlib.util.find_spec(module) is None:
+        raise UserError(
+            f"{key} needs the {module} package, which is not installed",
+            where=config.where(key),
+            fix=f"pip install 'lmforge[{extra}]'",
         )
 
 

@@ -201,6 +201,58 @@ class MethodConfig:
         "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16).",
         bounds=POSITIVE,
     )
+    use_galore: bool = opt(
+        False,
+        "full: GaLore, AdamW on low-rank projections of the hidden layers' gradients "
+        "(optimizer state of rank galore_rank); needs the galore extra.",
+    )
+    galore_target: str = opt(
+        "all", "full: GaLore's linear layers: `all` (every one in the layers) or names."
+    )
+    galore_rank: int = opt(16, "full: GaLore's projection rank.", bounds=POSITIVE_INT)
+    galore_update_interval: int = opt(
+        200, "full: steps between GaLore's projection updates.", bounds=POSITIVE_INT
+    )
+    galore_scale: float = opt(2.0, "full: GaLore's update scale.", bounds=POSITIVE)
+    galore_proj_type: str = opt(
+        "std",
+        "full: which side GaLore projects.",
+        choices=("std", "reverse_std", "right", "left", "full"),
+    )
+    galore_layerwise: bool = opt(
+        False,
+        "full: GaLore updates each weight as soon as its gradient is ready (less memory; one "
+        "process, gradient_accumulation_steps 1).",
+    )
+    use_apollo: bool = opt(
+        False,
+        "full: APOLLO, AdamW-like updates scaled from low-rank optimizer state (SGD-like "
+        "memory); needs the apollo extra.",
+    )
+    apollo_target: str = opt(
+        "all", "full: APOLLO's linear layers: `all` (every one in the layers) or names."
+    )
+    apollo_rank: int = opt(16, "full: APOLLO's projection rank.", bounds=POSITIVE_INT)
+    apollo_update_interval: int = opt(
+        200, "full: steps between APOLLO's projection updates.", bounds=POSITIVE_INT
+    )
+    apollo_scale: float = opt(32.0, "full: APOLLO's update scale.", bounds=POSITIVE)
+    apollo_proj: str = opt(
+        "random", "full: APOLLO's projection: random or svd.", choices=("random", "svd")
+    )
+    apollo_proj_type: str = opt(
+        "std", "full: which side APOLLO projects.", choices=("std", "right", "left")
+    )
+    apollo_scale_type: str = opt(
+        "channel",
+        "full: APOLLO's scaling: per channel or per tensor.",
+        choices=("channel", "tensor"),
+    )
+    apollo_layerwise: bool = opt(
+        False,
+        "full: APOLLO updates each weight as soon as its gradient is ready (one process, "
+        "gradient_accumulation_steps 1).",
+    )
     use_muon: bool = opt(
         False,
         "Muon for the hidden layers' 2-D weights (AdamW's learning rate and weight decay carry "

@@ -1,5 +1,6 @@
-"""Optimizers the Trainer does not build from `optim`: which one a config asks for
-(`custom_optimizer`), and Muon with AdamW (LLaMA-Factory's `use_muon`).
+"""Optimizers LLaMA-Factory's keys ask for: Muon with AdamW (`use_muon`), which lmforge builds
+(`custom_optimizer` in stages/base.py), and GaLore / APOLLO (`use_galore`, `use_apollo`), which
+are transformers' own low-rank optimizers set through TrainingArguments (`low_rank_arguments`).
 
 Muon (Jordan et al., 2024; "Muon is Scalable for LLM Training", Moonshot 2025) updates each 2-D
 weight of the hidden layers by its momentum orthogonalised with a Newton-Schulz iteration, its
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from lmforge.config.schema import comma_separated
 
 # Newton-Schulz quintic coefficients (Keller Jordan's; torch.optim.Muon's defaults)
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -118,3 +121,57 @@ def muon_optimizer(model, args) -> MuonAdamW:
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
+
+
+# Every module inside a decoder layer (transformers keeps the nn.Linear ones): GaLore's and
+# APOLLO's `all`, as LLaMA-Factory's, which leaves out the output head.
+IN_LAYERS = r".*\.(layers|h|blocks)\.\d+\..+"
+
+LOW_RANK_PACKAGES = {"galore": ("galore_torch", "galore"), "apollo": ("apollo_torch", "apollo")}
+
+
+def low_rank_kind(method) -> str | None:
+    """`galore` or `apollo` when the config asks for one (use_galore / use_apollo)."""
+    return "galore" if method.use_galore else "apollo" if method.use_apollo else None
+
+
+def low_rank_arguments(method) -> dict:
+    """TrainingArguments' optim, optim_target_modules and optim_args for GaLore or APOLLO
+    with LLaMA-Factory's settings."""
+    kind = low_rank_kind(method)
+    if kind is None:
+        return {}
+    prefix = f"{kind}_"
+    settings = {name[len(prefix) :]: getattr(method, name) for name in _SETTINGS[kind]}
+    target = settings.pop("target")
+    layerwise = settings.pop("layerwise")
+    names = comma_separated(target)
+    optim_args = {"rank": settings.pop("rank"), "update_proj_gap": settings.pop("update_interval")}
+    optim_args.update(settings)  # scale, proj_type (and APOLLO's proj, scale_type)
+    return {
+        "optim": f"{kind}_adamw" + ("_layerwise" if layerwise else ""),
+        "optim_target_modules": IN_LAYERS if names == ["all"] else names,
+        "optim_args": ",".join(f"{k}={v}" for k, v in optim_args.items()),
+    }
+
+
+_SETTINGS = {
+    "galore": (
+        "galore_target",
+        "galore_layerwise",
+        "galore_rank",
+        "galore_update_interval",
+        "galore_scale",
+        "galore_proj_type",
+    ),
+    "apollo": (
+        "apollo_target",
+        "apollo_layerwise",
+        "apollo_rank",
+        "apollo_update_interval",
+        "apollo_scale",
+        "apollo_proj_type",
+        "apollo_proj",
+        "apollo_scale_type",
+    ),
+}

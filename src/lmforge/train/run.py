@@ -46,6 +46,7 @@ from lmforge.train.monitor import (
     trainer_report_to,
 )
 from lmforge.train.output_dir import check_output_dir, prepare_output_dir
+from lmforge.train.optimizers import low_rank_arguments
 from lmforge.train.plot import plot_loss
 from lmforge.train.report import write_report
 from lmforge.train.stages import get_stage
@@ -334,6 +335,7 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
             load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
         )
     kwargs.update(sampling_arguments(config))
+    kwargs.update(low_rank_arguments(config.method))  # GaLore, APOLLO
     kwargs.update(config.passthrough)
     try:
         return TrainingArguments(**kwargs)
