@@ -45,8 +45,8 @@ from lmforge.train.monitor import (
     tracker_lines,
     trainer_report_to,
 )
-from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.optimizers import low_rank_arguments
+from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
 from lmforge.train.report import write_report
 from lmforge.train.stages import get_stage
