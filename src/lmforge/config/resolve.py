@@ -61,6 +61,7 @@ def resolve_for_training(
     _check_sft_loss(config)
     _check_from_scratch(config)
     _check_new_tokens(config)
+    _one_optimizer(config)
     _check_muon(config)
     _check_low_rank(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
@@ -179,36 +180,51 @@ def _check_new_tokens(config: Config) -> None:
         )
 
 
-def _check_muon(config: Config) -> None:
-    """Muon orthogonalises whole 2-D weights: DeepSpeed hands an optimizer flat shards, FSDP
-    sharded ones; and LoRA+ is another optimizer."""
-    if not config.method.use_muon:
-        return
+def _one_optimizer(config: Config) -> None:
+    """use_muon, use_galore, use_apollo, LoRA+ and transformers' `optim` each choose the
+    optimizer: at most one of them."""
+    method = config.method
+    chosen = [
+        key
+        for key, on in (
+            ("use_muon", method.use_muon),
+            ("use_galore", method.use_galore),
+            ("use_apollo", method.use_apollo),
+            ("loraplus_lr_ratio", method.loraplus_lr_ratio is not None),
+            ("optim", bool(config.passthrough.get("optim"))),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        first, second = chosen[:2]
+        raise UserError(
+            f"{first} and {second} each choose the optimizer",
+            where=config.where(first),
+            fix=f"keep one of {first} and {second}",
+        )
+
+
+def _check_whole_weights(config: Config, key: str) -> None:
+    """Muon, GaLore and APOLLO work on whole 2-D weights: DeepSpeed hands an optimizer flat
+    shards, FSDP sharded ones."""
     sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
     if sharding:
         raise UserError(
-            f"use_muon needs whole weights, and {sharding[0]} gives the optimizer shards of them",
-            where=config.where("use_muon"),
+            f"{key} needs whole weights, and {sharding[0]} gives the optimizer shards of them",
+            where=config.where(key),
             fix=f"remove {sharding[0]} (several GPUs still train with plain data parallelism) "
-            "or use_muon",
+            f"or {key}",
         )
-    if config.method.loraplus_lr_ratio is not None or config.passthrough.get("optim"):
-        other = "loraplus_lr_ratio" if config.method.loraplus_lr_ratio else "optim"
-    elif config.method.use_galore or config.method.use_apollo:
-        other = "use_galore" if config.method.use_galore else "use_apollo"
-    else:
-        other = None
-    if other:
-        raise UserError(
-            f"use_muon and {other} each choose the optimizer",
-            where=config.where("use_muon"),
-            fix=f"keep one of use_muon and {other}",
-        )
+
+
+def _check_muon(config: Config) -> None:
+    if config.method.use_muon:
+        _check_whole_weights(config, "use_muon")
 
 
 def _check_low_rank(config: Config) -> None:
-    """GaLore and APOLLO: full fine-tuning (as LLaMA-Factory), one optimizer, whole weights,
-    their package installed; layer-wise updates without gradient accumulation."""
+    """GaLore and APOLLO: full fine-tuning (as LLaMA-Factory), whole weights, their package
+    installed; layer-wise updates without gradient accumulation."""
     import importlib.util
 
     from lmforge.train.optimizers import LOW_RANK_PACKAGES, low_rank_kind
@@ -218,22 +234,6 @@ def _check_low_rank(config: Config) -> None:
     if kind is None:
         return
     key = f"use_{kind}"
-    others = [
-        k
-        for k, on in (
-            ("use_apollo", method.use_apollo and kind == "galore"),
-            ("use_muon", method.use_muon),
-            ("loraplus_lr_ratio", method.loraplus_lr_ratio is not None),
-            ("optim", bool(config.passthrough.get("optim"))),
-        )
-        if on
-    ]
-    if others:
-        raise UserError(
-            f"{key} and {others[0]} each choose the optimizer",
-            where=config.where(key),
-            fix=f"keep one of {key} and {others[0]}",
-        )
     if method.finetuning_type != "full":
         raise UserError(
             f"{key} projects the gradients of whole weights: it works with finetuning_type: "
@@ -241,13 +241,7 @@ def _check_low_rank(config: Config) -> None:
             where=config.where(key),
             fix=f"set finetuning_type: full, or remove {key}",
         )
-    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
-    if sharding:
-        raise UserError(
-            f"{key} needs whole weights, and {sharding[0]} gives the optimizer shards of them",
-            where=config.where(key),
-            fix=f"remove {sharding[0]} or {key}",
-        )
+    _check_whole_weights(config, key)
     if getattr(method, f"{kind}_layerwise") and config.train.gradient_accumulation_steps != 1:
         raise UserError(
             f"{kind}_layerwise updates each weight as its gradient arrives, so gradients cannot "

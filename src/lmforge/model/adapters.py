@@ -67,9 +67,9 @@ def _apply_lora(
             PeftModel.from_pretrained(model, keep_training[0], is_trainable=True)
         )
     modules_to_save = comma_separated(method.additional_target)
-    tokens = trainable_token_indices(model, list(new_token_ids)) if new_token_ids else None
-    if tokens and set(tokens) & set(modules_to_save):
-        tokens = None  # additional_target trains the whole embedding already
+    tokens = trainable_token_indices(model, list(new_token_ids)) if new_token_ids else {}
+    # a module additional_target names trains whole already
+    tokens = {name: ids for name, ids in tokens.items() if name not in modules_to_save}
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=method.lora_rank,
@@ -77,7 +77,7 @@ def _apply_lora(
         lora_dropout=method.lora_dropout,
         target_modules=_lora_targets(model, method.lora_target),
         modules_to_save=modules_to_save or None,
-        trainable_token_indices=tokens,
+        trainable_token_indices=tokens or None,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
         init_lora_weights="pissa" if method.pissa_init else True,
