@@ -127,8 +127,9 @@ def fit_vocabulary(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def initialise_rows(model, tokenizer, tokens: NewTokens, new_rows: list[int]) -> None:
-    """New rows of the embedding and of an untied head: the mean of the rows that existed
-    before, plus N(0, 1/sqrt(width)) noise (noise_init); or the mean of the rows of each
+    """New rows (the last ones, as fit_vocabulary adds them) of the embedding and of an
+    untied head: the mean of the rows that existed before, plus N(0, 1/sqrt(width)) noise
+    (noise_init); or the mean of the rows of each
     token's description (desc_init, desc_init_w_noise; a token without a description gets the
     mean). Seeded by the caller (transformers' set_seed)."""
     if not new_rows:
@@ -140,10 +141,10 @@ def initialise_rows(model, tokenizer, tokens: NewTokens, new_rows: list[int]) ->
     descriptions = dict(tokens.descriptions) if tokens.init != "noise_init" else {}
     noise = tokens.init in ("noise_init", "desc_init_w_noise")
     new = set(new_rows)
+    first = min(new_rows)  # fit_vocabulary's rows are the last ones
     for weight in matrices:
-        existing = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
-        existing[new_rows] = False
-        mean = weight[existing].float().mean(dim=0)
+        # no fp32 copy of the old rows (Gemma: 262k x 640): mean accumulates in fp32
+        mean = weight[:first].mean(dim=0, dtype=torch.float32)
         width = weight.shape[1]
         for row in new_rows:
             value = mean
