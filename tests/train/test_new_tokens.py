@@ -109,7 +109,8 @@ def test_noise_init_is_the_mean_plus_seeded_noise():
 
 @pytest.fixture(scope="module")
 def tool_run(tmp_path_factory, tiny_model_dir):
-    """LoRA SFT whose answers use two added special tokens."""
+    """LoRA SFT whose answers use two added special tokens, in bf16 mixed precision (fp32 on
+    a CPU without native bf16) as the quickstart trains."""
     folder = tmp_path_factory.mktemp("tool-run")
     return run_train(
         folder,
@@ -118,6 +119,7 @@ def tool_run(tmp_path_factory, tiny_model_dir):
         records=TOOL_RECORDS,
         add_special_tokens="<tool_call>,</tool_call>",
         max_steps=4,
+        bf16=True,
     )
 
 

@@ -272,7 +272,13 @@ def lora_inputs_left_to_autocast(model, plan: RunPlan):
     switched off while training (peft's own switch): every forward pass then runs under
     autocast, the trainer's and the rollouts' (trainers/rollout_base.py)."""
     from peft.helpers import disable_input_dtype_casting
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
+    for module in model.modules():
+        # peft's switch reads the flag of every tuner layer, and its trainable-token layers
+        # (rows of added tokens) have none: AttributeError. They do not cast their input.
+        if isinstance(module, BaseTunerLayer) and not hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = True
     return disable_input_dtype_casting(model, active=plan.precision.autocast_dtype is not None)
 
 
