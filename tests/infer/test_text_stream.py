@@ -47,3 +47,13 @@ def test_text_that_may_start_a_stop_string_is_held_then_released():
     assert f.feed("N") == ""
     assert f.feed("x") == "ENx"
     assert not f.stopped
+
+
+def test_special_tokens_show_when_skip_special_tokens_is_false(tiny_tokenizer):
+    """LLaMA-Factory's skip_special_tokens: false (e.g. to see tokens added with
+    add_special_tokens in the answers)."""
+    ids = tiny_tokenizer.encode("a<start_of_turn>b", add_special_tokens=False)
+    shown = IncrementalDecoder(tiny_tokenizer, skip_special_tokens=False)
+    hidden = IncrementalDecoder(tiny_tokenizer)
+    assert "".join(shown.add(i) for i in ids) == "a<start_of_turn>b"
+    assert "".join(hidden.add(i) for i in ids) == "ab"

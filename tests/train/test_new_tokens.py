@@ -168,10 +168,15 @@ def test_chat_loads_the_base_with_the_trained_rows(tool_run, tiny_model_dir, tmp
     from lmforge.infer.engine import HFEngine
 
     path = write_config(
-        tmp_path, tiny_model_dir, INFERENCE, adapter_name_or_path=str(tool_run.output_dir)
+        tmp_path,
+        tiny_model_dir,
+        INFERENCE,
+        adapter_name_or_path=str(tool_run.output_dir),
+        skip_special_tokens=False,  # answers show the added tokens
     )
     engine = HFEngine.from_config(load_config(path))
     try:
+        assert engine.sampling_params().skip_special_tokens is False
         tokenizer = engine.tokenizer
         probe = tokenizer.encode("Q<tool_call>x</tool_call>", add_special_tokens=False)
         assert probe[1] == 107 and probe[3] == 108

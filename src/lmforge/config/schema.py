@@ -593,6 +593,11 @@ class GenerateConfig:
     repetition_penalty: float = opt(
         1.0, "Penalty > 1 discourages repeated tokens.", bounds=POSITIVE
     )
+    skip_special_tokens: bool = opt(
+        True,
+        "Leave special tokens out of answers; false shows them (e.g. <tool_call> added with "
+        "add_special_tokens). The stop token never shows.",
+    )
 
 
 @dataclass

@@ -159,10 +159,17 @@ def generate_token_ids(
     return answers
 
 
-def generate_answers(model, tokenizer, items: list[PromptItem], batch_size: int, settings: dict):
+def generate_answers(
+    model,
+    tokenizer,
+    items: list[PromptItem],
+    batch_size: int,
+    settings: dict,
+    skip_special_tokens: bool = True,
+):
     """Each prompt's answer text, in order (generate_token_ids, decoded)."""
     return [
-        tokenizer.decode(row, skip_special_tokens=True)
+        tokenizer.decode(row, skip_special_tokens=skip_special_tokens)
         for row in generate_token_ids(model, tokenizer, items, batch_size, settings)
     ]
 
@@ -207,7 +214,9 @@ def run_prediction(
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    answers = generate_answers(model, tokenizer, items, batch_size, settings)
+    answers = generate_answers(
+        model, tokenizer, items, batch_size, settings, config.generate.skip_special_tokens
+    )
     if was_training:
         model.train()
     runtime = time.perf_counter() - started

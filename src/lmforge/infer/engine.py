@@ -120,6 +120,7 @@ class BaseEngine:
             "top_p": d.top_p,
             "top_k": d.top_k,
             "repetition_penalty": d.repetition_penalty,
+            "skip_special_tokens": d.skip_special_tokens,
         }
         if overrides.get("max_new_tokens") is not None:
             overrides.setdefault("max_tokens", overrides["max_new_tokens"])

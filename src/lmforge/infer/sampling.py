@@ -44,6 +44,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    skip_special_tokens: bool = True  # in the answer's text
 
     @property
     def greedy(self) -> bool:

@@ -126,7 +126,7 @@ class Sequence:
         self.index = index
         self.stream = stream
         self.sampler = TokenSampler(params, self.prompt_len, device)
-        self.decoder = IncrementalDecoder(tokenizer)
+        self.decoder = IncrementalDecoder(tokenizer, params.skip_special_tokens)
         self.stops = StopStringFilter(params.stop)
         self.stop_ids = set(params.stop_token_ids)
         # Runner state: the KV cache and how many of `ids` it holds.

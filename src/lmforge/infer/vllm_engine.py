@@ -135,7 +135,7 @@ class VLLMEngine(BaseEngine):
             seed=params.seed,
             stop=list(params.stop) or None,
             stop_token_ids=list(params.stop_token_ids),
-            skip_special_tokens=True,
+            skip_special_tokens=params.skip_special_tokens,
         )
         request = self._run(stream, list(prompt_ids), sampling, self.loras.get(adapter))
         asyncio.run_coroutine_threadsafe(request, self._loop)
