@@ -184,3 +184,47 @@ def test_a_missing_low_rank_package_names_its_extra(tmp_path, tiny_model_dir, mo
     )
     with pytest.raises(UserError, match=r"pip install 'lmforge\[galore\]'"):
         run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_galore=True, finetuning_type="full")
+
+
+def test_adam_mini_trains_with_the_models_width_and_heads(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import Trainer
+
+    built = []
+    create = Trainer.create_optimizer
+
+    def spy(self, *args, **kwargs):
+        built.append(create(self, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        SHORT_SFT,
+        finetuning_type="full",
+        use_adam_mini=True,
+        learning_rate=1e-3,
+        max_steps=4,
+    )
+    losses = _losses(run)
+    assert losses[-1] < losses[0], losses
+    optimizer = built[0]
+    assert type(optimizer).__name__ == "Adam_mini"
+    assert (optimizer.dim, optimizer.n_heads, optimizer.n_kv_heads) == (32, 2, 1)
+    trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert trained == sum(p.numel() for p in run.model.parameters())
+
+
+def test_adam_mini_without_its_package_names_the_extra(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "adam_mini" else find(name, *a),
+    )
+    with pytest.raises(UserError, match=r"pip install 'lmforge\[adam-mini\]'"):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_adam_mini=True, finetuning_type="full")
+    with pytest.raises(UserError, match="Fix: set finetuning_type: full or freeze"):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_adam_mini=True)

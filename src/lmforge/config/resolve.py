@@ -62,7 +62,7 @@ def resolve_for_training(
     _check_from_scratch(config)
     _check_new_tokens(config)
     _one_optimizer(config)
-    _check_muon(config)
+    _check_own_optimizers(config)
     _check_low_rank(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
@@ -190,6 +190,7 @@ def _one_optimizer(config: Config) -> None:
             ("use_muon", method.use_muon),
             ("use_galore", method.use_galore),
             ("use_apollo", method.use_apollo),
+            ("use_adam_mini", method.use_adam_mini),
             ("loraplus_lr_ratio", method.loraplus_lr_ratio is not None),
             ("optim", bool(config.passthrough.get("optim"))),
         )
@@ -217,17 +218,25 @@ def _check_whole_weights(config: Config, key: str) -> None:
         )
 
 
-def _check_muon(config: Config) -> None:
+def _check_own_optimizers(config: Config) -> None:
+    """Muon needs whole weights; Adam-mini its package."""
     if config.method.use_muon:
         _check_whole_weights(config, "use_muon")
+    if config.method.use_adam_mini:
+        if config.method.finetuning_type == "lora":
+            raise UserError(
+                "use_adam_mini splits whole attention weights by head, and LoRA trains small "
+                "matrices beside them (Adam-mini fails on their shapes)",
+                where=config.where("use_adam_mini"),
+                fix="set finetuning_type: full or freeze, or remove use_adam_mini",
+            )
+        _check_package(config, "use_adam_mini")
 
 
 def _check_low_rank(config: Config) -> None:
     """GaLore and APOLLO: full fine-tuning (as LLaMA-Factory), whole weights, their package
     installed; layer-wise updates without gradient accumulation."""
-    import importlib.util
-
-    from lmforge.train.optimizers import LOW_RANK_PACKAGES, low_rank_kind
+    from lmforge.train.optimizers import low_rank_kind
 
     method = config.method
     kind = low_rank_kind(method)
@@ -250,7 +259,16 @@ def _check_low_rank(config: Config) -> None:
             fix="set gradient_accumulation_steps: 1 (a larger per_device_train_batch_size "
             f"instead), or {kind}_layerwise: false",
         )
-    module, extra = LOW_RANK_PACKAGES[kind]
+    _check_package(config, key)
+
+
+def _check_package(config: Config, key: str) -> None:
+    """The package an optimizer key needs (PACKAGES), with the extra that installs it."""
+    import importlib.util
+
+    from lmforge.train.optimizers import PACKAGES
+
+    module, extra = PACKAGES[key]
     if importlib.util.find_spec(module) is None:
         raise UserError(
             f"{key} needs the {module} package, which is not installed",

@@ -253,6 +253,11 @@ class MethodConfig:
         "full: APOLLO updates each weight as soon as its gradient is ready (one process, "
         "gradient_accumulation_steps 1).",
     )
+    use_adam_mini: bool = opt(
+        False,
+        "Adam-mini: Adam with one second-moment value per block of weights (about half of "
+        "AdamW's optimizer memory); needs the adam-mini extra.",
+    )
     use_muon: bool = opt(
         False,
         "Muon for the hidden layers' 2-D weights (AdamW's learning rate and weight decay carry "

@@ -1,5 +1,6 @@
-"""Optimizers LLaMA-Factory's keys ask for: Muon with AdamW (`use_muon`), which lmforge builds
-(`custom_optimizer` in stages/base.py), and GaLore / APOLLO (`use_galore`, `use_apollo`), which
+"""Optimizers LLaMA-Factory's keys ask for: Muon with AdamW (`use_muon`), which lmforge builds,
+and Adam-mini (`use_adam_mini`, its package's), both through `custom_optimizer` in
+stages/base.py; and GaLore / APOLLO (`use_galore`, `use_apollo`), which
 are transformers' own low-rank optimizers set through TrainingArguments (`low_rank_arguments`).
 
 Muon (Jordan et al., 2024; "Muon is Scalable for LLM Training", Moonshot 2025) updates each 2-D
@@ -123,11 +124,37 @@ def muon_optimizer(model, args) -> MuonAdamW:
     )
 
 
+def adam_mini_optimizer(model, args):
+    """Adam-mini over the trainable parameters, told the model's width and heads (how it
+    blocks the attention weights) and whether ZeRO-3 or FSDP shards them; AdamW's settings."""
+    from adam_mini import Adam_mini
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    text = model.config.get_text_config()
+    return Adam_mini(
+        named_parameters=[(n, p) for n, p in model.named_parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        model_sharding=bool(args.fsdp) or is_deepspeed_zero3_enabled(),
+        dim=text.hidden_size,
+        n_heads=text.num_attention_heads,
+        n_kv_heads=getattr(text, "num_key_value_heads", None),
+        verbose=False,
+    )
+
+
 # Every module inside a decoder layer (transformers keeps the nn.Linear ones): GaLore's and
 # APOLLO's `all`, as LLaMA-Factory's, which leaves out the output head.
 IN_LAYERS = r".*\.(layers|h|blocks)\.\d+\..+"
 
-LOW_RANK_PACKAGES = {"galore": ("galore_torch", "galore"), "apollo": ("apollo_torch", "apollo")}
+# the package each optimizer key needs, and the lmforge extra that installs it
+PACKAGES = {
+    "use_galore": ("galore_torch", "galore"),
+    "use_apollo": ("apollo_torch", "apollo"),
+    "use_adam_mini": ("adam_mini", "adam-mini"),
+}
 
 
 def low_rank_kind(method) -> str | None:

@@ -68,14 +68,18 @@ class StageInputs:
 
 
 def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
-    """AdamW with LoRA+ learning rates, Muon with AdamW, or None to let the Trainer build its
-    own optimizer (`optim`)."""
+    """AdamW with LoRA+ learning rates, Muon with AdamW, Adam-mini, or None to let the Trainer
+    build its own optimizer (`optim`)."""
     import torch
 
     if config.method.use_muon:
         from lmforge.train.optimizers import muon_optimizer
 
         return muon_optimizer(model, args)
+    if config.method.use_adam_mini:
+        from lmforge.train.optimizers import adam_mini_optimizer
+
+        return adam_mini_optimizer(model, args)
     ratio = config.method.loraplus_lr_ratio
     if not ratio:
         return None
