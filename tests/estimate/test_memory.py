@@ -98,6 +98,22 @@ def test_weights_gradients_optimizer_by_hand():
     assert sgd.terms["optimizer states"] == 0
     eight = estimate_memory(SHAPE, replace(SETTINGS, optim="adamw_8bit"), BATCH, device_kind="cpu")
     assert eight.terms["optimizer states"] == 10_000 * 2
+    mini = estimate_memory(SHAPE, replace(SETTINGS, optim="adam_mini"), BATCH, device_kind="cpu")
+    assert mini.terms["optimizer states"] == 10_000 * 4  # Adam-mini: the first moments
+    muon = estimate_memory(SHAPE, replace(SETTINGS, optim="muon"), BATCH, device_kind="cpu")
+    assert muon.terms["optimizer states"] == 10_000 * 8
+    assert "optimizer muon: states counted as AdamW's (two per parameter), more than it keeps" in (
+        muon.notes
+    )
+
+
+def test_llamafactorys_optimizer_keys_name_the_optimizer_estimated():
+    from lmforge.estimate.settings import optimizer_name
+
+    assert optimizer_name(MethodConfig(use_adam_mini=True), {}) == "adam_mini"
+    assert optimizer_name(MethodConfig(use_galore=True), {}) == "galore_adamw"
+    assert optimizer_name(MethodConfig(), {"optim": "sgd"}) == "sgd"
+    assert optimizer_name(MethodConfig(), {}) == "adamw_torch"
 
 
 def test_qlora_weights_by_hand():

@@ -181,7 +181,11 @@ def estimate_memory(
     states = int(trainable * per_param)
     details["optimizer states"] = f"{settings.optim}: {per_param:g} B x {trainable:,}"
     if not known:
-        est.notes.append(f"optim {settings.optim}: states counted as AdamW's (two per parameter)")
+        fewer = settings.optim in ("muon", "galore_adamw", "apollo_adamw")
+        est.notes.append(
+            f"optimizer {settings.optim}: states counted as AdamW's (two per parameter)"
+            + (", more than it keeps" if fewer else "")
+        )
     if settings.zero_stage >= 1:
         if settings.offload_optimizer:
             states = 0

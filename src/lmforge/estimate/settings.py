@@ -36,7 +36,24 @@ OPTIMIZER_STATES: dict[str, tuple[float, str]] = {
     "adagrad": (1, "x"),
     "sgd": (0, "x"),
     "adafactor": (0.02, "x"),  # factored second moments: rows + columns, not rows x columns
+    "adam_mini": (1, "x"),  # first moments; one second moment per block (counted as none)
 }
+
+
+def optimizer_name(method, passthrough: dict) -> str:
+    """The optimizer a run uses: LLaMA-Factory's optimizer keys (train/optimizers.py) or
+    transformers' `optim`. Muon, GaLore and APOLLO are not in OPTIMIZER_STATES: their states
+    are counted as AdamW's, an upper bound (Muon keeps one per hidden weight, GaLore and APOLLO
+    low-rank ones), and the report says so."""
+    for key, name in (
+        ("use_muon", "muon"),
+        ("use_adam_mini", "adam_mini"),
+        ("use_galore", "galore_adamw"),
+        ("use_apollo", "apollo_adamw"),
+    ):
+        if getattr(method, key):
+            return name
+    return str(passthrough.get("optim") or "adamw_torch")
 
 
 @dataclass(frozen=True)
@@ -151,7 +168,7 @@ def settings_from_config(
         and stage in ("sft", "pt")
         and zero != 3,
         lean_mlp=device_kind == "cpu" and not liger and not zero,  # CPU only, as train/run.py
-        optim=str(passthrough.get("optim") or "adamw_torch"),
+        optim=optimizer_name(method, passthrough),
         zero_stage=zero,
         offload_optimizer=offload_opt,
         offload_param=offload_param,
