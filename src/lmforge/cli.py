@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="catalogue models and which are already local")
     pull = models_sub.add_parser("pull", help="download or convert a catalogue model")
     pull.add_argument("name", help="catalogue name, e.g. gemma-3-270m")
+    expand = models_sub.add_parser(
+        "expand", help="LLaMA Pro: a copy of a model with more layers (train them: use_llama_pro)"
+    )
+    expand.add_argument("model", help="what model_name_or_path accepts: folder, name, hub id")
+    expand.add_argument(
+        "--num-expand", type=int, required=True, help="layers to add (divides the layer count)"
+    )
+    expand.add_argument("--output", required=True, help="folder for the expanded model")
 
     sub.add_parser("env", help="versions and device, to paste into a bug report")
     sub.add_parser("version", help="print the lmforge version")
@@ -412,6 +420,12 @@ def cmd_models(args, extra: list[str]) -> int:
 
     if args.models_command == "list":
         print(models_list())
+    elif args.models_command == "expand":
+        from pathlib import Path
+
+        from lmforge.commands.models import models_expand
+
+        print(models_expand(args.model, args.num_expand, Path(args.output)))
     else:
         print(models_pull(args.name))
     return 0

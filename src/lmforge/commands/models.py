@@ -1,4 +1,5 @@
-"""`lmforge models list|pull NAME`: the catalogue and what is already on this machine."""
+"""`lmforge models list|pull NAME|expand MODEL`: the catalogue, what is already on this machine,
+and LLaMA Pro's expanded copies."""
 
 from __future__ import annotations
 
@@ -44,3 +45,20 @@ def models_pull(name: str, *, force: bool = False) -> Path:
     if get_entry(name) is not None:
         return pull_model(name, force=force)
     return resolve_model(name, pull=True).path
+
+
+def models_expand(model: str, num_expand: int, output: Path) -> str:
+    """LLaMA Pro: `model` with `num_expand` more layers, written to `output`."""
+    from lmforge.model.expand import expand_model, expanded_layer_ids
+
+    source = resolve_model(model, pull=True).path
+    expand_model(source, output, num_expand)
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(str(output)).get_text_config().num_hidden_layers
+    new = ", ".join(str(i) for i in expanded_layer_ids(layers, num_expand))
+    return (
+        f"Expanded {model} to {layers} layers in {output} (new, identity at first: {new}).\n"
+        f"Train the new layers: model_name_or_path: {output}, finetuning_type: freeze, "
+        f"use_llama_pro: true, freeze_trainable_layers: {num_expand}"
+    )

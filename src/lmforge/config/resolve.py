@@ -60,6 +60,7 @@ def resolve_for_training(
     _check_preference(config)
     _check_sft_loss(config)
     _check_from_scratch(config)
+    _check_llama_pro(config)
     _check_new_tokens(config)
     _one_optimizer(config)
     _check_own_optimizers(config)
@@ -155,6 +156,25 @@ def _check_from_scratch(config: Config) -> None:
             "on other weights) cannot apply",
             where=config.where("adapter_name_or_path"),
             fix="remove adapter_name_or_path or train_from_scratch",
+        )
+
+
+def _check_llama_pro(config: Config) -> None:
+    method = config.method
+    if method.use_llama_pro and method.finetuning_type == "full":
+        raise UserError(
+            "use_llama_pro trains only the layers `lmforge models expand` added, and "
+            "finetuning_type full trains every layer",
+            where=config.where("use_llama_pro"),
+            fix="set finetuning_type: freeze (or lora), with freeze_trainable_layers: the "
+            "number of layers added",
+        )
+    if method.use_llama_pro and method.freeze_trainable_layers < 0:
+        raise UserError(
+            f"use_llama_pro: freeze_trainable_layers {method.freeze_trainable_layers} counts "
+            "first layers; with LLaMA Pro it is how many layers were added",
+            where=config.where("freeze_trainable_layers"),
+            fix="set freeze_trainable_layers to the --num-expand the model was expanded with",
         )
 
 

@@ -190,6 +190,11 @@ class MethodConfig:
     freeze_extra_modules: str | None = opt(
         None, "freeze: extra modules outside the layers to train too, e.g. embed_tokens,norm."
     )
+    use_llama_pro: bool = opt(
+        False,
+        "LLaMA Pro: train only the layers `lmforge models expand` added to the model "
+        "(freeze_trainable_layers: how many it added; freeze or lora).",
+    )
     additional_target: str | None = opt(
         None, "lora: modules trained fully and saved with the adapter, e.g. embed_tokens,lm_head."
     )

@@ -12,6 +12,7 @@ import torch
 from lmforge.config.plan import RunPlan
 from lmforge.config.schema import MethodConfig, comma_separated
 from lmforge.errors import UserError
+from lmforge.model.expand import expanded_layer_ids
 from lmforge.model.new_tokens import trainable_token_indices
 
 logger = logging.getLogger(__name__)
@@ -75,12 +76,14 @@ def _apply_lora(
         r=method.lora_rank,
         lora_alpha=lora_alpha,
         lora_dropout=method.lora_dropout,
-        target_modules=_lora_targets(model, method.lora_target),
+        target_modules=_lora_targets(model, method.lora_target, by_name=method.use_llama_pro),
         modules_to_save=modules_to_save or None,
         trainable_token_indices=tokens or None,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
         init_lora_weights="pissa" if method.pissa_init else True,
+        # LLaMA Pro: only the layers `lmforge models expand` added
+        layers_to_transform=_llama_pro_layers(model, method) if method.use_llama_pro else None,
     )
     return _saves_rows_only(get_peft_model(model, config))
 
@@ -97,15 +100,37 @@ def _saves_rows_only(peft_model):
     return peft_model
 
 
-def _lora_targets(model, lora_target: str) -> str | list[str]:
-    if lora_target.strip() == "all":
-        return "all-linear"  # every linear layer except the output head
-    names = [n.strip() for n in lora_target.split(",") if n.strip()]
+def _llama_pro_layers(model, method: MethodConfig) -> list[int]:
+    num_layers = model.config.get_text_config().num_hidden_layers
+    n = method.freeze_trainable_layers
+    if not 0 < n <= num_layers:
+        raise UserError(
+            f"use_llama_pro: freeze_trainable_layers {n} should be how many layers "
+            "`lmforge models expand` added",
+            fix="set freeze_trainable_layers to the --num-expand the model was expanded with",
+        )
+    return expanded_layer_ids(num_layers, n)
+
+
+def _lora_targets(model, lora_target: str, by_name: bool = False) -> str | list[str]:
+    """peft's target_modules; by_name: `all` as the names of the layers' linear modules (peft
+    takes layers_to_transform only with names)."""
     linear_names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
     }
+    if lora_target.strip() == "all":
+        if by_name:
+            return sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and ".layers." in name
+                }
+            )
+        return "all-linear"  # every linear layer except the output head
+    names = [n.strip() for n in lora_target.split(",") if n.strip()]
     missing = [n for n in names if n not in linear_names]
     if missing:
         raise UserError(
@@ -124,6 +149,8 @@ def _apply_freeze(model, method: MethodConfig) -> None:
             fix=f"use a number from 1 to {num_layers} (last layers) or -1 to -{num_layers} (first)",
         )
     layers = range(num_layers - n, num_layers) if n > 0 else range(-n)
+    if method.use_llama_pro:  # the layers `lmforge models expand` added
+        layers = expanded_layer_ids(num_layers, n)
     modules = [m.strip() for m in method.freeze_trainable_modules.split(",") if m.strip()]
     pattern = re.compile(r"\.layers\.(\d+)\.")
     trained_any = False
