@@ -194,46 +194,62 @@ def test_disable_shuffling_trains_in_the_datasets_order(monkeypatch, tmp_path, t
     assert in_order == list(range(8))
 
 
-def test_disable_shuffling_with_another_sampling_strategy_is_refused(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"disable_shuffling": True, "train_sampling_strategy": "group_by_length"},
+        {"disable_shuffling": True, "group_by_length": True},
+    ],
+)
+def test_two_training_orders_are_refused(tmp_path, tiny_model_dir, settings):
     from lmforge.errors import UserError
 
     with pytest.raises(UserError, match="ask for two orders"):
-        run_train(
-            tmp_path,
-            tiny_model_dir,
-            SHORT_SFT,
-            disable_shuffling=True,
-            train_sampling_strategy="group_by_length",
-        )
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, **settings)
 
 
-def test_train_from_scratch_starts_from_seeded_random_weights(tmp_path, tiny_model_dir):
-    """LLaMA-Factory's train_from_scratch: the architecture of config.json with new weights
-    (the same for the same seed), not the weights in the folder."""
-    from safetensors.torch import load_file
+def test_group_by_length_batches_samples_of_similar_length(monkeypatch, tmp_path, tiny_model_dir):
+    """LLaMA-Factory's group_by_length: transformers' length-grouped sampler. 64 samples in
+    batches of 4 come in megabatches of 16 (64 // (4 x 4)), each sorted longest first (its
+    first sample may be swapped to put the longest of all first)."""
+    from transformers import Trainer
 
-    saved = load_file(tiny_model_dir / "model.safetensors")
-    settings = dict(
-        finetuning_type="full", train_from_scratch=True, max_steps=1, learning_rate=1e-12
-    )
-    runs = [run_train(tmp_path / n, tiny_model_dir, SHORT_SFT, **settings) for n in "ab"]
-    name = next(k for k in saved if k.endswith("embed_tokens.weight"))
-    trained = [load_file(r.output_dir / "model.safetensors")[name] for r in runs]
-    assert torch.equal(trained[0], trained[1])  # seeded
-    assert not torch.allclose(trained[0], saved[name].to(trained[0].dtype), atol=1e-3)
-
-
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        ({"finetuning_type": "lora"}, "finetuning_type lora would save only part"),
-        ({"finetuning_type": "full", "adapter_name_or_path": "x"}, "cannot apply"),
-    ],
-)
-def test_train_from_scratch_with_a_partial_method_is_refused(
-    tmp_path, tiny_model_dir, settings, message
-):
     from lmforge.errors import UserError
 
-    with pytest.raises(UserError, match=message):
-        run_train(tmp_path, tiny_model_dir, SHORT_SFT, train_from_scratch=True, **settings)
+    seen = []
+    training_step = Trainer.training_step
+
+    def spy(self, model, inputs, *args, **kwargs):
+        seen.extend(inputs["attention_mask"].sum(-1).tolist())
+        return training_step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", spy)
+    records = [
+        {"instruction": "Q" * (1 + 7 * (i % 4)), "input": "", "output": "A" * (2 + 9 * (i % 4))}
+        for i in range(64)
+    ]
+    settings = dict(
+        records=records,
+        per_device_train_batch_size=4,
+        max_steps=-1,
+        num_train_epochs=1,
+        padding_free=False,
+        val_size=0,
+    )
+    run_train(tmp_path, tiny_model_dir, SHORT_SFT, group_by_length=True, **settings)
+    assert len(seen) == 64 and seen[0] == max(seen)
+    for start in range(0, 64, 16):
+        megabatch = seen[start + 1 : start + 16]
+        assert megabatch == sorted(megabatch, reverse=True), seen
+    seen.clear()
+    run_train(tmp_path / "random", tiny_model_dir, SHORT_SFT, **settings)
+    assert any(
+        seen[s + 1 : s + 16] != sorted(seen[s + 1 : s + 16], reverse=True) for s in (0, 16, 32)
+    )
+    from lmforge.train.run import sampling_arguments
+
+    dpo = load_config(
+        write_config(tmp_path / "dpo", tiny_model_dir, SHORT_SFT, stage="dpo", group_by_length=True)
+    )
+    with pytest.raises(UserError, match="stage dpo batches pairs"):
+        sampling_arguments(dpo)

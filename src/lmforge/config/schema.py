@@ -512,6 +512,11 @@ class TrainConfig:
         "Train on the records in the dataset's order, every epoch, instead of shuffled (a "
         "curriculum written in the data's order).",
     )
+    group_by_length: bool = opt(
+        False,
+        "sft/pt: batch samples of similar length together (less padding in padded batches; "
+        "transformers' length-grouped sampler).",
+    )
     plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
     report_compare: bool = opt(
         True,

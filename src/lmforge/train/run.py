@@ -283,18 +283,37 @@ def lora_inputs_left_to_autocast(model, plan: RunPlan):
 
 
 def sampling_arguments(config: Config) -> dict:
-    """disable_shuffling (LLaMA-Factory's key) is transformers' sequential sampler; the
-    rollout stages' own sampler reads the same setting."""
-    if not config.train.disable_shuffling:
+    """LLaMA-Factory's disable_shuffling and group_by_length (a TrainingArguments key in
+    transformers 4) are transformers 5's train_sampling_strategy; the rollout stages' own
+    sampler reads `sequential` too."""
+    train = config.train
+    asked = [
+        (key, strategy)
+        for key, strategy in (
+            ("disable_shuffling", "sequential"),
+            ("group_by_length", "group_by_length"),
+        )
+        if getattr(train, key)
+    ]
+    if not asked:
         return {}
-    chosen = config.passthrough.get("train_sampling_strategy", "sequential")
-    if chosen != "sequential":
+    key, strategy = asked[0]
+    chosen = config.passthrough.get("train_sampling_strategy", strategy)
+    if len(asked) > 1 or chosen != strategy:
+        other = asked[1][0] if len(asked) > 1 else f"train_sampling_strategy: {chosen}"
         raise UserError(
-            f"disable_shuffling: true and train_sampling_strategy: {chosen} ask for two orders",
-            where=config.where("disable_shuffling"),
+            f"{key}: true and {other} ask for two orders",
+            where=config.where(key),
             fix="keep one of them",
         )
-    return {"train_sampling_strategy": "sequential"}
+    if strategy == "group_by_length" and config.method.stage not in ("sft", "pt"):
+        raise UserError(
+            f"group_by_length groups samples by their length, and stage {config.method.stage} "
+            "batches pairs or prompts it does not group",
+            where=config.where(key),
+            fix="remove group_by_length (it is for stages sft and pt)",
+        )
+    return {"train_sampling_strategy": strategy}
 
 
 def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval: bool):
