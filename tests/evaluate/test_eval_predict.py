@@ -113,3 +113,45 @@ def test_predict_after_training_with_the_trained_model(tmp_path, tiny_model_dir)
     assert outcome.count == len(rows) == 8 and results["predict_samples"] == 8
     assert rows[0]["label"] == "I am Forge, made by lmforge."
     assert run.model.training  # left as it was found
+
+
+def test_predict_with_num_beams_answers_as_transformers_beam_search(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's num_beams and length_penalty: predict's answers are generate()'s beam
+    search results, and chat refuses beam search in one paragraph."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.evaluate.predict import run_prediction
+    from lmforge.infer.engine import HFEngine
+
+    settings = dict(max_new_tokens=8, repetition_penalty=1.5, per_device_eval_batch_size=1)
+    path = predict_config(tmp_path, tiny_model_dir, num_beams=3, length_penalty=0.5, **settings)
+    run_prediction(load_config(path))
+    rows, _ = read_outputs(tmp_path / "predict")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stops = [1, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+
+    def answer(prompt: str, beams: int) -> str:
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=8,
+                num_beams=beams,
+                length_penalty=0.5,
+                repetition_penalty=1.5,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=0,
+            )
+        tokens = out[0, len(ids) :].tolist()
+        tokens = tokens[: next((k for k, t in enumerate(tokens) if t in stops), len(tokens))]
+        return tokenizer.decode(tokens, skip_special_tokens=True)
+
+    for row in rows[:3]:
+        assert row["predict"] == answer(row["prompt"], 3)
+    assert rows[0]["predict"] != answer(rows[0]["prompt"], 1)  # not what greedy answers
+    with pytest.raises(UserError, match="asks for beam search"):
+        HFEngine.from_config(load_config(path))

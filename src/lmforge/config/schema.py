@@ -608,6 +608,15 @@ class GenerateConfig:
     repetition_penalty: float = opt(
         1.0, "Penalty > 1 discourages repeated tokens.", bounds=POSITIVE
     )
+    num_beams: int = opt(
+        1,
+        "predict: beam search over this many beams (chat, API and webchat sample or decode "
+        "greedily, one sequence per answer).",
+        bounds=POSITIVE_INT,
+    )
+    length_penalty: float = opt(
+        1.0, "predict with num_beams > 1: exponent of the length that divides a beam's score."
+    )
     skip_special_tokens: bool = opt(
         True,
         "Leave special tokens out of answers; false shows them (e.g. <tool_call> added with "

@@ -124,6 +124,8 @@ def generation_settings(config: Config, tokenizer, template) -> dict:
         settings.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
     else:  # no sampling settings, so transformers does not warn that they are unused
         settings.update(temperature=None, top_p=None, top_k=None)
+    if gen.num_beams > 1:  # LLaMA-Factory's num_beams and length_penalty
+        settings.update(num_beams=gen.num_beams, length_penalty=gen.length_penalty)
     return settings
 
 

@@ -229,6 +229,13 @@ class HFEngine(BaseEngine):
         from lmforge.model.setup import prepare_model_setup, with_training_settings
 
         resolve_for_inference(config)
+        if config.generate.num_beams > 1:
+            raise UserError(
+                f"num_beams: {config.generate.num_beams} asks for beam search, which lmforge "
+                "predict runs; chat, API and webchat stream one sampled or greedy answer",
+                where=config.where("num_beams"),
+                fix="remove num_beams (do_sample: false decodes greedily), or use lmforge predict",
+            )
         config = with_training_settings(config)  # the prompt format used in training
         for name, path in (config.infer.adapters or {}).items():
             check_adapter_folder(path, name)  # before the slow part
