@@ -343,6 +343,8 @@ def run_comparison(config: Config, *, model_loader=None, generate=None) -> Compa
     scored = [encode_sample(e.sample, template, tokenizer, cutoff) for e in references]
     settings = generation_settings(loaded, tokenizer, template)
     settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)  # greedy
+    settings.pop("num_beams", None)  # one greedy answer per model, as documented
+    settings.pop("length_penalty", None)
     batch = loaded.train.per_device_eval_batch_size
     generate = generate or generate_answers
     base_name = str(loaded.model.model_name_or_path)
