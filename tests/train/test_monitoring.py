@@ -373,3 +373,28 @@ def test_missing_swanlab_names_its_extra(monkeypatch):
     assert info.value.format() == (
         "report_to: swanlab needs the swanlab package. Fix: pip install 'lmforge[swanlab]'."
     )
+
+
+def test_torch_profiler_writes_a_trace_and_an_operator_table(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's enable_torch_profiler: one cycle (wait 1, warm up 1, record 2 steps)
+    gives a Chrome trace and the table of the slowest operators, in output_dir/profiler."""
+    import json
+
+    from conftest import SHORT_SFT, run_train
+
+    run = run_train(
+        tmp_path,
+        tiny_model_dir,
+        SHORT_SFT,
+        max_steps=5,
+        enable_torch_profiler=True,
+        profiler_active_steps=2,
+        profiler_with_stack=False,
+    )
+    folder = run.output_dir / "profiler" / "rank_0"
+    traces = list(folder.glob("*.pt.trace.json"))
+    assert len(traces) == 1
+    events = json.loads(traces[0].read_text())["traceEvents"]
+    assert any(e.get("name") == "aten::mm" for e in events)
+    table = (folder / "ops-step-4.txt").read_text()
+    assert table.startswith("steps up to 4") and "aten::mm" in table and "Self CPU" in table

@@ -517,6 +517,27 @@ class TrainConfig:
         "sft/pt: batch samples of similar length together (less padding in padded batches; "
         "transformers' length-grouped sampler).",
     )
+    enable_torch_profiler: bool = opt(
+        False,
+        "Record training steps with torch.profiler: a trace (Perfetto, chrome://tracing) and a "
+        "table of the slowest operators per cycle.",
+    )
+    profiler_output_dir: str | None = opt(
+        None, "Where the profiler writes (default: output_dir/profiler).", path=True
+    )
+    profiler_wait_steps: int = opt(
+        1, "Profiler: steps skipped at the start of each cycle.", bounds=NON_NEGATIVE
+    )
+    profiler_warmup_steps: int = opt(
+        1, "Profiler: steps traced but not recorded in each cycle.", bounds=NON_NEGATIVE
+    )
+    profiler_active_steps: int = opt(
+        1, "Profiler: steps recorded in each cycle.", bounds=POSITIVE_INT
+    )
+    profiler_repeat: int = opt(1, "Profiler: cycles (0: until training ends).", bounds=NON_NEGATIVE)
+    profiler_record_shapes: bool = opt(True, "Profiler: record tensor shapes.")
+    profiler_profile_memory: bool = opt(True, "Profiler: record memory allocations.")
+    profiler_with_stack: bool = opt(True, "Profiler: record Python stacks.")
     plot_loss: bool = opt(False, "Write training_loss.png when training ends.")
     report_compare: bool = opt(
         True,

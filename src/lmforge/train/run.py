@@ -48,6 +48,7 @@ from lmforge.train.monitor import (
 from lmforge.train.optimizers import low_rank_arguments
 from lmforge.train.output_dir import check_output_dir, prepare_output_dir
 from lmforge.train.plot import plot_loss
+from lmforge.train.profiler import ProfilerSettings, TorchProfilerCallback
 from lmforge.train.report import write_report
 from lmforge.train.stages import get_stage
 from lmforge.train.stages.base import Stage, StageInputs
@@ -246,6 +247,9 @@ def final_eval_metrics(trainer) -> dict:
 
 def training_callbacks(config: Config, *, has_eval: bool, output_dir: Path) -> list:
     callbacks = [JsonlLogCallback(output_dir), *tracker_callbacks(config)]
+    profiler = ProfilerSettings.of(config.train)
+    if profiler is not None:
+        callbacks.append(TorchProfilerCallback(profiler))
     if has_eval:
         callbacks.append(OverfitWarningCallback())
     if config.train.early_stopping_patience:
