@@ -16,7 +16,7 @@ from lmforge.config.plan import (
     RunPlan,
     keeps_frozen_weights_bf16,
 )
-from lmforge.config.schema import STAGES, Config, comma_separated
+from lmforge.config.schema import STAGES, Config, comma_separated, trains_adapter
 from lmforge.errors import UserError
 
 _RESUME_AUTO = {"auto", "true", "latest"}
@@ -243,10 +243,10 @@ def _check_own_optimizers(config: Config) -> None:
     if config.method.use_muon:
         _check_whole_weights(config, "use_muon")
     if config.method.use_adam_mini:
-        if config.method.finetuning_type == "lora":
+        if trains_adapter(config.method):
             raise UserError(
-                "use_adam_mini splits whole attention weights by head, and LoRA trains small "
-                "matrices beside them (Adam-mini fails on their shapes)",
+                "use_adam_mini splits whole attention weights by head, and an adapter (LoRA, "
+                "OFT) trains small matrices beside them (Adam-mini fails on their shapes)",
                 where=config.where("use_adam_mini"),
                 fix="set finetuning_type: full or freeze, or remove use_adam_mini",
             )

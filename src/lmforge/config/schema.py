@@ -14,7 +14,13 @@ from typing import Any
 
 # Stages and methods that exist today; resolve() names the others as not available yet.
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
-FINETUNING_TYPES = ("lora", "freeze", "full")
+FINETUNING_TYPES = ("lora", "oft", "freeze", "full")
+ADAPTER_TYPES = ("lora", "oft")  # trained as a peft adapter beside a frozen base
+
+
+def trains_adapter(method) -> bool:
+    """LoRA or OFT: the run saves a peft adapter, and the base (adapters disabled) is there."""
+    return method.finetuning_type in ADAPTER_TYPES
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,9 @@ class MethodConfig:
         choices=STAGES,
     )
     finetuning_type: str = opt(
-        "lora", "lora, freeze (train the last layers) or full.", choices=FINETUNING_TYPES
+        "lora",
+        "lora, oft (orthogonal fine-tuning), freeze (train the last layers) or full.",
+        choices=FINETUNING_TYPES,
     )
     lora_rank: int = opt(8, "LoRA rank r.", bounds=POSITIVE_INT)
     lora_alpha: int | None = opt(None, "LoRA alpha. Default: 2 x lora_rank.", bounds=POSITIVE_INT)
@@ -195,8 +203,25 @@ class MethodConfig:
         "LLaMA Pro: train only the layers `lmforge models expand` added to the model "
         "(freeze_trainable_layers: how many it added; freeze or lora).",
     )
+    oft_rank: int = opt(
+        0,
+        "oft: number of orthogonal blocks per layer (0: set by oft_block_size).",
+        bounds=NON_NEGATIVE,
+    )
+    oft_block_size: int = opt(
+        32, "oft: size of each orthogonal block (0: set by oft_rank).", bounds=NON_NEGATIVE
+    )
+    oft_target: str = opt(
+        "all", "oft: modules that get OFT: `all` linear layers, or comma-separated module names."
+    )
+    module_dropout: float = opt(
+        0.0,
+        "oft: dropout of whole OFT blocks in training.",
+        bounds=Bounds(low=0, high=1, high_open=True),
+    )
     additional_target: str | None = opt(
-        None, "lora: modules trained fully and saved with the adapter, e.g. embed_tokens,lm_head."
+        None,
+        "lora/oft: modules trained fully and saved with the adapter, e.g. embed_tokens,lm_head.",
     )
     use_rslora: bool = opt(False, "lora: rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = opt(False, "lora: weight-decomposed LoRA (DoRA).")
@@ -636,7 +661,9 @@ class GenerateConfig:
         bounds=POSITIVE_INT,
     )
     length_penalty: float = opt(
-        1.0, "predict with num_beams > 1: exponent of the length that divides a beam's score."
+        1.0,
+        "predict with num_beams > 1: exponent of the length that divides a beam's score.",
+        bounds=Bounds(),  # any finite number: below 0 favours shorter answers
     )
     skip_special_tokens: bool = opt(
         True,

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmforge.config.schema import ADAPTER_TYPES
 from lmforge.estimate.batches import Batch
 from lmforge.estimate.model_shape import ModelShape
 from lmforge.estimate.settings import Settings, optimizer_bytes_per_param
@@ -283,7 +284,7 @@ def activation_bytes(
     if first is None:
         return 0, "nothing trains"
     on_path = shape.layers - first  # layers behind which something trains
-    if settings.finetuning_type == "lora":
+    if settings.finetuning_type in ADAPTER_TYPES:
         trained_layers = 0
     else:
         trained_layers = min(shape.trained_layers, on_path)
@@ -378,7 +379,7 @@ def _mixed_layer_bytes(
     # trained norm weights need the normalized output too (liger's recompute it from the input)
     norm_outputs = 0 if settings.liger else norms
     trained_layer = norms + attention + a * (reads_hidden * h + mlp * i + joined) + norm_outputs
-    if settings.finetuning_type == "lora":
+    if settings.finetuning_type in ADAPTER_TYPES:
         return lora_layer, 0
     return lora_layer, trained_layer - lora_layer
 
@@ -414,7 +415,7 @@ def _frozen_bf16_layer_bytes(
     )
     lora_layer = norm_inputs + attention + a * ((mlp - 1) * i + lora_inputs)
     lora_layer += a * shape.lora_linears_per_layer * shape.lora_rank
-    if settings.finetuning_type == "lora":
+    if settings.finetuning_type in ADAPTER_TYPES:
         return lora_layer, 0
     bf16_out = shape.norm_keeps_input_dtype or settings.liger
     # q/k/v and gate/up share the attention's and the MLP's bf16 norm output, or cast their own
@@ -433,7 +434,7 @@ def _weight_casts(shape: ModelShape, settings: Settings, on_path: int) -> int:
     if not settings.autocast_16bit or settings.pure_bf16:
         return 0
     layers = max(shape.layers, 1)
-    lora = settings.finetuning_type == "lora"
+    lora = settings.finetuning_type in ADAPTER_TYPES
     if settings.frozen_weights_bf16:
         if lora:
             return on_path * (shape.trainable_params // layers) * settings.activation_bytes

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.config.schema import trains_adapter
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _build_shape(path: str, method, lora_alpha: int, *, trust_remote_code: bool)
     total = sum(p.numel() for p in model.parameters())
     layers_module = _decoder_layers(model)
     trained_flags = [any(p.requires_grad for p in layer.parameters()) for layer in layers_module]
-    lora = method.finetuning_type == "lora"
+    lora = trains_adapter(method)  # LoRA or OFT: the base stays frozen
     lora_linears = sum(1 for n, _ in layers_module[0].named_modules() if n.endswith("lora_A"))
     adapted = [
         (name, m)

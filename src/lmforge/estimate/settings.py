@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmforge.config.plan import keeps_frozen_weights_bf16, loads_untrained_models_bf16
+from lmforge.config.schema import trains_adapter
 from lmforge.errors import UserError
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
@@ -177,7 +178,7 @@ def settings_from_config(
         packing=bool(data.packing or data.neat_packing),
         padding_free=_padding_free(config, plan),
         per_sample_attention=config.model.flash_attn != "disabled",
-        reference_copy=uses_reference and not method.ref_model and method.finetuning_type != "lora",
+        reference_copy=uses_reference and not method.ref_model and not trains_adapter(method),
         reference_loaded=uses_reference and bool(method.ref_model),
         reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),
         generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmforge.config.schema import ADAPTER_TYPES
 from lmforge.estimate.batches import Lengths
 from lmforge.estimate.model_shape import ModelShape
 from lmforge.estimate.settings import Settings
@@ -51,9 +52,9 @@ def flops(
     first = shape.first_trained_layer if shape.first_trained_layer is not None else layers
     on_path = (layers - first) / layers
     linear = shape.linear_params
-    lora = shape.trainable_params if settings.finetuning_type == "lora" else 0
+    lora = shape.trainable_params if settings.finetuning_type in ADAPTER_TYPES else 0
     trained_linear = 0.0
-    if settings.finetuning_type != "lora":
+    if settings.finetuning_type not in ADAPTER_TYPES:
         trained_linear = linear * min(shape.trained_layers, layers) / layers
     forward = 2 * linear + 2 * lora
     backward = 2 * linear * on_path + 4 * lora + 2 * trained_linear

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config.schema import Config
+from lmforge.config.schema import Config, trains_adapter
 from lmforge.errors import UserError
 from lmforge.model.load import split_paths
 from lmforge.model.setup import ModelSetup, prepare_model_setup, training_run_settings
@@ -101,7 +101,7 @@ def plan_export(config: Config) -> ExportJob:
 
 def _check_adapters(config: Config, adapters: tuple[Path, ...]) -> None:
     where = config.source
-    if adapters and config.method.finetuning_type != "lora":
+    if adapters and not trains_adapter(config.method):
         raise UserError(
             f"adapter_name_or_path is set, but finetuning_type is {config.method.finetuning_type}: "
             "a full or freeze run saves the whole model, not an adapter",

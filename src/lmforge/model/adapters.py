@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lmforge.config.plan import RunPlan
-from lmforge.config.schema import MethodConfig, comma_separated
+from lmforge.config.schema import MethodConfig, comma_separated, trains_adapter
 from lmforge.errors import UserError
 from lmforge.model.expand import expanded_layer_ids
 from lmforge.model.new_tokens import trainable_token_indices
@@ -27,8 +27,8 @@ def apply_finetuning(
 ):
     """new_token_ids: rows of tokens added to the vocabulary (and rows resize_vocab added),
     trained with a new LoRA adapter (full fine-tuning trains every row anyway)."""
-    if method.finetuning_type == "lora":
-        model = _apply_lora(model, method, plan.lora_alpha, adapter_paths or [], new_token_ids)
+    if trains_adapter(method):
+        model = _apply_adapter(model, method, plan.lora_alpha, adapter_paths or [], new_token_ids)
     elif method.finetuning_type == "freeze":
         _apply_freeze(model, method)
     else:
@@ -42,14 +42,15 @@ def apply_finetuning(
     return model
 
 
-def _apply_lora(
+def _apply_adapter(
     model,
     method: MethodConfig,
     lora_alpha: int,
     adapter_paths: list[str],
     new_token_ids: tuple[int, ...] = (),
 ):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    """A new LoRA or OFT adapter (peft), or the last of adapter_paths trained further."""
+    from peft import PeftModel, get_peft_model
 
     # Earlier adapters are merged into the base; the last one is trained further, unless
     # create_new_adapter asks for a fresh adapter on top of all of them.
@@ -57,8 +58,8 @@ def _apply_lora(
         if not (Path(path) / "adapter_config.json").is_file():
             raise UserError(
                 f"adapter folder {path} has no adapter_config.json",
-                fix="point adapter_name_or_path at the output_dir of a LoRA run (train that "
-                "first), or remove adapter_name_or_path",
+                fix=f"point adapter_name_or_path at the output_dir of a {method.finetuning_type} "
+                "run (train that first), or remove adapter_name_or_path",
             )
     keep_training = adapter_paths[-1:] if adapter_paths and not method.create_new_adapter else []
     for path in adapter_paths[: len(adapter_paths) - len(keep_training)]:
@@ -67,16 +68,28 @@ def _apply_lora(
         return _saves_rows_only(
             PeftModel.from_pretrained(model, keep_training[0], is_trainable=True)
         )
+    if method.finetuning_type == "oft":
+        return get_peft_model(model, _oft_config(model, method))
+    return _saves_rows_only(
+        get_peft_model(model, _lora_config(model, method, lora_alpha, new_token_ids))
+    )
+
+
+def _lora_config(model, method: MethodConfig, lora_alpha: int, new_token_ids: tuple[int, ...]):
+    from peft import LoraConfig
+
     modules_to_save = comma_separated(method.additional_target)
     tokens = trainable_token_indices(model, list(new_token_ids)) if new_token_ids else {}
     # a module additional_target names trains whole already
     tokens = {name: ids for name, ids in tokens.items() if name not in modules_to_save}
-    config = LoraConfig(
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=method.lora_rank,
         lora_alpha=lora_alpha,
         lora_dropout=method.lora_dropout,
-        target_modules=_lora_targets(model, method.lora_target, by_name=method.use_llama_pro),
+        target_modules=_target_modules(
+            model, method.lora_target, "lora_target", method.use_llama_pro
+        ),
         modules_to_save=modules_to_save or None,
         trainable_token_indices=tokens or None,
         use_rslora=method.use_rslora,
@@ -85,7 +98,24 @@ def _apply_lora(
         # LLaMA Pro: only the layers `lmforge models expand` added
         layers_to_transform=_llama_pro_layers(model, method) if method.use_llama_pro else None,
     )
-    return _saves_rows_only(get_peft_model(model, config))
+
+
+def _oft_config(model, method: MethodConfig):
+    """OFT (Qiu et al., 2023; peft's OFTConfig, LLaMA-Factory's keys): each adapted linear
+    layer's weight rotated by a learned block-diagonal orthogonal matrix."""
+    from peft import OFTConfig
+
+    return OFTConfig(
+        task_type="CAUSAL_LM",
+        r=method.oft_rank,
+        oft_block_size=method.oft_block_size,
+        module_dropout=method.module_dropout,
+        target_modules=_target_modules(
+            model, method.oft_target, "oft_target", method.use_llama_pro
+        ),
+        modules_to_save=comma_separated(method.additional_target) or None,
+        layers_to_transform=_llama_pro_layers(model, method) if method.use_llama_pro else None,
+    )
 
 
 def _saves_rows_only(peft_model):
@@ -112,15 +142,15 @@ def _llama_pro_layers(model, method: MethodConfig) -> list[int]:
     return expanded_layer_ids(num_layers, n)
 
 
-def _lora_targets(model, lora_target: str, by_name: bool = False) -> str | list[str]:
-    """peft's target_modules; by_name: `all` as the names of the layers' linear modules (peft
-    takes layers_to_transform only with names)."""
+def _target_modules(model, target: str, key: str, by_name: bool = False) -> str | list[str]:
+    """peft's target_modules for lora_target / oft_target (`key`); by_name: `all` as the names
+    of the layers' linear modules (peft takes layers_to_transform only with names)."""
     linear_names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
     }
-    if lora_target.strip() == "all":
+    if target.strip() == "all":
         if by_name:
             return sorted(
                 {
@@ -130,11 +160,11 @@ def _lora_targets(model, lora_target: str, by_name: bool = False) -> str | list[
                 }
             )
         return "all-linear"  # every linear layer except the output head
-    names = [n.strip() for n in lora_target.split(",") if n.strip()]
+    names = [n.strip() for n in target.split(",") if n.strip()]
     missing = [n for n in names if n not in linear_names]
     if missing:
         raise UserError(
-            f"lora_target names modules this model does not have: {', '.join(missing)}",
+            f"{key} names modules this model does not have: {', '.join(missing)}",
             fix=f"use `all` or some of: {', '.join(sorted(linear_names))}",
         )
     return names

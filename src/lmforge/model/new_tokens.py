@@ -93,6 +93,8 @@ def vocabulary_line(tokens: NewTokens, ids: tuple[int, ...], method) -> str:
     added = ", ".join(f"{t} (id {i})" for t, i in zip(tokens.all, ids))
     if method.finetuning_type == "lora":
         where = "trained in the adapter"
+    elif method.finetuning_type == "oft":
+        where = "not trained unless additional_target names the embedding (and an untied head)"
     elif method.finetuning_type == "full":
         where = "trained with the model"
     else:  # freeze

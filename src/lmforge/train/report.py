@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from lmforge.config.schema import trains_adapter
 from lmforge.errors import UserError
 from lmforge.train.monitor import best_checkpoint, eval_history, overfitting
 
@@ -88,7 +89,7 @@ def compare_rows(config, setup, model, *, generate=None) -> tuple[list[dict], st
             "the before/after table is not written for distributed runs (use lmforge compare)",
         )
     disable = getattr(model, "disable_adapter", None)
-    if config.method.finetuning_type != "lora" or disable is None:
+    if not trains_adapter(config.method) or disable is None:
         return [], (
             f"finetuning_type {config.method.finetuning_type} keeps no base weights in memory; "
             "`lmforge compare` answers with base and trained model"

@@ -406,6 +406,9 @@ def method_line(config: Config, plan: RunPlan) -> str:
     line = f"{method.stage} / {method.finetuning_type}"
     if config.model.train_from_scratch:
         line += " from random weights (train_from_scratch)"
+    if method.finetuning_type == "oft":
+        size = f"block size {method.oft_block_size}" if method.oft_block_size else ""
+        return line + f" ({size or f'{method.oft_rank} blocks'}, target={method.oft_target})"
     if method.finetuning_type != "lora":
         return line
     line += f" (r={method.lora_rank}, alpha={plan.lora_alpha}, target={method.lora_target}"

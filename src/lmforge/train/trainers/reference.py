@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from lmforge.config.schema import trains_adapter
 from lmforge.model.load import load_model
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,8 @@ def load_reference_model(config, plan, model) -> nn.Module | None:
             flash_attn=config.model.flash_attn,
             trust_remote_code=config.model.trust_remote_code,
         )
-    elif config.method.finetuning_type == "lora":
-        logger.info("Reference model: the base model (LoRA adapters disabled), no extra copy")
+    elif trains_adapter(config.method):
+        logger.info("Reference model: the base model (adapters disabled), no extra copy")
         return None
     else:
         logger.info("Reference model: a frozen copy of the starting model")
