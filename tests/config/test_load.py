@@ -53,7 +53,9 @@ def test_wrong_type_names_key_value_and_type(tmp_path):
 
 
 def test_choices_are_checked(tmp_path):
-    with pytest.raises(UserError, match="finetuning_type: qlora` is not one of lora, oft, freeze, full"):
+    with pytest.raises(
+        UserError, match="finetuning_type: qlora` is not one of lora, oft, freeze, full"
+    ):
         load_config(write(tmp_path, "finetuning_type: qlora\n"))
 
 

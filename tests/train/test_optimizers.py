@@ -53,6 +53,32 @@ def test_muon_takes_hidden_weights_and_leaves_embedding_head_and_norms_to_adamw(
     assert len(muon) + len(adamw) == len(list(model.parameters()))
 
 
+@pytest.fixture
+def built_optimizers(monkeypatch) -> list:
+    """The optimizers the Trainer creates during the test, in order."""
+    from transformers import Trainer
+
+    built = []
+    create = Trainer.create_optimizer
+
+    def spy(self, *args, **kwargs):
+        built.append(create(self, *args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+    return built
+
+
+def without_package(monkeypatch, module: str) -> None:
+    """As if `module` were not installed (importlib.util.find_spec finds nothing)."""
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else find(name, *a)
+    )
+
+
 def _losses(run) -> list[float]:
     lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines]
@@ -115,19 +141,10 @@ def test_muon_with_another_optimizer_or_sharding_is_refused(
     ids=["galore", "apollo", "galore-layerwise"],
 )
 def test_galore_and_apollo_train_the_hidden_layers_with_llamafactorys_settings(
-    tmp_path, tiny_model_dir, monkeypatch, settings, optimizer, group
+    tmp_path, tiny_model_dir, built_optimizers, settings, optimizer, group
 ):
     """The optimizer's package, and the settings of its projected group (None: layer-wise)."""
-    from transformers import Trainer
-
-    built = []
-    create = Trainer.create_optimizer
-
-    def spy(self, *args, **kwargs):
-        built.append(create(self, *args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+    built = built_optimizers
     run = run_train(
         tmp_path, tiny_model_dir, SHORT_SFT, finetuning_type="full", max_steps=3, **settings
     )
@@ -174,29 +191,14 @@ def test_low_rank_settings_that_cannot_apply_are_refused(
 
 
 def test_a_missing_low_rank_package_names_its_extra(tmp_path, tiny_model_dir, monkeypatch):
-    import importlib.util
-
-    find = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "galore_torch" else find(name, *a),
-    )
+    without_package(monkeypatch, "galore_torch")
     with pytest.raises(UserError, match=r"pip install 'lmforge\[galore\]'"):
         run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_galore=True, finetuning_type="full")
 
 
-def test_adam_mini_trains_with_the_models_width_and_heads(tmp_path, tiny_model_dir, monkeypatch):
-    from transformers import Trainer
-
-    built = []
-    create = Trainer.create_optimizer
-
-    def spy(self, *args, **kwargs):
-        built.append(create(self, *args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(Trainer, "create_optimizer", spy)
+def test_adam_mini_trains_with_the_models_width_and_heads(
+    tmp_path, tiny_model_dir, built_optimizers
+):
     run = run_train(
         tmp_path,
         tiny_model_dir,
@@ -208,7 +210,7 @@ def test_adam_mini_trains_with_the_models_width_and_heads(tmp_path, tiny_model_d
     )
     losses = _losses(run)
     assert losses[-1] < losses[0], losses
-    optimizer = built[0]
+    optimizer = built_optimizers[0]
     assert type(optimizer).__name__ == "Adam_mini"
     assert (optimizer.dim, optimizer.n_heads, optimizer.n_kv_heads) == (32, 2, 1)
     trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
@@ -216,14 +218,7 @@ def test_adam_mini_trains_with_the_models_width_and_heads(tmp_path, tiny_model_d
 
 
 def test_adam_mini_without_its_package_names_the_extra(tmp_path, tiny_model_dir, monkeypatch):
-    import importlib.util
-
-    find = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "adam_mini" else find(name, *a),
-    )
+    without_package(monkeypatch, "adam_mini")
     with pytest.raises(UserError, match=r"pip install 'lmforge\[adam-mini\]'"):
         run_train(tmp_path, tiny_model_dir, SHORT_SFT, use_adam_mini=True, finetuning_type="full")
     with pytest.raises(UserError, match="Fix: set finetuning_type: full or freeze"):
