@@ -304,3 +304,45 @@ def test_zero3_falls_back_to_the_models_own_loss_and_padded_rows(
     assert "padded rows: padding-free batches are not the default under ZeRO-3" in caplog.text
     lines = (run.output_dir / "trainer_log.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("dft", [False, True])
+def test_trained_rows_give_the_merged_weights_loss_and_gradients(softcap, dft):
+    """Rows of added tokens (peft's trainable tokens) project with their own values and get
+    only their own gradient: equal to the loss over the merged weight (base with those rows
+    replaced), its gradient for the hidden states and the rows' part of the weight's."""
+    from lmforge.train.losses.token_weights import DFTWeighting
+
+    torch.manual_seed(5)
+    hidden = torch.randn(2, 11, 16, requires_grad=True)
+    base = torch.randn(40, 16)
+    ids = torch.tensor([37, 38, 39])
+    values = torch.randn(3, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 11))
+    labels[0, 3:6] = torch.tensor([37, 39, 38])  # targets among the trained rows
+    labels[1, :2] = -100
+    weighting = DFTWeighting() if dft else None
+
+    merged = base.index_copy(0, ids, values)
+    expected, count = linear_cross_entropy_sum(
+        hidden, merged, labels, softcap=softcap, chunk_tokens=4, weighting=weighting
+    )
+    expected.backward()
+    want = hidden.grad.clone(), values.grad.clone()
+    hidden.grad = values.grad = None
+    total, same_count = linear_cross_entropy_sum(
+        hidden,
+        base,
+        labels,
+        softcap=softcap,
+        chunk_tokens=4,
+        weighting=weighting,
+        trained_rows=(ids, values),
+    )
+    (total * 0.5).backward()
+    assert same_count == count
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(hidden.grad, 0.5 * want[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(values.grad, 0.5 * want[1], rtol=1e-4, atol=1e-6)
+    assert base.grad is None  # the frozen rows get none

@@ -63,6 +63,53 @@ class _ChunkBuffers:
         return low, (low if self.fp32 is self.low else self.fp32[:n])
 
 
+class _TrainedRows:
+    """Rows of the output weight that train on their own (peft's trainable tokens: the rows of
+    tokens added to the vocabulary) while the rest is frozen: their logits come from
+    `values`, and only their k x hidden gradient is made, not a vocabulary-sized one (Gemma:
+    262k x 640 in fp32 per step, 1 GB and most of the added tokens' cost)."""
+
+    def __init__(self, weight, ids, values, dtype):
+        self.ids = ids
+        self.values = values.to(dtype)
+        # where each vocabulary id is among the rows (-1: not a trained row)
+        self.position = torch.full((weight.shape[0],), -1, dtype=torch.long, device=ids.device)
+        self.position[ids] = torch.arange(ids.numel(), device=ids.device)
+        # what the frozen weight's product misses for these rows: (values - weight rows)
+        self.difference = self.values - weight[ids].to(dtype)
+        self.grad = torch.zeros_like(values, dtype=torch.float32) if values.requires_grad else None
+
+    @classmethod
+    def of(cls, weight, ids, values, dtype):
+        return None if ids is None else cls(weight, ids, values, dtype)
+
+    def project(self, h, logits) -> None:
+        """The rows' logits, in place of the frozen weight's."""
+        logits.index_copy_(1, self.ids, h @ self.values.t())
+
+    def target_rows(self, weight, t) -> torch.Tensor:
+        """weight[t] with the trained rows' values where a target is one of them."""
+        position = self.position[t]
+        merged = weight[t].float()
+        trained = self.values.float()[position.clamp(min=0)]
+        return torch.where((position >= 0)[:, None], trained, merged)
+
+    def correct(self, exps, product) -> None:
+        """exps @ weight computed with the frozen rows: add exps' share through the trained
+        rows' difference (one n x k x hidden product)."""
+        product.add_(exps[:, self.ids] @ self.difference)
+
+    def accumulate(self, exps, h, t, row_scale, target_scale) -> None:
+        """The rows' gradient: (softmax at those columns)^T h, minus h where the target is one
+        of them (both through the softcap's derivative and the token weights)."""
+        scaled = h.float() * row_scale
+        self.grad.add_(exps[:, self.ids].float().t() @ scaled)
+        position = self.position[t]
+        target = h.float() if target_scale is None else h.float() * target_scale
+        hit = (position >= 0)[:, None]
+        self.grad.index_add_(0, position.clamp(min=0), -torch.where(hit, target, 0.0))
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropy of (hidden @ weight^T) against targets, chunk by chunk.
 
@@ -84,8 +131,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         need_weight,
         dtype,
         weighting,
+        row_ids,
+        row_values,
     ):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows = _TrainedRows.of(weight, row_ids, row_values, dtype)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = None
         if need_weight:
@@ -106,6 +156,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             # small results of the matmuls instead (grad @ W = (exp @ W) / sum - W[t]).
             low, exps = buffers.rows(h.shape[0])
             logits = torch.mm(h, weight.t(), out=low)
+            if rows is not None:
+                rows.project(h, logits)
             if softcap:
                 capped = buffers.capped[: h.shape[0]].copy_(logits).div_(softcap).tanh_()
                 logits = torch.mul(capped, softcap, out=exps)
@@ -126,7 +178,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             nll = sums.log() + shift - target_logits
             token_weights = None if weighting is None else weighting.weights(nll, top_k)
             total += nll.sum() if token_weights is None else (token_weights * nll).sum()
-            if grad_hidden is None and grad_weight is None:
+            if grad_hidden is None and grad_weight is None and (rows is None or rows.grad is None):
                 continue
             target_scale = None  # d(capped logit)/d(logit) at the target: 1 without softcap
             if softcap:
@@ -142,11 +194,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 row_scale = row_scale * column
                 target_scale = column if target_scale is None else target_scale * column
             if grad_hidden is not None:
-                target_rows = weight[t].float()
+                target_rows = weight[t].float() if rows is None else rows.target_rows(weight, t)
                 if target_scale is not None:
                     target_rows *= target_scale
-                rows = (exps @ weight).float().mul_(row_scale).sub_(target_rows)
-                grad_hidden[start : start + chunk_tokens] = rows
+                product = exps @ weight
+                if rows is not None:
+                    rows.correct(exps, product)
+                grad_hidden[start : start + chunk_tokens] = (
+                    product.float().mul_(row_scale).sub_(target_rows)
+                )
+            if rows is not None and rows.grad is not None:
+                rows.accumulate(exps, h, t, row_scale, target_scale)
             if grad_weight is not None:
                 scaled = (h.float() * row_scale).to(weight.dtype)
                 first = start == 0
@@ -164,7 +222,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 target_rows = h.float() if target_scale is None else h.float() * target_scale
                 # accumulate=True: repeated targets add up, deterministically on CUDA too
                 grad_weight.index_put_((t,), target_rows.neg(), accumulate=True)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.save_for_backward(grad_hidden, grad_weight, None if rows is None else rows.grad)
+        ctx.row_dtype = None if row_values is None else row_values.dtype
         return total
 
     @staticmethod
@@ -174,13 +233,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         # memory: 0.4 s on a CPU). A second backward through the same graph (retain_graph)
         # stops with autograd's error about a saved tensor modified in place, not with
         # gradients scaled twice.
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_rows = ctx.saved_tensors
         scale = grad_output.float()
         if grad_hidden is not None:
             grad_hidden = grad_hidden.mul_(scale)
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
-        return (grad_hidden, grad_weight) + (None,) * 8
+        if grad_rows is not None:
+            grad_rows = grad_rows.mul_(scale).to(ctx.row_dtype)
+        return (grad_hidden, grad_weight) + (None,) * 8 + (grad_rows,)
 
 
 # Without subtracting each row's maximum, exp of every logit stays an fp32 number whose row
@@ -207,6 +268,7 @@ def linear_cross_entropy_sum(
     chunk_tokens: int | None = None,
     dtype: torch.dtype | None = None,
     weighting: TokenWeighting | None = None,
+    trained_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over trained positions, and how many there are.
 
@@ -216,6 +278,8 @@ def linear_cross_entropy_sum(
     weight's by default; bf16/fp16 under mixed precision, as autocast would for the model's own
     output head); the softmax and the sum are fp32 either way. weighting: each token's
     cross-entropy times a weight from its prediction (DFT, EAFT: token_weights.py).
+    trained_rows: (ids, values): these rows of `weight` are `values` (which train), the rest of
+    `weight` is frozen (output_projection).
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
@@ -231,8 +295,18 @@ def linear_cross_entropy_sum(
         grad and weight.requires_grad,
         dtype or weight.dtype,
         weighting,
+        *_rows_for(trained_rows, grad),
     )
     return total, int(keep.sum())
+
+
+def _rows_for(trained_rows, grad: bool) -> tuple:
+    """(ids, values) for the autograd function: values without their gradient when no
+    gradient is computed (evaluation), so none is made."""
+    if trained_rows is None:
+        return None, None
+    ids, values = trained_rows
+    return ids, values if grad else values.detach()
 
 
 class LinearCrossEntropyLoss:
@@ -270,7 +344,7 @@ class LinearCrossEntropyLoss:
         hidden, self._hidden = self._hidden, None  # held no longer than this step
         if hidden is None:
             raise RuntimeError("the model's forward pass did not run through its decoder")
-        weight = output_weight(self.model.get_output_embeddings())
+        weight, trained_rows = output_projection(self.model.get_output_embeddings())
         loss_sum, count = linear_cross_entropy_sum(
             hidden,
             weight,
@@ -279,6 +353,7 @@ class LinearCrossEntropyLoss:
             chunk_tokens=self.chunk_tokens,
             dtype=self.dtype,
             weighting=self.weighting,
+            trained_rows=trained_rows,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         return loss_sum / denominator
@@ -315,26 +390,30 @@ class LastLogitCollator:
         return batch
 
 
-def output_weight(head) -> torch.Tensor | None:
-    """The weight the output head projects with, or None where the head is more than a weight
-    (a LoRA- or copy-wrapped head: lora_target or additional_target naming lm_head). peft's
-    trainable tokens (rows of tokens added to the vocabulary) give the base weight with their
-    rows replaced, which carries their gradient."""
+def output_projection(head):
+    """(weight, trained rows) the output head projects with, or None where the head is more
+    than a weight (a LoRA- or copy-wrapped head: lora_target or additional_target naming
+    lm_head). With peft's trainable tokens (rows of tokens added to the vocabulary), the base
+    weight and (ids, values) of the rows that train."""
     if type(head) is torch.nn.Linear:
-        return head.weight if head.bias is None else None
+        return (head.weight, None) if head.bias is None else None
     rows = getattr(head, "token_adapter", None)  # peft's TrainableTokensWrapper
     base = getattr(rows, "base_layer", None)
     if type(base) is not torch.nn.Linear or base.bias is not None:
         return None
-    if rows.disable_adapters or rows.merged or not rows.active_adapters:
-        return base.weight
-    return rows.get_merged_weights(rows.active_adapters)
+    active = [] if rows.disable_adapters or rows.merged else list(rows.active_adapters)
+    if not active:
+        return base.weight, None
+    if len(active) > 1:  # several adapters' rows: the merged weight carries them all
+        return rows.get_merged_weights(active), None
+    ids = torch.as_tensor(rows.token_indices[active[0]], device=base.weight.device)
+    return base.weight, (ids, rows.trainable_tokens_delta[active[0]])
 
 
 def supports_linear_cross_entropy(model) -> bool:
-    """The output head must project with a weight alone (output_weight); and the model must
-    name its decoder, whose output the loss takes."""
-    if output_weight(model.get_output_embeddings()) is None:
+    """The output head must project with a weight alone (output_projection); and the model
+    must name its decoder, whose output the loss takes."""
+    if output_projection(model.get_output_embeddings()) is None:
         return False
     try:  # the final hidden states come from the decoder (remote code may not name one)
         return isinstance(model.get_decoder(), torch.nn.Module)
