@@ -49,16 +49,13 @@ def models_pull(name: str, *, force: bool = False) -> Path:
 
 def models_expand(model: str, num_expand: int, output: Path) -> str:
     """LLaMA Pro: `model` with `num_expand` more layers, written to `output`."""
-    from lmforge.model.expand import expand_model, expanded_layer_ids
+    from lmforge.model.expand import expand_model
 
-    source = resolve_model(model, pull=True).path
-    expand_model(source, output, num_expand)
-    from transformers import AutoConfig
-
-    layers = AutoConfig.from_pretrained(str(output)).get_text_config().num_hidden_layers
-    new = ", ".join(str(i) for i in expanded_layer_ids(layers, num_expand))
+    new_layers = expand_model(resolve_model(model, pull=True).path, output, num_expand)
+    new = ", ".join(str(i) for i in new_layers)
     return (
-        f"Expanded {model} to {layers} layers in {output} (new, identity at first: {new}).\n"
+        f"Expanded {model} by {num_expand} layers into {output} (new, identity at first: "
+        f"{new}).\n"
         f"Train the new layers: model_name_or_path: {output}, finetuning_type: freeze, "
         f"use_llama_pro: true, freeze_trainable_layers: {num_expand}"
     )

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from lmforge.config.schema import ADAPTER_TYPES
 from lmforge.estimate.batches import Batch
 from lmforge.estimate.model_shape import ModelShape
-from lmforge.estimate.settings import Settings, optimizer_bytes_per_param
+from lmforge.estimate.settings import FEWER_THAN_ADAMW, Settings, optimizer_bytes_per_param
 
 GIB = 2**30
 MIB = 2**20
@@ -182,7 +182,7 @@ def estimate_memory(
     states = int(trainable * per_param)
     details["optimizer states"] = f"{settings.optim}: {per_param:g} B x {trainable:,}"
     if not known:
-        fewer = settings.optim in ("muon", "galore_adamw", "apollo_adamw")
+        fewer = settings.optim in FEWER_THAN_ADAMW
         est.notes.append(
             f"optimizer {settings.optim}: states counted as AdamW's (two per parameter)"
             + (", more than it keeps" if fewer else "")

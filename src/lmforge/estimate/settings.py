@@ -41,11 +41,15 @@ OPTIMIZER_STATES: dict[str, tuple[float, str]] = {
 }
 
 
+# LLaMA-Factory's optimizers that keep fewer states than AdamW but are counted as AdamW's
+# (an upper bound): Muon one per hidden weight, GaLore and APOLLO low-rank ones.
+FEWER_THAN_ADAMW = ("muon", "galore_adamw", "apollo_adamw")
+
+
 def optimizer_name(method, passthrough: dict) -> str:
     """The optimizer a run uses: LLaMA-Factory's optimizer keys (train/optimizers.py) or
-    transformers' `optim`. Muon, GaLore and APOLLO are not in OPTIMIZER_STATES: their states
-    are counted as AdamW's, an upper bound (Muon keeps one per hidden weight, GaLore and APOLLO
-    low-rank ones), and the report says so."""
+    transformers' `optim`. FEWER_THAN_ADAMW are not in OPTIMIZER_STATES: the report says
+    their states are counted as AdamW's, more than they keep."""
     for key, name in (
         ("use_muon", "muon"),
         ("use_adam_mini", "adam_mini"),

@@ -31,9 +31,9 @@ def expanded_layer_ids(num_layers: int, trainable: int) -> list[int]:
     return list(range(stride - 1, num_layers, stride))
 
 
-def expand_model(source: Path, output: Path, num_expand: int) -> Path:
+def expand_model(source: Path, output: Path, num_expand: int) -> list[int]:
     """Write the expanded model (weights in their own dtype, config, tokenizer) to `output`,
-    through a temporary folder renamed at the end."""
+    through a temporary folder renamed at the end; the new layers' indices."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(str(source))
@@ -90,27 +90,10 @@ def expand_model(source: Path, output: Path, num_expand: int) -> Path:
     grown.load_state_dict(expanded, strict=True)
     grown.save_pretrained(temporary)
     AutoTokenizer.from_pretrained(str(source)).save_pretrained(temporary)
-    _note_expansion(temporary, layers, num_expand)
+    # which layers are new (expanded_layer_ids' rule), for people reading the folder
+    new_layers = [new for new, _, zero in order if zero]
+    note = {"original_layers": layers, "num_expand": num_expand, "new_layers": new_layers}
+    (temporary / "llama_pro.json").write_text(json.dumps(note) + "\n")
     temporary.rename(output)
-    logger.info(
-        "expanded %s: %d -> %d layers (new: %s)",
-        source,
-        layers,
-        layers + num_expand,
-        ", ".join(str(new) for new, _, zero in order if zero),
-    )
-    return output
-
-
-def _note_expansion(folder: Path, layers: int, num_expand: int) -> None:
-    """Which layers are new, for people reading the folder (training finds them by rule)."""
-    (folder / "llama_pro.json").write_text(
-        json.dumps(
-            {
-                "original_layers": layers,
-                "num_expand": num_expand,
-                "new_layers": expanded_layer_ids(layers + num_expand, num_expand),
-            }
-        )
-        + "\n"
-    )
+    logger.info("expanded %s: %d -> %d layers", source, layers, layers + num_expand)
+    return new_layers

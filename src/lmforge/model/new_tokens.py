@@ -22,8 +22,6 @@ from lmforge.config.schema import ModelConfig, comma_separated
 from lmforge.config.yaml_file import read_yaml_mapping
 from lmforge.errors import UserError
 
-INIT_METHODS = ("noise_init", "desc_init", "desc_init_w_noise")
-
 
 @dataclass(frozen=True)
 class NewTokens:

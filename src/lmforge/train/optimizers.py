@@ -165,40 +165,29 @@ def low_rank_kind(method) -> str | None:
 def low_rank_arguments(method) -> dict:
     """TrainingArguments' optim, optim_target_modules and optim_args for GaLore or APOLLO
     with LLaMA-Factory's settings."""
-    kind = low_rank_kind(method)
-    if kind is None:
+    if method.use_galore:
+        kind, target, layerwise = "galore", method.galore_target, method.galore_layerwise
+        optim_args = {
+            "rank": method.galore_rank,
+            "update_proj_gap": method.galore_update_interval,
+            "scale": method.galore_scale,
+            "proj_type": method.galore_proj_type,
+        }
+    elif method.use_apollo:
+        kind, target, layerwise = "apollo", method.apollo_target, method.apollo_layerwise
+        optim_args = {
+            "rank": method.apollo_rank,
+            "update_proj_gap": method.apollo_update_interval,
+            "scale": method.apollo_scale,
+            "proj_type": method.apollo_proj_type,
+            "proj": method.apollo_proj,
+            "scale_type": method.apollo_scale_type,
+        }
+    else:
         return {}
-    prefix = f"{kind}_"
-    settings = {name[len(prefix) :]: getattr(method, name) for name in _SETTINGS[kind]}
-    target = settings.pop("target")
-    layerwise = settings.pop("layerwise")
     names = comma_separated(target)
-    optim_args = {"rank": settings.pop("rank"), "update_proj_gap": settings.pop("update_interval")}
-    optim_args.update(settings)  # scale, proj_type (and APOLLO's proj, scale_type)
     return {
         "optim": f"{kind}_adamw" + ("_layerwise" if layerwise else ""),
         "optim_target_modules": IN_LAYERS if names == ["all"] else names,
         "optim_args": ",".join(f"{k}={v}" for k, v in optim_args.items()),
     }
-
-
-_SETTINGS = {
-    "galore": (
-        "galore_target",
-        "galore_layerwise",
-        "galore_rank",
-        "galore_update_interval",
-        "galore_scale",
-        "galore_proj_type",
-    ),
-    "apollo": (
-        "apollo_target",
-        "apollo_layerwise",
-        "apollo_rank",
-        "apollo_update_interval",
-        "apollo_scale",
-        "apollo_proj_type",
-        "apollo_proj",
-        "apollo_scale_type",
-    ),
-}

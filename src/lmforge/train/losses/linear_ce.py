@@ -79,10 +79,6 @@ class _TrainedRows:
         self.difference = self.values - weight[ids].to(dtype)
         self.grad = torch.zeros_like(values, dtype=torch.float32) if values.requires_grad else None
 
-    @classmethod
-    def of(cls, weight, ids, values, dtype):
-        return None if ids is None else cls(weight, ids, values, dtype)
-
     def project(self, h, logits) -> None:
         """The rows' logits, in place of the frozen weight's."""
         logits.index_copy_(1, self.ids, h @ self.values.t())
@@ -135,7 +131,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         row_values,
     ):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = _TrainedRows.of(weight, row_ids, row_values, dtype)
+        rows = None if row_ids is None else _TrainedRows(weight, row_ids, row_values, dtype)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = None
         if need_weight:
