@@ -4,7 +4,7 @@ refused in one paragraph that names the key and the fix, before any model loads.
 
 from __future__ import annotations
 
-from lmforge.config.schema import Config, trains_adapter
+from lmforge.config.schema import REFERENCE_FREE, Config, trains_adapter
 from lmforge.errors import UserError
 
 
@@ -30,7 +30,7 @@ def _check_preference(config: Config) -> None:
             where=config.where("dpo_label_smoothing"),
             fix="set pref_loss: sigmoid or remove dpo_label_smoothing",
         )
-    if method.pref_bco_weight > 0 and method.pref_loss in ("orpo", "simpo"):
+    if method.pref_bco_weight > 0 and method.pref_loss in REFERENCE_FREE:
         raise UserError(
             f"pref_bco_weight needs a reference model, which pref_loss: {method.pref_loss} "
             "does not use",

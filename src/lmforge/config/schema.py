@@ -16,6 +16,8 @@ from typing import Any
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 FINETUNING_TYPES = ("lora", "oft", "freeze", "full")
 ADAPTER_TYPES = ("lora", "oft")  # trained as a peft adapter beside a frozen base
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")  # dpo's pref_loss
+REFERENCE_FREE = ("orpo", "simpo")  # these compare the policy's answers without a reference
 
 
 def trains_adapter(method) -> bool:
@@ -331,7 +333,7 @@ class MethodConfig:
     pref_loss: str = opt(
         "sigmoid",
         "dpo: sigmoid (DPO), hinge, ipo, orpo or simpo (the last two need no reference model).",
-        choices=("sigmoid", "hinge", "ipo", "orpo", "simpo"),
+        choices=PREF_LOSSES,
     )
     simpo_gamma: float = opt(0.5, "simpo: target reward margin gamma.", bounds=NON_NEGATIVE)
     dpo_label_smoothing: float = opt(

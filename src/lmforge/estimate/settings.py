@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmforge.config.plan import keeps_frozen_weights_bf16, loads_untrained_models_bf16
-from lmforge.config.schema import trains_adapter
+from lmforge.config.schema import REFERENCE_FREE, trains_adapter
 from lmforge.errors import UserError
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
@@ -155,7 +155,7 @@ def settings_from_config(
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
     uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
-        stage == "dpo" and method.pref_loss in ("orpo", "simpo")
+        stage == "dpo" and method.pref_loss in REFERENCE_FREE
     )
     return Settings(
         stage=stage,

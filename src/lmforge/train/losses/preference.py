@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
-REFERENCE_FREE = ("orpo", "simpo")
+from lmforge.config.schema import REFERENCE_FREE
 
 
 @dataclass(frozen=True)
 class PairwiseObjective:
-    """What a pairwise preference run optimises: the loss `kind` (PREF_LOSSES) and its settings.
+    """What a pairwise preference run optimises: the loss `kind` (schema.PREF_LOSSES) and its
+    settings.
 
     label_smoothing: cDPO, the share of pairs whose labels are taken to be flipped (sigmoid).
     ld_alpha: LD-DPO, the weight of an answer's tokens past the shorter answer of its pair
