@@ -78,7 +78,7 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
     target = card_device(gpu) if gpu else this_device(measure_peak=measure_peak, bf16=bf16)
     stage = get_stage(config.method.stage)
     stage.check(config)
-    setup = prepare_model_setup(config)  # tokenizer and template; no weights
+    setup = prepare_model_setup(config, training=True)  # tokenizer and template; no weights
     data = stage.datasets(config, setup)
     result, shape_for = estimate_run(
         config, plan, setup.resolved.path, data.train, target, world_size=gpus

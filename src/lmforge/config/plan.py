@@ -123,9 +123,15 @@ class RunPlan:
     batching: Batching = Batching()
     notes: tuple[str, ...] = ()  # what was changed from the config, and why
     template: str | None = None  # filled in once the tokenizer is loaded
+    # With rope_scaling: the factor the model trains with (1: cutoff_len fits, not scaled);
+    # filled in once the model's config is read. Inference loads the weights with it.
+    rope_factor: float | None = None
 
     def with_template(self, name: str) -> RunPlan:
         return replace(self, template=name)
+
+    def with_rope_factor(self, factor: float) -> RunPlan:
+        return replace(self, rope_factor=factor)
 
     def with_note(self, note: str) -> RunPlan:
         return replace(self, notes=(*self.notes, note))
@@ -143,5 +149,6 @@ class RunPlan:
             "load_best_model_at_end": self.evaluation.load_best_model_at_end,
             "resume_from_checkpoint": self.resume.checkpoint,
             "padding_free": self.batching.padding_free,
+            "rope_factor": self.rope_factor,
             "notes": list(self.notes),
         }

@@ -81,6 +81,7 @@ def _number(value: float | None) -> str:
 
 
 POSITIVE_INT = Bounds(low=1)
+ROPE_SCALING_KINDS = ("linear", "dynamic", "yarn", "llama3")
 POSITIVE = Bounds(low=0, low_open=True)
 NON_NEGATIVE = Bounds(low=0)
 SHARE = Bounds(low=0, high=1)  # 0 to 1, both included
@@ -150,6 +151,19 @@ class ModelConfig:
         False,
         "Train from random weights of the model's architecture (its config.json) instead of "
         "its trained weights: pre-training a new model (full fine-tuning only).",
+    )
+    rope_scaling: str | None = opt(
+        None,
+        "RoPE scaling for rows longer than the model was trained for: linear, dynamic, yarn or "
+        "llama3. Training scales by ceil(cutoff_len / the model's length), and not at all when "
+        "cutoff_len fits; inference uses the factor training used (rope_factor).",
+        choices=ROPE_SCALING_KINDS,
+    )
+    rope_factor: float | None = opt(
+        None,
+        "The RoPE scaling factor (with rope_scaling). Default: in training, from cutoff_len; "
+        "at inference, the factor the weights were trained with (1: not scaled), else 2.",
+        bounds=Bounds(low=1),
     )
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) to download.")
     flash_attn: str = opt(

@@ -29,7 +29,9 @@ def load_base(config: Config):
         check_adapter_folder(adapter)  # before the slow part
     config = with_training_settings(config)  # the prompt format used in training
     setup = prepare_model_setup(config)
-    model = load_for_inference(setup.resolved.path, config.model, config.method, setup.tokenizer)
+    model = load_for_inference(
+        setup.resolved.path, config.model, config.method, setup.tokenizer, setup.rope
+    )
     return config, setup, model.eval()
 
 

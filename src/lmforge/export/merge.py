@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import UserError
-from lmforge.model.load import attention_implementation
+from lmforge.model.load import attention_implementation, model_config
 from lmforge.model.new_tokens import fit_vocabulary, grows_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,12 @@ def load_reference(job):
 
     model = AutoModelForCausalLM.from_pretrained(
         str(job.setup.resolved.path),
+        # with the RoPE scaling the adapter trained with: the merged config.json keeps it
+        config=model_config(
+            job.setup.resolved.path,
+            trust_remote_code=job.config.model.trust_remote_code,
+            rope=job.setup.rope,
+        ),
         dtype=torch.float32,
         attn_implementation=attention_implementation(job.config.model.flash_attn),
         trust_remote_code=job.config.model.trust_remote_code,

@@ -37,6 +37,7 @@ from lmforge.export.parity import (
 )
 from lmforge.export.prompts import parity_conversations
 from lmforge.export.report import CARD_SETTINGS, write_model_card, write_report
+from lmforge.model.load import model_config
 
 logger = logging.getLogger(__name__)
 
@@ -201,10 +202,10 @@ def _adapters_text(job: ExportJob) -> str:
 
 
 def _model_config(job: ExportJob):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(
-        str(job.setup.resolved.path), trust_remote_code=job.config.model.trust_remote_code
+    config = model_config(
+        job.setup.resolved.path,
+        trust_remote_code=job.config.model.trust_remote_code,
+        rope=job.setup.rope,
     )
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 

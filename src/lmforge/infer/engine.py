@@ -241,7 +241,7 @@ class HFEngine(BaseEngine):
             check_adapter_folder(path, name)  # before the slow part
         setup = prepare_model_setup(config)
         model = load_for_inference(
-            setup.resolved.path, config.model, config.method, setup.tokenizer
+            setup.resolved.path, config.model, config.method, setup.tokenizer, setup.rope
         )
         quantized = is_quantized(model)
         # adapter_name_or_path: merged into the base (LLaMA-Factory's meaning; kept apart on a

@@ -88,6 +88,7 @@ class VLLMEngine(BaseEngine):
                 fix="keep one adapter_name_or_path, or name the adapters in `adapters` (each served as its own model name)",
             )
         setup = prepare_model_setup(config)
+        _check_rope_in_config(config, setup)
         named = dict(config.infer.adapters or {})
         loras: dict[str | None, Any] = {None: None}
         paths = ([(None, merged[0])] if merged else []) + list(named.items())
@@ -168,3 +169,22 @@ class VLLMEngine(BaseEngine):
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+def _check_rope_in_config(config, setup) -> None:
+    """vLLM reads RoPE scaling from the model's config.json only: scaling that lmforge would
+    apply at load (an adapter trained with rope_scaling) is refused, not served unscaled."""
+    from lmforge.model.load import model_config
+    from lmforge.model.rope import changes_config
+
+    if setup.rope is None:
+        return
+    hf_config = model_config(setup.resolved.path, trust_remote_code=config.model.trust_remote_code)
+    if changes_config(hf_config, setup.rope):
+        raise UserError(
+            f"infer_backend: vllm cannot serve this model with RoPE scaling {setup.rope.describe()}"
+            " applied at load (its config.json does not have it)",
+            where=config.where("infer_backend"),
+            fix="write the merged model with `lmforge export` (its config.json holds the "
+            "scaling) and serve that folder, or set infer_backend: huggingface",
+        )

@@ -12,6 +12,7 @@ import torch
 from lmforge import device
 from lmforge.config.schema import comma_separated
 from lmforge.errors import UserError
+from lmforge.model.rope import RopeScaling, apply_rope_scaling
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,16 @@ class Quantization:
         )
 
 
+def model_config(path: str | Path, *, trust_remote_code: bool = False, rope=None):
+    """The transformers config of the model in `path`, with `rope` (a RopeScaling) applied."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if rope is not None:
+        apply_rope_scaling(config, rope)
+    return config
+
+
 def load_model(
     path: str | Path,
     *,
@@ -92,13 +103,17 @@ def load_model(
     trust_remote_code: bool = False,
     quantization: Quantization | None = None,
     random_weights: bool = False,
+    rope: RopeScaling | None = None,
 ):
     """The causal LM in `path`; random_weights: its architecture with freshly initialised
-    weights (train_from_scratch; the caller seeds the generator)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    weights (train_from_scratch; the caller seeds the generator); rope: its rotary embedding
+    scaled so (model/rope.py)."""
+    from transformers import AutoModelForCausalLM
 
+    config = None
+    if random_weights or rope is not None:
+        config = model_config(path, trust_remote_code=trust_remote_code, rope=rope)
     if random_weights:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_config(
             config,
             dtype=dtype,
@@ -115,6 +130,8 @@ def load_model(
         if not quantization.sharded:
             device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
             extra["device_map"] = {"": device}
+    if config is not None:
+        extra["config"] = config
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype,
@@ -188,13 +205,14 @@ def inference_dtype(infer_dtype: str) -> torch.dtype:
     return torch.bfloat16 if device.cpu_supports_bf16() else torch.float32
 
 
-def load_for_inference(path, model_config, method_config=None, tokenizer=None):
+def load_for_inference(path, model_config, method_config=None, tokenizer=None, rope=None):
     """The model at `path` as inference loads it: the config's infer_dtype, attention
     implementation and trust_remote_code (`model_config` is a ModelConfig); with
     `method_config.quantization_bit` its linear layers in 4 or 8 bits (bitsandbytes), on this
     process's device already, as LLaMA-Factory's `quantization_bit` does for chat and eval.
     On a GPU, there (adapters attached afterwards follow it). With `tokenizer`: rows for the
-    tokens training added to it (the adapter brings their trained values)."""
+    tokens training added to it (the adapter brings their trained values); with `rope`
+    (ModelSetup.rope): the RoPE scaling it was trained with."""
     from lmforge.model.new_tokens import fit_vocabulary, grows_vocabulary
 
     dtype = inference_dtype(model_config.infer_dtype)
@@ -205,6 +223,7 @@ def load_for_inference(path, model_config, method_config=None, tokenizer=None):
         flash_attn=model_config.flash_attn,
         trust_remote_code=model_config.trust_remote_code,
         quantization=quantization,
+        rope=rope,
     )
     if tokenizer is not None and grows_vocabulary(model_config):
         fit_vocabulary(model, tokenizer)

@@ -14,6 +14,7 @@ from lmforge.data.templates.base import ChatTemplate
 from lmforge.errors import UserError
 from lmforge.model.load import load_tokenizer, split_paths
 from lmforge.model.new_tokens import NewTokens, add_to_tokenizer, requested_tokens
+from lmforge.model.rope import RopeScaling, rope_scaling_for
 from lmforge.model.source import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,14 @@ class ModelSetup:
     # their ids in it: the model's rows for them are fitted when it loads (new_tokens.py).
     new_tokens: NewTokens = field(default_factory=NewTokens)
     new_token_ids: tuple[int, ...] = ()
+    # rope_scaling: how the model loads (None: as its config.json says), and the plan's line.
+    rope: RopeScaling | None = None
+    rope_note: str = ""
+
+    @property
+    def rope_factor(self) -> float:
+        """The factor the weights are trained with, for run_plan.yaml (1: not scaled)."""
+        return self.rope.factor if self.rope else 1.0
 
 
 def choose_template_name(config: Config, resolved: ResolvedModel, tokenizer=None) -> str:
@@ -64,6 +73,9 @@ TRAINED_FORMAT_KEYS = {
     "add_special_tokens": "model",
     "new_special_tokens_config": "model",
     "resize_vocab": "model",
+    # the positions: the RoPE scaling the weights learned (rope_factor 1: none)
+    "rope_scaling": "model",
+    "rope_factor": "model",
 }
 
 
@@ -93,6 +105,8 @@ def with_training_settings(config: Config) -> Config:
     if found is None:
         return config
     folder, trained = found
+    if trained.get("rope_scaling") and "rope_factor" not in trained:
+        trained = {**trained, "rope_factor": 1.0}  # runs before lmforge scaled RoPE: unscaled
     changes: dict[str, dict] = {}
     for key, section_name in TRAINED_FORMAT_KEYS.items():
         if key in config.given or key not in trained:
@@ -124,7 +138,8 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in _TOKENIZER_FILES)
 
 
-def prepare_model_setup(config: Config) -> ModelSetup:
+def prepare_model_setup(config: Config, *, training: bool = False) -> ModelSetup:
+    """training: the model is to be trained (RoPE scaling follows cutoff_len)."""
     model = config.model
     resolved = resolve_model(model.model_name_or_path, revision=model.model_revision)
     tokenizer = load_tokenizer(
@@ -135,4 +150,12 @@ def prepare_model_setup(config: Config) -> ModelSetup:
     name = choose_template_name(config, resolved, tokenizer)
     template = load_template(name, tokenizer, config.data)
     check_template(template, tokenizer)
-    return ModelSetup(resolved, tokenizer, template, new_tokens, tuple(new_ids))
+    rope, rope_note = rope_scaling_for(
+        resolved.path,
+        model.rope_scaling,
+        factor=model.rope_factor,
+        context_len=config.data.cutoff_len if training else None,
+        trust_remote_code=model.trust_remote_code,
+        where=config.where("rope_scaling"),
+    )
+    return ModelSetup(resolved, tokenizer, template, new_tokens, tuple(new_ids), rope, rope_note)

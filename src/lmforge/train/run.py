@@ -80,8 +80,10 @@ def run_training(config: Config) -> TrainingRun:
     stage = get_stage(config.method.stage)
     stage.check(config)  # e.g. grpo's reward functions
     check_predict_settings(config)  # do_predict: stage sft + predict_with_generate, as in LF
-    setup = prepare_model_setup(config)
+    setup = prepare_model_setup(config, training=True)
     plan = plan.with_template(setup.template.name)
+    if config.model.rope_scaling:
+        plan = plan.with_rope_factor(setup.rope_factor)  # inference loads with the same
     if main_process:
         check_output_dir(config, plan, setup.resolved.path)  # writable, not the model's folder
     data = stage.datasets(config, setup)
@@ -110,6 +112,7 @@ def run_training(config: Config) -> TrainingRun:
         trust_remote_code=config.model.trust_remote_code,
         quantization=quantization,
         random_weights=config.model.train_from_scratch,
+        rope=setup.rope,
     )
     trained_rows: tuple[int, ...] = ()
     if grows_vocabulary(config.model):
@@ -438,6 +441,7 @@ def plan_lines(
         f"  method: {method_line(config, plan)}",
         f"  {trainable_line(model)}",
         f"  template: {template_line(config, setup)}; cutoff_len: {config.data.cutoff_len}",
+        *([f"  {setup.rope_note}"] if setup.rope_note else []),
         *(
             [
                 f"  vocabulary: {vocabulary_line(setup.new_tokens, setup.new_token_ids, config.method)}"

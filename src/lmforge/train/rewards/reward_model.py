@@ -55,6 +55,7 @@ def _run_settings(folder: Path) -> dict:
 def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype: torch.dtype):
     """Base model + the rm run's earlier adapters (merged) + its own adapter (merged)."""
     from lmforge.model.load import attach_adapters, load_model, split_paths
+    from lmforge.model.rope import rope_scaling_for
     from lmforge.model.source import resolve_model
 
     if not (folder / "adapter_config.json").is_file():
@@ -62,7 +63,14 @@ def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype: tor
     base = settings.get("model_name_or_path")
     if not base:
         base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = load_model(resolve_model(base).path, dtype=dtype, trust_remote_code=trust_remote_code)
+    base_path = resolve_model(base).path
+    rope, _ = rope_scaling_for(  # the RoPE scaling the rm run trained with
+        base_path,
+        settings.get("rope_scaling"),
+        factor=settings.get("rope_factor", 1.0),
+        trust_remote_code=trust_remote_code,
+    )
+    model = load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code, rope=rope)
     earlier = split_paths(settings.get("adapter_name_or_path"))
     if earlier and not settings.get("create_new_adapter"):
         earlier = earlier[:-1]  # the rm run trained this one further; the folder holds it

@@ -22,15 +22,25 @@ def load_reference_model(config, plan, model) -> nn.Module | None:
     trainer disables the adapters to get the base, which is the reference); else a frozen copy
     of the starting model (full/freeze), in its dtypes, so the policy starts at the reference."""
     if config.method.ref_model:
+        from lmforge.model.rope import rope_scaling_for
         from lmforge.model.source import resolve_model
 
         path = resolve_model(config.method.ref_model).path
         logger.info("Reference model: %s", path)
+        # It reads the same rows as the policy: the same RoPE scaling as the policy's.
+        rope, _ = rope_scaling_for(
+            path,
+            config.model.rope_scaling,
+            factor=plan.rope_factor,
+            trust_remote_code=config.model.trust_remote_code,
+            where=config.where("ref_model"),
+        )
         reference = load_model(
             path,
             dtype=plan.precision.frozen_model_dtype,
             flash_attn=config.model.flash_attn,
             trust_remote_code=config.model.trust_remote_code,
+            rope=rope,
         )
     elif trains_adapter(config.method):
         logger.info("Reference model: the base model (adapters disabled), no extra copy")
