@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import SHORT_SFT, run_train
+from conftest import SHORT_SFT, build_tiny_decoder, run_train, write_config
 from lmforge.cli import main
 from lmforge.model.adapters import loraplus_param_groups
 from lmforge.model.load import attach_adapters, load_model
@@ -47,6 +47,57 @@ def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_model_d
     by_lr = {g["lr"]: len(g["params"]) for g in groups}
     assert set(by_lr) == {1e-3, 1.6e-2}
     assert by_lr[1e-3] == by_lr[1.6e-2]  # one A and one B per adapted layer
+
+
+def test_loraplus_optimizer_groups_as_llamafactory(tmp_path):
+    """optim's class (here SGD, to tell it from AdamW); an embedding adapter's B matrix at
+    loraplus_lr_embedding, its A matrix at the learning rate; DoRA's magnitudes (1-D) with the
+    B matrices; no weight decay on 1-D parameters. A Llama with an untied head."""
+    from transformers import TrainingArguments
+
+    from lmforge.config import load_config
+    from lmforge.config.plan import Evaluation, Precision, Resume, RunPlan
+    from lmforge.model.adapters import apply_finetuning
+    from lmforge.train.stages.base import custom_optimizer
+
+    path = write_config(
+        tmp_path,
+        tmp_path / "unused",
+        SHORT_SFT,
+        loraplus_lr_ratio=16,
+        loraplus_lr_embedding=3e-5,
+        lora_target="embed_tokens,q_proj",
+        use_dora=True,
+    )
+    config = load_config(path)
+    plan = RunPlan(lora_alpha=16, precision=Precision(), evaluation=Evaluation(), resume=Resume())
+    model = apply_finetuning(build_tiny_decoder("llama", 40), config.method, plan, [], ())
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "o"), learning_rate=1e-3, weight_decay=0.1, optim="sgd"
+    )
+    optimizer = custom_optimizer(config, model, args)
+    assert isinstance(optimizer, torch.optim.SGD)
+    names = {id(p): n.split("base_model.model.")[-1] for n, p in model.named_parameters()}
+    where = {
+        names[id(p)]: (g["lr"], g["weight_decay"])
+        for g in optimizer.param_groups
+        for p in g["params"]
+    }
+    embed, query = "model.embed_tokens", "model.layers.0.self_attn.q_proj"
+    assert where[f"{embed}.lora_embedding_B.default"] == (3e-5, 0.1)
+    assert where[f"{embed}.lora_embedding_A.default"] == (1e-3, 0.1)
+    assert where[f"{query}.lora_B.default.weight"] == (1.6e-2, 0.1)
+    assert where[f"{query}.lora_A.default.weight"] == (1e-3, 0.1)
+    assert where[f"{query}.lora_magnitude_vector.default.weight"] == (1.6e-2, 0.0)
+    assert len(where) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_lora_on_a_tied_embedding_is_refused(tmp_path, tiny_model_dir, capsys):
+    path = write_config(tmp_path, tiny_model_dir, SHORT_SFT, lora_target="embed_tokens,q_proj")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "lora_target names embed_tokens, which this model shares with its output head" in err
+    assert "name it in additional_target" in err
 
 
 def test_continue_and_create_new_adapter(tmp_path, tiny_model_dir):

@@ -247,6 +247,12 @@ class MethodConfig:
         "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16).",
         bounds=POSITIVE,
     )
+    loraplus_lr_embedding: float = opt(
+        1e-6,
+        "lora: with loraplus_lr_ratio, the learning rate of an embedding adapter's B matrix "
+        "(lora_target naming embed_tokens), as in LLaMA-Factory.",
+        bounds=NON_NEGATIVE,
+    )
     use_galore: bool = opt(
         False,
         "full: GaLore, AdamW on low-rank projections of the hidden layers' gradients "

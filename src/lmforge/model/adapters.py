@@ -160,14 +160,37 @@ def _target_modules(model, target: str, key: str, by_name: bool = False) -> str 
                 }
             )
         return "all-linear"  # every linear layer except the output head
+    # An embedding adapts too when named (peft's LoRA for nn.Embedding; LoRA+ gives its B
+    # matrix loraplus_lr_embedding), never through `all`, as in LLaMA-Factory.
+    embedding_names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Embedding)
+    }
     names = [n.strip() for n in target.split(",") if n.strip()]
-    missing = [n for n in names if n not in linear_names]
+    known = linear_names | embedding_names
+    missing = [n for n in names if n not in known]
     if missing:
         raise UserError(
             f"{key} names modules this model does not have: {', '.join(missing)}",
-            fix=f"use `all` or some of: {', '.join(sorted(linear_names))}",
+            fix=f"use `all` or some of: {', '.join(sorted(known))}",
+        )
+    embeddings = [n for n in names if n in embedding_names and n not in linear_names]
+    if embeddings and _ties_embeddings(model):
+        # Merging the adapter would change the output head too (it is the same weight), so
+        # chat and export would not run the model that was trained.
+        raise UserError(
+            f"{key} names {', '.join(embeddings)}, which this model shares with its output "
+            "head (tied embeddings): an adapter on it cannot be merged without changing the head",
+            fix=f"remove {', '.join(embeddings)} from {key}; to train the embedding, name it "
+            "in additional_target (trained whole, saved with the adapter)",
         )
     return names
+
+
+def _ties_embeddings(model) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
 
 
 def _apply_freeze(model, method: MethodConfig) -> None:
@@ -212,13 +235,22 @@ def _apply_freeze(model, method: MethodConfig) -> None:
         )
 
 
-def loraplus_param_groups(model, learning_rate: float, ratio: float, weight_decay: float):
-    """LoRA+: the B matrices learn `ratio` times faster than A (Hayou et al., 2024)."""
+def loraplus_param_groups(
+    model, learning_rate: float, ratio: float, weight_decay: float, embedding_lr: float = 1e-6
+):
+    """LoRA+: the B matrices learn `ratio` times faster than A (Hayou et al., 2024). Grouped
+    as LLaMA-Factory groups them: 1-D parameters (biases, DoRA magnitudes) with the B
+    matrices, an embedding adapter's B matrix at `embedding_lr`."""
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr = learning_rate * ratio if "lora_B" in name else learning_rate
+        if "lora_embedding_B" in name:
+            lr = embedding_lr
+        elif "lora_B" in name or param.ndim == 1:
+            lr = learning_rate * ratio
+        else:
+            lr = learning_rate
         decay = 0.0 if param.ndim < 2 else weight_decay  # no decay on biases and norms
         groups.setdefault((lr, decay), []).append(param)
     return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]

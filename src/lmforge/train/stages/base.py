@@ -18,6 +18,7 @@ from lmforge.config.schema import Config
 from lmforge.data.encoding.encode import encode_pair_row
 from lmforge.data.encoding.loader import DataReport, reasoning_notes
 from lmforge.data.sources.load import load_splits
+from lmforge.errors import UserError
 from lmforge.model.adapters import loraplus_param_groups
 
 if TYPE_CHECKING:  # heavy imports, needed for the annotations only
@@ -68,10 +69,8 @@ class StageInputs:
 
 
 def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
-    """AdamW with LoRA+ learning rates, Muon with AdamW, Adam-mini, or None to let the Trainer
-    build its own optimizer (`optim`)."""
-    import torch
-
+    """`optim`'s optimizer with LoRA+ learning rates, Muon with AdamW, Adam-mini, or None to
+    let the Trainer build its own optimizer (`optim`)."""
     if config.method.use_muon:
         from lmforge.train.optimizers import muon_optimizer
 
@@ -83,9 +82,25 @@ def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | Non
     ratio = config.method.loraplus_lr_ratio
     if not ratio:
         return None
-    groups = loraplus_param_groups(model, args.learning_rate, ratio, args.weight_decay)
-    betas = (args.adam_beta1, args.adam_beta2)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
+    groups = loraplus_param_groups(
+        model,
+        args.learning_rate,
+        ratio,
+        args.weight_decay,
+        embedding_lr=config.method.loraplus_lr_embedding,
+    )
+    # The optimizer `optim` names (adamw_torch_fused, adamw_8bit, ...), as LLaMA-Factory's
+    # LoRA+ builds it: only the learning rates differ per group.
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    if "params" in kwargs or "model" in kwargs:  # GaLore, LOMO, ...: own parameter handling
+        raise UserError(
+            f"loraplus_lr_ratio cannot be combined with optim: {args.optim}",
+            where=config.where("loraplus_lr_ratio"),
+            fix="remove loraplus_lr_ratio, or use an AdamW-family optim (e.g. adamw_torch)",
+        )
+    return optimizer_cls(groups, **kwargs)
 
 
 class Stage(ABC):
