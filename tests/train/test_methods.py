@@ -21,7 +21,6 @@ def adapter_config(run) -> dict:
     [
         ("use_dora", "use_dora", True),
         ("use_rslora", "use_rslora", True),
-        ("pissa_init", "init_lora_weights", "pissa"),
     ],
 )
 def test_lora_variants_train_and_are_saved(tmp_path, tiny_model_dir, flag, key, expected):

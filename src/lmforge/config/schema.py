@@ -242,6 +242,17 @@ class MethodConfig:
     use_rslora: bool = opt(False, "lora: rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = opt(False, "lora: weight-decomposed LoRA (DoRA).")
     pissa_init: bool = opt(False, "lora: initialise from the principal singular vectors (PiSSA).")
+    pissa_iter: int = opt(
+        16,
+        "lora: with pissa_init, the fast-SVD iterations (-1: the full SVD). A fast-SVD adapter "
+        "is saved converted to plain LoRA (docs/architecture.md, PiSSA).",
+        bounds=Bounds(low=-1),
+    )
+    pissa_convert: bool = opt(
+        False,
+        "lora: with pissa_init, save the final adapter converted to plain LoRA of twice the "
+        "rank (loads on the original base without an SVD; always done after a fast SVD).",
+    )
     loraplus_lr_ratio: float | None = opt(
         None,
         "lora: LoRA+; the B matrices learn this many times faster than A (e.g. 16).",

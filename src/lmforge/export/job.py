@@ -18,6 +18,7 @@ import torch
 
 from lmforge.config.schema import Config, trains_adapter
 from lmforge.errors import UserError
+from lmforge.model import pissa
 from lmforge.model.load import split_paths
 from lmforge.model.setup import ModelSetup, prepare_model_setup, training_run_settings
 from lmforge.paths import nearest_existing
@@ -131,6 +132,7 @@ def _check_adapters(config: Config, adapters: tuple[Path, ...]) -> None:
                     else "point adapter_name_or_path at the output_dir of a LoRA run"
                 ),
             )
+        pissa.check_reloadable(adapter)
 
 
 def _check_not_quantized_request(config: Config) -> None:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from lmforge.errors import UserError
+from lmforge.model import pissa
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def check_adapter_folder(path: str, name: str | None = None) -> None:
             f"{label} {path} has no adapter_config.json",
             fix="point it at a training output_dir (or a checkpoint in it)",
         )
+    pissa.check_reloadable(path)
 
 
 class AdapterSwitch:

@@ -12,6 +12,7 @@ import torch
 from lmforge.config.plan import RunPlan
 from lmforge.config.schema import MethodConfig, comma_separated, trains_adapter
 from lmforge.errors import UserError
+from lmforge.model import pissa
 from lmforge.model.expand import expanded_layer_ids
 from lmforge.model.new_tokens import trainable_token_indices
 
@@ -61,6 +62,7 @@ def _apply_adapter(
                 fix=f"point adapter_name_or_path at the output_dir of a {method.finetuning_type} "
                 "run (train that first), or remove adapter_name_or_path",
             )
+        pissa.check_reloadable(path)
     keep_training = adapter_paths[-1:] if adapter_paths and not method.create_new_adapter else []
     for path in adapter_paths[: len(adapter_paths) - len(keep_training)]:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
@@ -94,7 +96,7 @@ def _lora_config(model, method: MethodConfig, lora_alpha: int, new_token_ids: tu
         trainable_token_indices=tokens or None,
         use_rslora=method.use_rslora,
         use_dora=method.use_dora,
-        init_lora_weights="pissa" if method.pissa_init else True,
+        init_lora_weights=pissa.init_lora_weights(method.pissa_iter) if method.pissa_init else True,
         # LLaMA Pro: only the layers `lmforge models expand` added
         layers_to_transform=_llama_pro_layers(model, method) if method.use_llama_pro else None,
     )

@@ -19,6 +19,7 @@ from lmforge.data.sources.load import check_datasets
 from lmforge.errors import UserError
 from lmforge.estimate.check import memory_line_and_check
 from lmforge.evaluate.predict import check_predict_settings, run_prediction
+from lmforge.model import pissa
 from lmforge.model.adapters import apply_finetuning, trainable_line
 from lmforge.model.gated_mlp import use_lean_gated_mlps
 from lmforge.model.load import Quantization, attention_implementation, load_model, split_paths
@@ -150,6 +151,8 @@ def run_training(config: Config) -> TrainingRun:
         prepare_output_dir(config, plan, output_dir, model=model, setup=setup, steps=steps)
         write_yaml(output_dir / RUN_CONFIG, config.to_flat_dict())  # as the user asked
         write_yaml(output_dir / RUN_PLAN, plan.to_dict())  # what was derived from it
+        if pissa.converts_adapter(config.method) and _starts_pissa(model):
+            pissa.save_initial_adapter(model, output_dir)  # A0, B0: for the conversion
     with lora_inputs_left_to_autocast(model, plan):
         result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
@@ -159,6 +162,8 @@ def run_training(config: Config) -> TrainingRun:
     trained.config.use_cache = True
     restore_attention(trained)
     trainer.save_model()
+    if main_process and pissa.converts_adapter(config.method):
+        pissa.convert_adapter(output_dir)  # loads exactly on the original base
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     eval_metrics = final_eval_metrics(trainer) if has_eval else None
@@ -186,7 +191,20 @@ def run_training(config: Config) -> TrainingRun:
     return TrainingRun(output_dir, trainer.model, result.training_loss)
 
 
+def _starts_pissa(model) -> bool:
+    """The trained adapter is a new PiSSA one (not an adapter loaded to train further)."""
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    return str(getattr(peft_config, "init_lora_weights", "")).startswith("pissa")
+
+
 def check_distributed_settings(config: Config) -> None:
+    if config.method.pissa_init and shards_weights(config):
+        raise UserError(
+            "pissa_init cannot start under DeepSpeed ZeRO-3 or FSDP: the SVD needs each whole "
+            "weight, which they split across processes",
+            where=config.where("pissa_init"),
+            fix="train with ZeRO-2 (or one process), or remove pissa_init",
+        )
     bits = config.method.quantization_bit
     if bits is not None and bits != 4 and shards_weights(config):
         raise UserError(
@@ -417,6 +435,8 @@ def method_line(config: Config, plan: RunPlan) -> str:
     line += f" (r={method.lora_rank}, alpha={plan.lora_alpha}, target={method.lora_target}"
     if plan.precision.quantization_bit:
         line += f"; QLoRA, {plan.precision.quantization_bit}-bit base"
+    if method.pissa_init:
+        line += f"; {pissa.describe(method)}"
     return line + ")"
 
 
