@@ -17,6 +17,22 @@ def check_method_settings(config: Config) -> None:
     _one_optimizer(config)
     _check_own_optimizers(config)
     _check_low_rank(config)
+    _check_router_loss(config)
+
+
+# The stages whose losses add a mixture-of-experts router loss (model/moe.py).
+ROUTER_LOSS_STAGES = ("pt", "sft", "dpo", "kto")
+
+
+def _check_router_loss(config: Config) -> None:
+    stage = config.method.stage
+    if config.model.moe_aux_loss_coef is not None and stage not in ROUTER_LOSS_STAGES:
+        raise UserError(
+            f"moe_aux_loss_coef is not used by stage {stage}: the router loss is added in "
+            f"stages {', '.join(ROUTER_LOSS_STAGES)}",
+            where=config.where("moe_aux_loss_coef"),
+            fix="remove moe_aux_loss_coef",
+        )
 
 
 def _check_preference(config: Config) -> None:

@@ -165,6 +165,12 @@ class ModelConfig:
         "at inference, the factor the weights were trained with (1: not scaled), else 2.",
         bounds=Bounds(low=1),
     )
+    moe_aux_loss_coef: float | None = opt(
+        None,
+        "Mixture-of-experts models: train with the router's load-balancing loss, this weight "
+        "(e.g. 0.001). Default: as the model's config.json says (usually off).",
+        bounds=NON_NEGATIVE,
+    )
     model_revision: str = opt("main", "Hub revision (branch, tag or commit) to download.")
     flash_attn: str = opt(
         "auto",

@@ -12,6 +12,7 @@ import torch
 from lmforge import device
 from lmforge.config.schema import comma_separated
 from lmforge.errors import UserError
+from lmforge.model.moe import enable_router_loss
 from lmforge.model.rope import RopeScaling, apply_rope_scaling
 
 logger = logging.getLogger(__name__)
@@ -85,13 +86,22 @@ class Quantization:
         )
 
 
-def model_config(path: str | Path, *, trust_remote_code: bool = False, rope=None):
-    """The transformers config of the model in `path`, with `rope` (a RopeScaling) applied."""
+def model_config(
+    path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    rope=None,
+    router_aux_loss_coef: float | None = None,
+):
+    """The transformers config of the model in `path`, with `rope` (a RopeScaling) applied,
+    and a mixture-of-experts model's router loss on at `router_aux_loss_coef` (moe_aux_loss_coef)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if rope is not None:
         apply_rope_scaling(config, rope)
+    if router_aux_loss_coef is not None:
+        enable_router_loss(config, router_aux_loss_coef)
     return config
 
 
@@ -104,15 +114,21 @@ def load_model(
     quantization: Quantization | None = None,
     random_weights: bool = False,
     rope: RopeScaling | None = None,
+    router_aux_loss_coef: float | None = None,
 ):
     """The causal LM in `path`; random_weights: its architecture with freshly initialised
     weights (train_from_scratch; the caller seeds the generator); rope: its rotary embedding
-    scaled so (model/rope.py)."""
+    scaled so (model/rope.py); router_aux_loss_coef: see model_config."""
     from transformers import AutoModelForCausalLM
 
     config = None
-    if random_weights or rope is not None:
-        config = model_config(path, trust_remote_code=trust_remote_code, rope=rope)
+    if random_weights or rope is not None or router_aux_loss_coef is not None:
+        config = model_config(
+            path,
+            trust_remote_code=trust_remote_code,
+            rope=rope,
+            router_aux_loss_coef=router_aux_loss_coef,
+        )
     if random_weights:
         model = AutoModelForCausalLM.from_config(
             config,

@@ -114,6 +114,7 @@ def run_training(config: Config) -> TrainingRun:
         quantization=quantization,
         random_weights=config.model.train_from_scratch,
         rope=setup.rope,
+        router_aux_loss_coef=config.model.moe_aux_loss_coef,
     )
     trained_rows: tuple[int, ...] = ()
     if grows_vocabulary(config.model):

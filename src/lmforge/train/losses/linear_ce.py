@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.model import moe
 from lmforge.model.forward_inputs import forward_takes, is_transformers_model
 from lmforge.train.losses.token_weights import TokenWeighting, weighted
 
@@ -331,6 +332,7 @@ class LinearCrossEntropyLoss:
     def describe(self) -> str:
         return (
             f"{weighted(self.weighting)}cross-entropy on trained tokens, chunked (no full logits)"
+            + moe.describe(self.model)
         )
 
     def _keep_hidden(self, module, args, output) -> None:
@@ -352,7 +354,8 @@ class LinearCrossEntropyLoss:
             trained_rows=trained_rows,
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-        return loss_sum / denominator
+        loss = loss_sum / denominator
+        return moe.with_router_loss(loss, outputs, self.model)
 
 
 # No position at all: transformers' models take a slice where they take a tensor of positions.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from lmforge.data.encoding.encode import IGNORE_INDEX
+from lmforge.model import moe
 
 
 class TokenWeighting:
@@ -71,11 +72,15 @@ class WeightedCrossEntropyLoss:
     logits the model returned (where the chunked loss does not apply: an adapted lm_head,
     compute_accuracy, chunked_loss: false)."""
 
-    def __init__(self, weighting: TokenWeighting):
+    def __init__(self, weighting: TokenWeighting, model=None):
         self.weighting = weighting
+        self.model = model  # for a mixture-of-experts model's router loss
 
     def describe(self) -> str:
-        return f"{weighted(self.weighting)}cross-entropy on trained tokens, from full logits"
+        router = moe.describe(self.model) if self.model is not None else ""
+        return (
+            f"{weighted(self.weighting)}cross-entropy on trained tokens, from full logits{router}"
+        )
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
@@ -88,4 +93,5 @@ class WeightedCrossEntropyLoss:
             top = selected.detach().topk(min(self.weighting.top_k, selected.shape[-1])).values
         weights = self.weighting.weights(nll.detach(), top)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(nll.numel(), 1)
-        return (weights * nll).sum() / denominator
+        loss = (weights * nll).sum() / denominator
+        return loss if self.model is None else moe.with_router_loss(loss, outputs, self.model)

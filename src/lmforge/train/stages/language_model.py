@@ -61,7 +61,7 @@ def language_model_trainer(
             inputs.model, dtype=inputs.plan.precision.autocast_dtype, weighting=weighting
         )
     elif weighting is not None:
-        loss = WeightedCrossEntropyLoss(weighting)
+        loss = WeightedCrossEntropyLoss(weighting, inputs.model)
     return AtomicCheckpointTrainer(
         **inputs.trainer_arguments(inputs.model, collator),
         compute_loss_func=loss,

@@ -13,6 +13,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from lmforge.model.moe import with_router_loss
 from lmforge.train.losses.logps import sequence_logps
 from lmforge.train.losses.preference import (
     PairwiseObjective,
@@ -95,7 +96,8 @@ class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpoint
         objective = self.objective
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
         half = batch["input_ids"].shape[0] // 2
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = outputs.logits
         logps, tokens = sequence_logps(logits, batch["labels"], objective.ld_alpha)
         ref_c = ref_r = None
         if objective.needs_reference:
@@ -119,7 +121,7 @@ class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpoint
                 "rewards/margins": chosen_rewards - rejected_rewards,
             },
         )
-        loss = losses.mean()
+        loss = with_router_loss(losses.mean(), outputs, model)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def _with_bco(self, losses, chosen_ratio, rejected_ratio, model) -> torch.Tensor:
@@ -185,7 +187,8 @@ class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
         n = inputs["desirable"].shape[0]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = outputs.logits
         logps, _ = sequence_logps(logits, batch["labels"])
         ref_logps, _ = sequence_logps(self.reference_logits(model, batch), batch["labels"])
         kl_reference = (logps[n:] - ref_logps[n:]).mean()
@@ -206,7 +209,7 @@ class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
         if (~desirable).any():
             metrics["rewards/undesirable"] = rewards[~desirable]
         self._store(split, metrics)
-        loss = losses.mean()
+        loss = with_router_loss(losses.mean(), outputs, model)
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
