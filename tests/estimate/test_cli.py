@@ -272,3 +272,53 @@ def test_qlora_is_advised_on_the_cpu_only_where_bf16_runs(tmp_path, tiny_model_d
     assert qlora(replace(s, bf16=False, autocast_16bit=False), "cpu") is None
     assert qlora(replace(s, bf16=False, autocast_16bit=False), "cuda") is not None
     assert qlora(replace(s, quantization_bit=4), "cuda") is None  # already QLoRA
+
+
+def test_train_turns_gradient_checkpointing_on_where_only_that_fits(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    """LLaMA-Factory checkpoints always; lmforge when the run would not fit without it and
+    the user left it unset. Given (gradient_checkpointing: false, or LLaMA-Factory's
+    disable_gradient_checkpointing: true), it stays off."""
+    import yaml
+
+    from lmforge.config.resolve import resolve_for_training
+    from lmforge.estimate import estimate_run
+    from lmforge.estimate.devices import Device
+    from lmforge.model.setup import prepare_model_setup
+    from lmforge.train.run import run_training
+    from lmforge.train.stages import get_stage
+
+    settings = dict(max_steps=1, cutoff_len=256, per_device_train_batch_size=8)
+    config = load_config(write_config(tmp_path, tiny_model_dir, **settings))
+    plan = resolve_for_training(config, bf16_supported=False, cuda=False, check_output_dir=False)
+    assert (plan.checkpointing.on, plan.checkpointing.auto) == (False, True)
+    setup = prepare_model_setup(config, training=True)
+    data = get_stage("sft").datasets(config, setup)
+    device = Device("d", "cpu", 64 * GIB, 0.0, 0.0, "")
+    off, _ = estimate_run(config, plan, setup.resolved.path, data.train, device)
+    on, _ = estimate_run(
+        config, plan.with_checkpointing(""), setup.resolved.path, data.train, device
+    )
+    assert on.total < off.total
+    free = (on.total + off.total) // 2
+    monkeypatch.setattr("lmforge.estimate.check.free_memory", lambda kind: free)
+
+    with caplog.at_level("INFO", logger="lmforge"):
+        run = run_training(config)
+    assert "note: gradient checkpointing on: without it this run needs about" in caplog.text
+    assert run.model.base_model.model.is_gradient_checkpointing
+    written = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+    assert written["gradient_checkpointing"] is True
+
+    for given in ({"gradient_checkpointing": False}, {"disable_gradient_checkpointing": True}):
+        folder = tmp_path / next(iter(given))
+        config = load_config(write_config(folder, tiny_model_dir, **settings, **given))
+        run = run_training(config)  # over the free memory, under the stop's margin
+        written = yaml.safe_load((run.output_dir / "run_plan.yaml").read_text())
+        assert written["gradient_checkpointing"] is False
+    config = load_config(
+        write_config(tmp_path / "lf", tiny_model_dir, disable_gradient_checkpointing=False)
+    )
+    plan = resolve_for_training(config, bf16_supported=False, cuda=False, check_output_dir=False)
+    assert (plan.checkpointing.on, plan.checkpointing.auto) == (True, False)

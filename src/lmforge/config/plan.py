@@ -113,6 +113,19 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class Checkpointing:
+    """Gradient (activation) checkpointing: on, and whether lmforge may still turn it on."""
+
+    on: bool = False
+    # Neither gradient_checkpointing nor disable_gradient_checkpointing was given: the memory
+    # check turns it on when the run would not fit without it (estimate/check.py).
+    auto: bool = False
+
+    def turned_on(self) -> Checkpointing:
+        return replace(self, on=True)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Derived settings of one training run; built by `config.resolve.resolve_for_training`."""
 
@@ -121,6 +134,7 @@ class RunPlan:
     evaluation: Evaluation
     resume: Resume
     batching: Batching = Batching()
+    checkpointing: Checkpointing = Checkpointing()
     notes: tuple[str, ...] = ()  # what was changed from the config, and why
     template: str | None = None  # filled in once the tokenizer is loaded
     # With rope_scaling: the factor the model trains with (1: cutoff_len fits, not scaled);
@@ -136,6 +150,10 @@ class RunPlan:
     def with_note(self, note: str) -> RunPlan:
         return replace(self, notes=(*self.notes, note))
 
+    def with_checkpointing(self, note: str) -> RunPlan:
+        """Gradient checkpointing turned on by lmforge (the run would not fit without)."""
+        return replace(self, checkpointing=self.checkpointing.turned_on()).with_note(note)
+
     def to_dict(self) -> dict:
         """The plan as written to run_plan.yaml (flat where the config has the same key)."""
         return {
@@ -149,6 +167,7 @@ class RunPlan:
             "load_best_model_at_end": self.evaluation.load_best_model_at_end,
             "resume_from_checkpoint": self.resume.checkpoint,
             "padding_free": self.batching.padding_free,
+            "gradient_checkpointing": self.checkpointing.on,
             "rope_factor": self.rope_factor,
             "notes": list(self.notes),
         }

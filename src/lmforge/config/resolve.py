@@ -11,6 +11,7 @@ from pathlib import Path
 from lmforge.config.method_checks import check_method_settings
 from lmforge.config.plan import (
     Batching,
+    Checkpointing,
     Evaluation,
     Precision,
     Resume,
@@ -78,8 +79,20 @@ def resolve_for_training(
         evaluation=evaluation,
         resume=resume,
         batching=_batching(config),
+        checkpointing=_checkpointing(config),
         notes=tuple(notes),
     )
+
+
+def _checkpointing(config: Config) -> Checkpointing:
+    """gradient_checkpointing as given; else LLaMA-Factory's disable_gradient_checkpointing as
+    given (false: on); else off, and the memory check may turn it on."""
+    train = config.train
+    if "gradient_checkpointing" in config.given:
+        return Checkpointing(on=train.gradient_checkpointing)
+    if "disable_gradient_checkpointing" in config.given:
+        return Checkpointing(on=not train.disable_gradient_checkpointing)
+    return Checkpointing(on=False, auto=True)
 
 
 def _batching(config: Config) -> Batching:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
+from lmforge.config.plan import RunPlan
 from lmforge.errors import UserError
 from lmforge.estimate import estimate_run
 from lmforge.estimate.advice import advise
@@ -17,9 +18,14 @@ logger = logging.getLogger(__name__)
 MARGIN = 1.25  # stop only when the estimate exceeds free memory by a quarter (estimates err)
 
 
-def memory_line_and_check(config, plan, setup, data, *, free_bytes: int | None = None) -> str:
-    """The plan's memory line; raises UserError (with advice) when the estimate exceeds the
-    free memory by MARGIN, unless skip_memory_check. `data` is the stage's StageData."""
+def memory_line_and_check(
+    config, plan, setup, data, *, free_bytes: int | None = None
+) -> tuple[str, RunPlan]:
+    """The plan's memory line, and the plan: with gradient checkpointing turned on when the
+    run would not fit in the free memory without it and the user left it unset (LLaMA-Factory
+    has it on always; here it costs its 30 % only where it is needed). Raises UserError (with
+    advice) when the estimate still exceeds the free memory by MARGIN, unless
+    skip_memory_check. `data` is the stage's StageData."""
     import torch
 
     kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,10 +41,19 @@ def memory_line_and_check(config, plan, setup, data, *, free_bytes: int | None =
         )
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run that may fit
         logger.debug("memory estimate failed", exc_info=True)
-        return f"not estimated ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        return f"not estimated ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})", plan
+    if result.total > limit and plan.checkpointing.auto and not plan.checkpointing.on:
+        with_checkpointing = plan.with_checkpointing(
+            f"gradient checkpointing on: without it this run needs about {gib(result.total)} "
+            f"per device of {gib(limit)} free (set gradient_checkpointing: false to keep it off)"
+        )
+        result, shape_for = estimate_run(
+            config, with_checkpointing, setup.resolved.path, data.train, device, world_size=world
+        )
+        plan = with_checkpointing
     line = one_line(result, free_bytes=limit)
     if result.total <= MARGIN * limit or config.train.skip_memory_check:
-        return line
+        return line, plan
     advice = advise(result, shape_for)
     fixes = "; ".join(f"{a.change} ({gib(a.result.total)})" for a in advice[:4])
     memory = result.memory

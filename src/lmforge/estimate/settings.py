@@ -167,7 +167,9 @@ def settings_from_config(
         autocast_16bit=autocast,
         batch_size=train.per_device_train_batch_size,
         accumulation=train.gradient_accumulation_steps,
-        gradient_checkpointing=bool(train.gradient_checkpointing),
+        gradient_checkpointing=plan.checkpointing.on
+        if plan is not None
+        else bool(train.gradient_checkpointing),
         # as train/stages/language_model.py: not under ZeRO-3 (the head's weight is a shard)
         chunked_loss=bool(train.chunked_loss and not train.compute_accuracy and not liger)
         and stage in ("sft", "pt")

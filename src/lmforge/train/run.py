@@ -90,7 +90,8 @@ def run_training(config: Config) -> TrainingRun:
     data = stage.datasets(config, setup)
     has_eval = bool(data.eval)
     check_eval_data(config, plan, has_eval)
-    memory_line = memory_line_and_check(config, plan, setup, data)  # stops a run that cannot fit
+    # Stops a run that cannot fit; turns gradient checkpointing on where only that makes it fit.
+    memory_line, plan = memory_line_and_check(config, plan, setup, data)
 
     # Built before the model loads: transformers checks these settings (optim, strategies, ...).
     args = training_arguments(config, plan, stage, has_eval=has_eval)
@@ -373,8 +374,8 @@ def training_arguments(config: Config, plan: RunPlan, stage: Stage, *, has_eval:
         # activation_checkpointing (transformers >= 5.23) or gradient_checkpointing, whichever
         # TrainingArguments has; non-reentrant works with frozen inputs.
         **checkpointing_arguments(
-            train.gradient_checkpointing,
-            {"use_reentrant": False} if train.gradient_checkpointing else None,
+            plan.checkpointing.on,
+            {"use_reentrant": False} if plan.checkpointing.on else None,
         ),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
