@@ -18,6 +18,36 @@ def check_method_settings(config: Config) -> None:
     _check_own_optimizers(config)
     _check_low_rank(config)
     _check_router_loss(config)
+    _check_badam(config)
+
+
+def _check_badam(config: Config) -> None:
+    """BAdam: full fine-tuning, layer mode, one process, its package (train/badam.py)."""
+    method = config.method
+    if not method.use_badam:
+        return
+    if method.finetuning_type != "full":
+        raise UserError(
+            f"use_badam trains the model's own weights a layer at a time: it works with "
+            f"finetuning_type: full (this run: {method.finetuning_type})",
+            where=config.where("use_badam"),
+            fix="set finetuning_type: full, or remove use_badam",
+        )
+    if method.badam_mode != "layer":
+        raise UserError(
+            "badam_mode: ratio (sparse updates of every layer) is not available; BAdam trains "
+            "one layer at a time here",
+            where=config.where("badam_mode"),
+            fix="set badam_mode: layer (or remove it)",
+        )
+    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
+    if sharding:
+        raise UserError(
+            f"use_badam runs on one process, and {sharding[0]} is set",
+            where=config.where(sharding[0]),
+            fix=f"remove {sharding[0]} (BAdam fits a full fine-tuning on one GPU), or use_badam",
+        )
+    _check_package(config, "use_badam")
 
 
 # The stages whose losses add a mixture-of-experts router loss (model/moe.py).
@@ -158,11 +188,14 @@ def _one_optimizer(config: Config) -> None:
             ("use_galore", method.use_galore),
             ("use_apollo", method.use_apollo),
             ("use_adam_mini", method.use_adam_mini),
+            ("use_badam", method.use_badam),
             ("loraplus_lr_ratio", method.loraplus_lr_ratio is not None),
             ("optim", bool(config.passthrough.get("optim"))),
         )
         if on
     ]
+    if chosen == ["use_badam", "optim"]:
+        return  # BAdam wraps the optimizer `optim` names
     if len(chosen) > 1:
         first, second = chosen[:2]
         raise UserError(

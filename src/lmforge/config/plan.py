@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 
-def keeps_frozen_weights_bf16(bf16: bool, finetuning_type: str) -> bool:
+def keeps_frozen_weights_bf16(bf16: bool, finetuning_type: str, badam: bool = False) -> bool:
     """bf16 mixed precision with LoRA or freeze keeps the weights that do not train in bf16:
     half their memory and no fp32->bf16 cast of every weight in every step. Full fine-tuning
-    keeps fp32 master weights; fp16 an fp32 residual stream (fp16 overflows where bf16 does
-    not)."""
-    return bf16 and finetuning_type != "full"
+    keeps fp32 master weights, except under BAdam, which keeps the fp32 copy of the one layer
+    in training itself; fp16 an fp32 residual stream (fp16 overflows where bf16 does not)."""
+    return bf16 and (finetuning_type != "full" or badam)
 
 
 def loads_untrained_models_bf16(bf16: bool, pure_bf16: bool) -> bool:

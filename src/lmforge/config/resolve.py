@@ -128,7 +128,8 @@ def _precision(config: Config, bf16_supported: bool, cuda: bool, notes: list[str
     if fp16 and not cuda:
         fp16 = False
         notes.append("fp16: mixed fp16 needs a CUDA GPU; training runs in fp32")
-    frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type)  # as LLaMA-Factory
+    # as LLaMA-Factory
+    frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type, method.use_badam)
     return Precision(
         bf16=bf16,
         fp16=fp16,

@@ -322,6 +322,34 @@ class MethodConfig:
         "full: APOLLO updates each weight as soon as its gradient is ready (one process, "
         "gradient_accumulation_steps 1).",
     )
+    use_badam: bool = opt(
+        False,
+        "full: BAdam, one decoder layer trained at a time (its fp32 copy and optimizer states "
+        "only; the weights stay bf16 under bf16); needs the badam extra, one process.",
+    )
+    badam_mode: str = opt(
+        "layer",
+        "full: BAdam's mode: layer (ratio, sparse updates of every layer, is not available).",
+        choices=("layer", "ratio"),
+    )
+    badam_start_block: int | None = opt(
+        None,
+        "full: BAdam's first layer (0 = the first). Default: by badam_switch_mode.",
+        bounds=NON_NEGATIVE,
+    )
+    badam_switch_mode: str = opt(
+        "ascending",
+        "full: the order BAdam trains the layers in: ascending, descending, random or fixed.",
+        choices=("ascending", "descending", "random", "fixed"),
+    )
+    badam_switch_interval: int = opt(
+        50, "full: BAdam's steps per layer before it moves on.", bounds=POSITIVE_INT
+    )
+    badam_verbose: int = opt(
+        0,
+        "full: BAdam's messages: 0 none, 1 each switch, 2 also every trained name.",
+        bounds=Bounds(low=0, high=2),
+    )
     use_adam_mini: bool = opt(
         False,
         "Adam-mini: Adam with one second-moment value per block of weights (about half of "

@@ -27,9 +27,14 @@ def shape_function(config, model_path, lora_alpha: int) -> ShapeFor:
         method = replace(
             config.method, finetuning_type=settings.finetuning_type, lora_rank=settings.lora_rank
         )
-        return model_shape(
+        shape = model_shape(
             model_path, method, lora_alpha, trust_remote_code=config.model.trust_remote_code
         )
+        if method.use_badam and method.finetuning_type == "full":
+            # BAdam trains one decoder layer at a time: its gradients, fp32 copy and
+            # optimizer states are one layer's; the other weights are held as frozen ones.
+            shape = replace(shape, trainable_params=shape.largest_layer_params)
+        return shape
 
     return shape_for
 

@@ -151,7 +151,7 @@ def settings_from_config(
         autocast = bool(train.bf16 or train.fp16)
         pure = bool(method.pure_bf16)
         bf16 = bool(train.bf16) and not pure
-        frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type)
+        frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type, method.use_badam)
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
     uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (

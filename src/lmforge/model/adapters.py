@@ -36,6 +36,8 @@ def apply_finetuning(
         model.requires_grad_(True)
     if plan.precision.pure_bf16:
         return model  # everything stays bf16 by request: less memory, rounding accepted
+    if method.use_badam:
+        return model  # BAdam keeps the fp32 copy of the layer in training (train/badam.py)
     # Trainable weights stay fp32 so optimizer updates are not lost to rounding.
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:

@@ -154,6 +154,7 @@ PACKAGES = {
     "use_galore": ("galore_torch", "galore"),
     "use_apollo": ("apollo_torch", "apollo"),
     "use_adam_mini": ("adam_mini", "adam-mini"),
+    "use_badam": ("badam", "badam"),
 }
 
 

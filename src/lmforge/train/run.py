@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from lmforge.model.new_tokens import (
 )
 from lmforge.model.setup import prepare_model_setup
 from lmforge.model.varlen_attention import restore_attention, varlen_kernel_of
+from lmforge.train import badam
 from lmforge.train.callbacks import JsonlLogCallback
 from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_steps
 from lmforge.train.interrupt import raise_if_interrupted
@@ -200,6 +202,13 @@ def _starts_pissa(model) -> bool:
 
 
 def check_distributed_settings(config: Config) -> None:
+    if config.method.use_badam and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UserError(
+            "use_badam runs on one process: the layer in training changes every few steps, "
+            "which DDP's gradient synchronisation cannot follow",
+            where=config.where("use_badam"),
+            fix="train on one GPU (NPROC_PER_NODE=1), or remove use_badam",
+        )
     if config.method.pissa_init and shards_weights(config):
         raise UserError(
             "pissa_init cannot start under DeepSpeed ZeRO-3 or FSDP: the SVD needs each whole "
@@ -429,6 +438,8 @@ def method_line(config: Config, plan: RunPlan) -> str:
     line = f"{method.stage} / {method.finetuning_type}"
     if config.model.train_from_scratch:
         line += " from random weights (train_from_scratch)"
+    if method.use_badam:
+        line += f" ({badam.describe(method)})"
     if method.finetuning_type == "oft":
         size = f"block size {method.oft_block_size}" if method.oft_block_size else ""
         return line + f" ({size or f'{method.oft_rank} blocks'}, target={method.oft_target})"

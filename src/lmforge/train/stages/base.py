@@ -69,8 +69,8 @@ class StageInputs:
 
 
 def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | None:
-    """`optim`'s optimizer with LoRA+ learning rates, Muon with AdamW, Adam-mini, or None to
-    let the Trainer build its own optimizer (`optim`)."""
+    """`optim`'s optimizer with LoRA+ learning rates or under BAdam, Muon with AdamW,
+    Adam-mini, or None to let the Trainer build its own optimizer (`optim`)."""
     if config.method.use_muon:
         from lmforge.train.optimizers import muon_optimizer
 
@@ -79,6 +79,10 @@ def custom_optimizer(config: Config, model, args) -> torch.optim.Optimizer | Non
         from lmforge.train.optimizers import adam_mini_optimizer
 
         return adam_mini_optimizer(model, args)
+    if config.method.use_badam:
+        from lmforge.train.badam import badam_optimizer
+
+        return badam_optimizer(model, args, config.method)
     ratio = config.method.loraplus_lr_ratio
     if not ratio:
         return None
