@@ -23,15 +23,17 @@ def changed_layers(before: dict, after: dict) -> set[str]:
     return moved
 
 
-def test_one_layer_trains_at_a_time(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_one_layer_trains_at_a_time(tmp_path, tiny_model_dir, checkpointing):
     """The package switches after its step (global_step + 1) % interval == 0: the first layer
     gets one step of its two, then each layer two."""
     original = load_file(tiny_model_dir / "model.safetensors")
-    first = run_train(tmp_path / "a", tiny_model_dir, BADAM, max_steps=1)
+    settings = {**BADAM, "gradient_checkpointing": checkpointing}
+    first = run_train(tmp_path / "a", tiny_model_dir, settings, max_steps=1)
     assert changed_layers(original, load_file(first.output_dir / "model.safetensors")) == {
         "layers.0"
     }
-    both = run_train(tmp_path / "b", tiny_model_dir, BADAM, max_steps=3)
+    both = run_train(tmp_path / "b", tiny_model_dir, settings, max_steps=3)
     assert changed_layers(original, load_file(both.output_dir / "model.safetensors")) == {
         "layers.0",
         "layers.1",
@@ -39,8 +41,10 @@ def test_one_layer_trains_at_a_time(tmp_path, tiny_model_dir):
 
 
 def test_weights_stay_bf16_under_bf16(tmp_path, tiny_model_dir, caplog):
-    if not torch.cpu._is_avx512_bf16_supported() and not torch.cuda.is_available():
-        pytest.skip("bf16 falls back to fp32 on this CPU")
+    from lmforge import device
+
+    if not device.supports_bf16():
+        pytest.skip("bf16 falls back to fp32 on this device")
     with caplog.at_level("INFO", logger="lmforge"):
         run = run_train(tmp_path, tiny_model_dir, BADAM, max_steps=1, bf16=True)
     assert {p.dtype for p in run.model.parameters()} == {torch.bfloat16}
