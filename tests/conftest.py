@@ -56,14 +56,22 @@ def build_tiny_tokenizer():
 
 
 def build_tiny_decoder(kind: str, vocab_size: int, **overrides):
-    """A tiny Llama or Qwen2 causal LM with random weights (seed 0); `overrides` change its
-    config (e.g. more heads for grouped-query attention)."""
+    """A tiny Llama, Qwen2 or Qwen3-MoE causal LM with random weights (seed 0); `overrides`
+    change its config (e.g. more heads for grouped-query attention, the experts)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
     config_class, model_class = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
     }[kind]
     torch.manual_seed(0)
     shape = dict(

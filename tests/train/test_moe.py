@@ -4,29 +4,14 @@ added by lmforge's own losses exactly as the model adds it to the loss it comput
 import pytest
 import torch
 
-from conftest import SHORT_SFT, build_tiny_tokenizer, run_train, write_config
+from conftest import SHORT_SFT, build_tiny_decoder, build_tiny_tokenizer, run_train, write_config
 from lmforge.cli import main
 
 
 def build_tiny_moe(vocab_size: int, **overrides):
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen3MoeConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        moe_intermediate_size=16,
-        num_experts=4,
-        num_experts_per_tok=2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=512,
-        **overrides,
-    )
-    return Qwen3MoeForCausalLM(config)
+    """Four experts of which two run per token, in each of two layers."""
+    experts = dict(moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2, head_dim=16)
+    return build_tiny_decoder("qwen3_moe", vocab_size, **{**experts, **overrides})
 
 
 @pytest.fixture(scope="module")
