@@ -102,3 +102,22 @@ def test_a_resumed_fast_svd_run_ends_with_the_same_adapter(tmp_path, tiny_model_
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max() < 1e-6, name
+
+
+def test_a_fresh_start_in_a_used_folder_replaces_the_initial_adapter(tmp_path, tiny_model_dir):
+    """overwrite_output_dir with another seed: the conversion must subtract this run's A0/B0."""
+    first = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=2, pissa_init=True)
+    initial = (first.output_dir / "pissa_init" / "adapter_model.safetensors").read_bytes()
+    again = run_train(
+        tmp_path,
+        tiny_model_dir,
+        SHORT_SFT,
+        max_steps=2,
+        pissa_init=True,
+        pissa_iter=2,
+        overwrite_output_dir=True,
+    )
+    assert (again.output_dir / "pissa_init" / "adapter_model.safetensors").read_bytes() != initial
+    assert torch.allclose(
+        logits_of(reloaded(tiny_model_dir, again.output_dir)), logits_of(again.model), atol=1e-5
+    )

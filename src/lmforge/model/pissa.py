@@ -50,14 +50,15 @@ def describe(method) -> str:
     return line
 
 
-def save_initial_adapter(peft_model, output_dir: Path) -> Path:
-    """output_dir/pissa_init: A0 and B0 as PiSSA set them, before the first step. Kept from a
-    run's first start (a resume's fresh init would be drawn again)."""
+def save_initial_adapter(peft_model, output_dir: Path, *, resuming: bool) -> Path:
+    """output_dir/pissa_init: A0 and B0 as PiSSA set them, before the first step. A resumed run
+    keeps its first start's (a resume's fresh init would be drawn again); a fresh start in a
+    used folder replaces an earlier run's."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = output_dir / INITIAL_FOLDER
-    if (folder / _WEIGHTS).is_file():
+    if resuming and (folder / _WEIGHTS).is_file():
         return folder
     state = get_peft_model_state_dict(peft_model)
     initial = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if _lora_side(k)}

@@ -156,7 +156,8 @@ def run_training(config: Config) -> TrainingRun:
         write_yaml(output_dir / RUN_CONFIG, config.to_flat_dict())  # as the user asked
         write_yaml(output_dir / RUN_PLAN, plan.to_dict())  # what was derived from it
         if pissa.converts_adapter(config.method) and _starts_pissa(model):
-            pissa.save_initial_adapter(model, output_dir)  # A0, B0: for the conversion
+            # A0, B0: for the conversion
+            pissa.save_initial_adapter(model, output_dir, resuming=bool(plan.resume.checkpoint))
     with lora_inputs_left_to_autocast(model, plan):
         result = trainer.train(resume_from_checkpoint=plan.resume.checkpoint)
     raise_if_interrupted(trainer, config)  # Ctrl-C/SIGTERM: checkpoint saved, resume command shown
