@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from conftest import SHORT_SFT, run_train
+from conftest import INFERENCE, SHORT_SFT, run_train, write_config
+from lmforge.cli import main
 from lmforge.errors import UserError
 from lmforge.model import pissa
 
@@ -70,7 +71,7 @@ def test_full_svd_adapter_is_kept_as_trained(tmp_path, tiny_model_dir):
     )
 
 
-def test_fast_svd_checkpoint_is_refused_by_loaders(tmp_path, tiny_model_dir, caplog):
+def test_fast_svd_checkpoint_is_refused_by_loaders(tmp_path, tiny_model_dir, caplog, capsys):
     with caplog.at_level("INFO", logger="lmforge"):
         run = run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=4, pissa_init=True)
     assert (
@@ -82,6 +83,12 @@ def test_fast_svd_checkpoint_is_refused_by_loaders(tmp_path, tiny_model_dir, cap
     with pytest.raises(UserError, match="use the run's output_dir"):
         pissa.check_reloadable(checkpoint)
     pissa.check_reloadable(run.output_dir)  # converted: loads anywhere
+    chat = write_config(
+        tmp_path / "chat", tiny_model_dir, INFERENCE, adapter_name_or_path=str(checkpoint)
+    )
+    capsys.readouterr()
+    assert main(["chat", str(chat), "--prompt", "hi"]) == 2
+    assert "is a PiSSA adapter initialised by fast SVD" in capsys.readouterr().err
 
 
 def test_a_resumed_fast_svd_run_ends_with_the_same_adapter(tmp_path, tiny_model_dir):

@@ -13,6 +13,7 @@ from lmforge import device
 from lmforge.config.schema import comma_separated
 from lmforge.errors import UserError
 from lmforge.model.moe import enable_router_loss
+from lmforge.model.pissa import check_reloadable
 from lmforge.model.rope import RopeScaling, apply_rope_scaling
 
 logger = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ def attach_adapters(model, adapter_paths: list[str], *, merge: bool):
                 fix="point adapter_name_or_path at a training output_dir (or a checkpoint in it), "
                 "or set adapter_name_or_path=null to use the base model",
             )
+        check_reloadable(adapter)
         model = PeftModel.from_pretrained(model, adapter)
         if merge:
             model = model.merge_and_unload()
