@@ -322,3 +322,30 @@ def test_train_turns_gradient_checkpointing_on_where_only_that_fits(
     )
     plan = resolve_for_training(config, bf16_supported=False, cuda=False, check_output_dir=False)
     assert (plan.checkpointing.on, plan.checkpointing.auto) == (True, False)
+
+
+def test_estimate_says_train_turns_gradient_checkpointing_on(tmp_path, tiny_model_dir, monkeypatch):
+    from lmforge.commands.estimate import estimate_config
+    from lmforge.config.resolve import resolve_for_training
+    from lmforge.estimate import estimate_run
+    from lmforge.estimate.devices import Device
+    from lmforge.model.setup import prepare_model_setup
+    from lmforge.train.stages import get_stage
+
+    settings = dict(max_steps=1, cutoff_len=256, per_device_train_batch_size=8)
+    config = load_config(write_config(tmp_path, tiny_model_dir, **settings))
+    plan = resolve_for_training(config, bf16_supported=True, cuda=False, check_output_dir=False)
+    setup = prepare_model_setup(config, training=True)
+    rows = get_stage("sft").datasets(config, setup).train
+    big = Device("d", "cpu", 64 * GIB, 0.0, 0.0, "")
+    off = estimate_run(config, plan, setup.resolved.path, rows, big)[0].total
+    on = estimate_run(config, plan.with_checkpointing(""), setup.resolved.path, rows, big)[0].total
+    small = Device("d", "cpu", (on + off) // 2, 0.0, 0.0, "")
+    monkeypatch.setattr("lmforge.estimate.devices.this_device", lambda **kw: small)
+    result = estimate_config(config)[0]
+    assert result.fits and result.settings.gradient_checkpointing
+    assert any("`lmforge train` turns it on" in note for note in result.memory.notes)
+    given = load_config(
+        write_config(tmp_path / "off", tiny_model_dir, **settings, gradient_checkpointing=False)
+    )
+    assert not estimate_config(given)[0].fits

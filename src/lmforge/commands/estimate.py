@@ -83,6 +83,21 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
     result, shape_for = estimate_run(
         config, plan, setup.resolved.path, data.train, target, world_size=gpus
     )
+    if not result.fits and plan.checkpointing.auto:  # as `lmforge train` does (estimate/check.py)
+        checkpointed = estimate_run(
+            config,
+            plan.with_checkpointing(""),
+            setup.resolved.path,
+            data.train,
+            target,
+            world_size=gpus,
+        )
+        if checkpointed[0].fits:
+            result, shape_for = checkpointed
+            result.memory.notes.append(
+                "gradient checkpointing on: `lmforge train` turns it on, since the run does not "
+                "fit without it (gradient_checkpointing: false keeps it off)"
+            )
     advice = [] if result.fits else advise(result, shape_for)
     larger = larger_batch(result, shape_for) if result.fits else None
     others = None
