@@ -26,13 +26,7 @@ def _check_badam(config: Config) -> None:
     method = config.method
     if not method.use_badam:
         return
-    if method.finetuning_type != "full":
-        raise UserError(
-            f"use_badam trains the model's own weights a layer at a time: it works with "
-            f"finetuning_type: full (this run: {method.finetuning_type})",
-            where=config.where("use_badam"),
-            fix="set finetuning_type: full, or remove use_badam",
-        )
+    _require_full(config, "use_badam", "trains the model's own weights a layer at a time")
     if method.badam_mode != "layer":
         raise UserError(
             "badam_mode: ratio (sparse updates of every layer) is not available; BAdam trains "
@@ -40,12 +34,12 @@ def _check_badam(config: Config) -> None:
             where=config.where("badam_mode"),
             fix="set badam_mode: layer (or remove it)",
         )
-    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
+    sharding = _sharding_key(config)
     if sharding:
         raise UserError(
-            f"use_badam runs on one process, and {sharding[0]} is set",
-            where=config.where(sharding[0]),
-            fix=f"remove {sharding[0]} (BAdam fits a full fine-tuning on one GPU), or use_badam",
+            f"use_badam runs on one process, and {sharding} is set",
+            where=config.where(sharding),
+            fix=f"remove {sharding} (BAdam fits a full fine-tuning on one GPU), or use_badam",
         )
     _check_package(config, "use_badam")
 
@@ -205,15 +199,32 @@ def _one_optimizer(config: Config) -> None:
         )
 
 
+def _sharding_key(config: Config) -> str | None:
+    """`deepspeed` or `fsdp`, whichever the config sets (first), else None."""
+    return next((k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)), None)
+
+
+def _require_full(config: Config, key: str, why: str) -> None:
+    """`key` works with full fine-tuning only; `why` says what it does."""
+    method = config.method
+    if method.finetuning_type != "full":
+        raise UserError(
+            f"{key} {why}: it works with finetuning_type: full (this run: "
+            f"{method.finetuning_type})",
+            where=config.where(key),
+            fix=f"set finetuning_type: full, or remove {key}",
+        )
+
+
 def _check_whole_weights(config: Config, key: str) -> None:
     """Muon, GaLore and APOLLO work on whole 2-D weights: DeepSpeed hands an optimizer flat
     shards, FSDP sharded ones."""
-    sharding = [k for k in ("deepspeed", "fsdp") if config.passthrough.get(k)]
+    sharding = _sharding_key(config)
     if sharding:
         raise UserError(
-            f"{key} needs whole weights, and {sharding[0]} gives the optimizer shards of them",
+            f"{key} needs whole weights, and {sharding} gives the optimizer shards of them",
             where=config.where(key),
-            fix=f"remove {sharding[0]} (several GPUs still train with plain data parallelism) "
+            fix=f"remove {sharding} (several GPUs still train with plain data parallelism) "
             f"or {key}",
         )
 
@@ -243,13 +254,7 @@ def _check_low_rank(config: Config) -> None:
     if kind is None:
         return
     key = f"use_{kind}"
-    if method.finetuning_type != "full":
-        raise UserError(
-            f"{key} projects the gradients of whole weights: it works with finetuning_type: "
-            f"full (this run: {method.finetuning_type})",
-            where=config.where(key),
-            fix=f"set finetuning_type: full, or remove {key}",
-        )
+    _require_full(config, key, "projects the gradients of whole weights")
     _check_whole_weights(config, key)
     if getattr(method, f"{kind}_layerwise") and config.train.gradient_accumulation_steps != 1:
         raise UserError(

@@ -37,6 +37,7 @@ from lmforge.export.parity import (
 )
 from lmforge.export.prompts import parity_conversations
 from lmforge.export.report import CARD_SETTINGS, write_model_card, write_report
+from lmforge.model.hf_config import text_config
 from lmforge.model.load import model_config
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def _model_config(job: ExportJob):
         trust_remote_code=job.config.model.trust_remote_code,
         rope=job.setup.rope,
     )
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text_config(config)
 
 
 def _load_head(job: ExportJob, model):

@@ -12,19 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.errors import UserError
+from lmforge.model.hf_config import text_config
 
 # Where transformers' MoE configs keep the weight (router_aux_loss_coef; JetMoE: aux_loss_coef).
 _COEF_KEYS = ("router_aux_loss_coef", "aux_loss_coef")
 
 
-def _text_config(hf_config: Any) -> Any:
-    return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-
-
 def enable_router_loss(hf_config: Any, coef: float, where: str | None = None) -> None:
     """Set a transformers config (before the model is built) to return the router loss with
     weight `coef`."""
-    text = _text_config(hf_config)
+    text = text_config(hf_config)
     if not hasattr(text, "output_router_logits"):
         raise UserError(
             f"moe_aux_loss_coef is set, but this `{text.model_type}` model has no router loss "
@@ -39,27 +36,20 @@ def enable_router_loss(hf_config: Any, coef: float, where: str | None = None) ->
 
 def router_loss_weight(model) -> float | None:
     """The weight of the router loss the model returns, or None when it returns none."""
-    text = _text_config(model.config)
+    text = text_config(model.config)
     if not getattr(text, "output_router_logits", False):
         return None
     return next((getattr(text, k) for k in _COEF_KEYS if hasattr(text, k)), None)
 
 
-def router_loss(outputs, model):
-    """coef x the router loss of this forward, as the model adds it to its own loss; None
-    when the model returned none."""
+def with_router_loss(loss, outputs, model):
+    """`loss` plus coef x the router loss of the forward that gave `outputs`, as the model
+    adds it to its own loss (TRL's DPO and KTO trainers add it the same way)."""
     aux = outputs.get("aux_loss") if hasattr(outputs, "get") else None
     if aux is None:
-        return None
+        return loss
     weight = router_loss_weight(model)
-    return None if weight is None else weight * aux
-
-
-def with_router_loss(loss, outputs, model):
-    """`loss` plus the router loss of the forward that gave `outputs` (TRL's DPO and KTO
-    trainers add it the same way)."""
-    router = router_loss(outputs, model)
-    return loss if router is None else loss + router.to(loss.device)
+    return loss if weight is None else loss + weight * aux.to(loss.device)
 
 
 def describe(model) -> str:

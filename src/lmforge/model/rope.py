@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.errors import UserError
+from lmforge.model.hf_config import text_config
 
 # The kinds whose formula needs the pre-trained length (transformers' original_max_position_embeddings).
 _NEEDS_ORIGINAL = ("dynamic", "yarn", "llama3")
@@ -65,14 +66,10 @@ def rope_scaling_for(
     return plan_rope_scaling(hf_config, kind, factor=factor, context_len=context_len, where=where)
 
 
-def _text_config(hf_config: Any) -> Any:
-    return hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-
-
 def global_rope_parameters(hf_config: Any) -> dict:
     """The rope_parameters dict of the layers that attend over the whole row (a live
     reference: changing it changes the config)."""
-    hf_config = _text_config(hf_config)
+    hf_config = text_config(hf_config)
     params = getattr(hf_config, "rope_parameters", None)
     if not isinstance(params, dict):
         params = {}
@@ -84,7 +81,7 @@ def global_rope_parameters(hf_config: Any) -> dict:
 def original_length(hf_config: Any) -> int:
     """The positions the model was pre-trained for: max_position_embeddings, unless its config
     is scaled already (then the length before that scaling)."""
-    positions = int(_text_config(hf_config).max_position_embeddings)
+    positions = int(text_config(hf_config).max_position_embeddings)
     params = global_rope_parameters(hf_config)
     if params.get("rope_type", "default") == "default":
         return positions
@@ -103,7 +100,7 @@ def plan_rope_scaling(
 ) -> tuple[RopeScaling | None, str]:
     """(the scaling to apply or None, one line for the plan). `factor` as recorded or set;
     else derived from `context_len` (training); else INFERENCE_DEFAULT_FACTOR."""
-    hf_config = _text_config(hf_config)
+    hf_config = text_config(hf_config)
     if getattr(hf_config, "max_position_embeddings", None) is None:
         raise UserError(
             f"rope_scaling: {kind} needs the model's max_position_embeddings, and its config.json "
@@ -141,7 +138,7 @@ def apply_rope_scaling(hf_config: Any, scaling: RopeScaling) -> None:
     """Set the scaling on a transformers config (before the model is built from it). Setting
     what a saved, already scaled config holds changes nothing: a model trained with a scaling
     and loaded with the same one is not scaled twice."""
-    hf_config = _text_config(hf_config)
+    hf_config = text_config(hf_config)
     params = global_rope_parameters(hf_config)
     same_kind = params.get("rope_type", "default") == scaling.kind
     kept = {
@@ -161,9 +158,9 @@ def changes_config(hf_config: Any, scaling: RopeScaling) -> bool:
     """Whether applying `scaling` changes the config (False for a model saved with it)."""
     before = (
         dict(global_rope_parameters(hf_config)),
-        _text_config(hf_config).max_position_embeddings,
+        text_config(hf_config).max_position_embeddings,
     )
     scaled = copy.deepcopy(hf_config)
     apply_rope_scaling(scaled, scaling)
-    after = (dict(global_rope_parameters(scaled)), _text_config(scaled).max_position_embeddings)
+    after = (dict(global_rope_parameters(scaled)), text_config(scaled).max_position_embeddings)
     return before != after

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.model import varlen_kernels as kernels
+from lmforge.model.hf_config import text_config
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,6 @@ NAME = PER_SAMPLE_SDPA.name  # the CPU kernel's name (tests, older callers)
 
 # model -> the attention it was loaded with (not kept on its config: that is saved to config.json)
 _loaded_attention: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _text_config(config):
-    return getattr(config, "text_config", None) or config
 
 
 def choose_kernel(
@@ -95,7 +92,7 @@ def kernel_for_model(
 ) -> VarlenKernel | None:
     """The kernel for this model on the device it will train on (the Trainer moves it there
     later: at this point it may still be on the CPU)."""
-    config = _text_config(model.config)
+    config = text_config(model.config)
     return choose_kernel(
         flash_attn,
         device_type=device_type,
