@@ -54,8 +54,8 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
 
     from lmforge import device as this_machine
     from lmforge.config.resolve import resolve_for_training
-    from lmforge.estimate import estimate_run
     from lmforge.estimate.advice import advise, larger_batch
+    from lmforge.estimate.check import estimate_as_trained
     from lmforge.estimate.devices import card_device, cards, this_device
     from lmforge.model.setup import prepare_model_setup
     from lmforge.train.stages import get_stage
@@ -80,24 +80,14 @@ def estimate_config(config, *, gpu=None, gpus=1, calibrate=False, measure_peak=N
     stage.check(config)
     setup = prepare_model_setup(config, training=True)  # tokenizer and template; no weights
     data = stage.datasets(config, setup)
-    result, shape_for = estimate_run(
+    result, shape_for, trained_plan = estimate_as_trained(
         config, plan, setup.resolved.path, data.train, target, world_size=gpus
     )
-    if not result.fits and plan.checkpointing.auto:  # as `lmforge train` does (estimate/check.py)
-        checkpointed = estimate_run(
-            config,
-            plan.with_checkpointing(""),
-            setup.resolved.path,
-            data.train,
-            target,
-            world_size=gpus,
+    if trained_plan.checkpointing.on and not plan.checkpointing.on:
+        result.memory.notes.append(
+            "gradient checkpointing on: `lmforge train` turns it on, since the run does not "
+            "fit without it (gradient_checkpointing: false keeps it off)"
         )
-        if checkpointed[0].fits:
-            result, shape_for = checkpointed
-            result.memory.notes.append(
-                "gradient checkpointing on: `lmforge train` turns it on, since the run does not "
-                "fit without it (gradient_checkpointing: false keeps it off)"
-            )
     advice = [] if result.fits else advise(result, shape_for)
     larger = larger_batch(result, shape_for) if result.fits else None
     others = None

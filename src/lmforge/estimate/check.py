@@ -18,14 +18,29 @@ logger = logging.getLogger(__name__)
 MARGIN = 1.25  # stop only when the estimate exceeds free memory by a quarter (estimates err)
 
 
+def estimate_as_trained(config, plan, model_path, rows, device, *, world_size: int = 1):
+    """(result, shape_for, plan) of the run as `lmforge train` runs it on `device`: with
+    gradient checkpointing turned on in the plan (and a note saying why) when the run does not
+    fit without it and the config leaves it unset (LLaMA-Factory has it on always; here it
+    costs its 30 % only where it is needed)."""
+    result, shape_for = estimate_run(config, plan, model_path, rows, device, world_size=world_size)
+    if result.fits or not plan.checkpointing.auto or plan.checkpointing.on:
+        return result, shape_for, plan
+    plan = plan.with_checkpointing(
+        f"gradient checkpointing on: without it this run needs about {gib(result.total)} per "
+        f"device of {gib(device.memory_bytes)} free (set gradient_checkpointing: false to keep "
+        "it off)"
+    )
+    result, shape_for = estimate_run(config, plan, model_path, rows, device, world_size=world_size)
+    return result, shape_for, plan
+
+
 def memory_line_and_check(
     config, plan, setup, data, *, free_bytes: int | None = None
 ) -> tuple[str, RunPlan]:
-    """The plan's memory line, and the plan: with gradient checkpointing turned on when the
-    run would not fit in the free memory without it and the user left it unset (LLaMA-Factory
-    has it on always; here it costs its 30 % only where it is needed). Raises UserError (with
-    advice) when the estimate still exceeds the free memory by MARGIN, unless
-    skip_memory_check. `data` is the stage's StageData."""
+    """The plan's memory line, and the plan (estimate_as_trained: gradient checkpointing may be
+    turned on). Raises UserError (with advice) when the estimate still exceeds the free memory
+    by MARGIN, unless skip_memory_check. `data` is the stage's StageData."""
     import torch
 
     kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,21 +51,12 @@ def memory_line_and_check(
     limit = free // local if kind == "cpu" else free
     device = Device("this device", kind, limit, 0.0, 0.0, "free memory now")
     try:
-        result, shape_for = estimate_run(
+        result, shape_for, plan = estimate_as_trained(
             config, plan, setup.resolved.path, data.train, device, world_size=world
         )
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run that may fit
         logger.debug("memory estimate failed", exc_info=True)
         return f"not estimated ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})", plan
-    if result.total > limit and plan.checkpointing.auto and not plan.checkpointing.on:
-        with_checkpointing = plan.with_checkpointing(
-            f"gradient checkpointing on: without it this run needs about {gib(result.total)} "
-            f"per device of {gib(limit)} free (set gradient_checkpointing: false to keep it off)"
-        )
-        result, shape_for = estimate_run(
-            config, with_checkpointing, setup.resolved.path, data.train, device, world_size=world
-        )
-        plan = with_checkpointing
     line = one_line(result, free_bytes=limit)
     if result.total <= MARGIN * limit or config.train.skip_memory_check:
         return line, plan
