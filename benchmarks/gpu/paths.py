@@ -5,10 +5,11 @@ the loss of each step against the plain path's.
 
 Every run is `lmforge train` on the same YAML plus one change (a `deepspeed:` file from
 examples/deepspeed with FORCE_TORCHRUN=1, accelerate's FSDP config from examples/accelerate,
-`quantization_bit: 4`, `pure_bf16: true`), with the benchmark's step probe inside for the
-losses and the peak GPU memory. QLoRA computes with a quantized base, so its losses are compared
-with plain LoRA on that base dequantized (`qlora_reference`), the others with `plain`. Prints a
-markdown table and writes it to WORK/paths.md.
+`quantization_bit: 4`, `pure_bf16: true`; DPO with full tuning, whose reference is a frozen
+copy), with the benchmark's step probe inside for the losses and the peak GPU memory. QLoRA
+computes with a quantized base, so its losses are compared with plain LoRA on that base
+dequantized (`qlora_reference`); DPO under ZeRO-3 with DPO alone; the others with `plain`.
+Prints a markdown table and writes it to WORK/paths.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "
         "--config_file", str(ROOT / "examples/accelerate/fsdp_config.yaml"), "-m", "lmforge",
         "train"]  # fmt: skip
 TORCHRUN = {"FORCE_TORCHRUN": "1"}
+DPO_FULL = {"stage": "dpo", "dataset": "dpo_demo", "finetuning_type": "full", "learning_rate": 1e-6}
 
 # name -> (config changes, command, environment)
 PATHS: dict[str, tuple[dict, list[str], dict]] = {  # quick ones first: DeepSpeed starts slowly
@@ -54,6 +56,14 @@ PATHS: dict[str, tuple[dict, list[str], dict]] = {  # quick ones first: DeepSpee
     "qlora_fsdp": ({"quantization_bit": 4}, FSDP, {}),
     "qlora_zero3": (
         {"quantization_bit": 4, "deepspeed": "examples/deepspeed/ds_z3_config.json"},
+        LMFORGE,
+        TORCHRUN,
+    ),
+    # A stage with a reference model, fully tuned: the frozen reference copy on the GPU, and
+    # under ZeRO-3 (whose sharded weights a plain copy would not hold whole)
+    "dpo_full": (DPO_FULL, LMFORGE, {}),
+    "dpo_full_zero3": (
+        {**DPO_FULL, "deepspeed": "examples/deepspeed/ds_z3_config.json"},
         LMFORGE,
         TORCHRUN,
     ),
@@ -90,6 +100,8 @@ def base_config(model: Path, out: Path) -> dict:
 
 # Which run each path's losses are compared with.
 REFERENCE = {name: "qlora_reference" for name in ("qlora_4bit", "qlora_fsdp", "qlora_zero3")}
+REFERENCE["dpo_full_zero3"] = "dpo_full"
+BASES = {"plain", *REFERENCE.values()}  # compared with nothing
 
 
 def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
@@ -150,7 +162,7 @@ def table(results: list[dict]) -> str:
             if a is not None and b is not None and math.isfinite(a)
         ]
         shown = ", ".join(f"{x:.4f}" if x is not None else "-" for x in losses) or "-"
-        compared = "-" if r["path"] in ("plain", "qlora_reference") else reference
+        compared = "-" if r["path"] in BASES else reference
         diff = f"{max(diffs):.2e}" if diffs and compared != "-" else "-"
         lines.append(
             f"| {r['path']} | {r['rc']} | {shown} | {compared} | {diff} "

@@ -225,6 +225,32 @@ def test_dpo_with_full_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_model_
     assert history[-1]["rewards/margins"] > 0
 
 
+@pytest.mark.parametrize(
+    "settings", [{"finetuning_type": "full"}, {"ref_model": "MODEL"}], ids=["copy", "ref_model"]
+)
+def test_the_reference_model_is_placed_on_the_training_device(tmp_path, tiny_model_dir, settings):
+    # The Trainer moves only the model it trains: on a GPU a reference left on the CPU met
+    # batches on the GPU at its first forward pass (tests/gpu/test_reference_cuda.py runs it).
+    from types import SimpleNamespace
+
+    from lmforge.config.resolve import resolve_for_training
+    from lmforge.train.trainers.reference import load_reference_model
+
+    settings = {k: str(tiny_model_dir) if v == "MODEL" else v for k, v in settings.items()}
+    path = write_config(tmp_path, tiny_model_dir, stage="dpo", dataset="pairs", **settings)
+    config = load_config(path)
+    plan = resolve_for_training(config, bf16_supported=False, cuda=False, check_output_dir=False)
+    model = load_model(str(tiny_model_dir))
+    inputs = SimpleNamespace(
+        config=config, plan=plan, model=model, args=SimpleNamespace(device=torch.device("meta"))
+    )
+    reference = load_reference_model(inputs)
+    assert reference is not model
+    assert {p.device.type for p in reference.parameters()} == {"meta"}
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert {p.device.type for p in model.parameters()} == {"cpu"}  # the policy is not moved
+
+
 def test_kto_on_labelled_completions(tmp_path, tiny_model_dir):
     result = run_train(
         tmp_path,

@@ -20,7 +20,7 @@ class DPOStage(Stage):
         objective = pairwise_objective(inputs.config.method)
         reference = None
         if objective.needs_reference:
-            reference = load_reference_model(inputs.config, inputs.plan, inputs.model)
+            reference = load_reference_model(inputs)
         collator = PairCollator(inputs.setup.tokenizer.pad_token_id)
         return PairwisePreferenceTrainer(
             **inputs.trainer_arguments(inputs.model, collator),

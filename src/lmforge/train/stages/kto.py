@@ -66,7 +66,7 @@ class KTOStage(Stage):
         collator = KTOCollator(inputs.setup.tokenizer.pad_token_id)
         return KTOTrainer(
             **inputs.trainer_arguments(inputs.model, collator),
-            ref_model=load_reference_model(inputs.config, inputs.plan, inputs.model),
+            ref_model=load_reference_model(inputs),
             pref_beta=method.pref_beta,
             desirable_weight=method.kto_chosen_weight,
             undesirable_weight=method.kto_rejected_weight,

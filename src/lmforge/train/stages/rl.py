@@ -131,9 +131,7 @@ def rollout_parts(inputs: StageInputs, *, needs_reference: bool) -> RolloutParts
     tokenizer = inputs.setup.tokenizer
     return RolloutParts(
         collator=PromptCollator(tokenizer.pad_token_id),
-        ref_model=load_reference_model(config, inputs.plan, inputs.model)
-        if needs_reference
-        else None,
+        ref_model=load_reference_model(inputs) if needs_reference else None,
         stop_ids=inputs.setup.template.stop_token_ids(tokenizer),
         reward_terms=terms,
     )

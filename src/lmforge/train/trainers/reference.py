@@ -8,19 +8,26 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from lmforge.config.schema import trains_adapter
-from lmforge.model.load import load_model
+from lmforge.model.load import is_quantized, load_model
+
+if TYPE_CHECKING:
+    from lmforge.train.stages.base import StageInputs
 
 logger = logging.getLogger(__name__)
 
 
-def load_reference_model(config, plan, model) -> nn.Module | None:
+def load_reference_model(inputs: StageInputs) -> nn.Module | None:
     """`ref_model` when given (in the plan's dtype for frozen models); None with LoRA (the
     trainer disables the adapters to get the base, which is the reference); else a frozen copy
-    of the starting model (full/freeze), in its dtypes, so the policy starts at the reference."""
+    of the starting model (full/freeze), in its dtypes, so the policy starts at the reference.
+    On the training device: the Trainer moves the model it trains, not this one (on a GPU the
+    copy stayed on the CPU, where the batches it was given are not)."""
+    config, plan, model = inputs.config, inputs.plan, inputs.model
     if config.method.ref_model:
         from lmforge.model.rope import rope_scaling_for
         from lmforge.model.source import resolve_model
@@ -48,6 +55,8 @@ def load_reference_model(config, plan, model) -> nn.Module | None:
     else:
         logger.info("Reference model: a frozen copy of the starting model")
         reference = copy.deepcopy(model)
+    if not is_quantized(reference):  # quantized: placed on its device at load
+        reference = reference.to(inputs.args.device)
     return reference.eval().requires_grad_(False)
 
 
