@@ -349,3 +349,23 @@ def test_estimate_says_train_turns_gradient_checkpointing_on(tmp_path, tiny_mode
         write_config(tmp_path / "off", tiny_model_dir, **settings, gradient_checkpointing=False)
     )
     assert not estimate_config(given)[0].fits
+
+
+def test_asft_counts_its_reference_model_and_its_forward_pass(tmp_path, tiny_model_dir):
+    # ASFT runs every batch through a reference too: with full tuning a frozen copy in memory,
+    # and with any method one more forward pass: 2 FLOPs per weight and position, attention's
+    # forward, and the reference's head at each trained position (the chunked loss)
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    plain, shape_for = _result(tmp_path / "dft", tiny_model_dir, roomy, use_dft_loss=True)
+    asft, _ = _result(tmp_path / "asft", tiny_model_dir, roomy, use_asft_loss=True)
+    assert asft.settings.reference_forward and not plain.settings.reference_forward
+    assert "reference model" not in asft.memory.terms  # LoRA: the base, adapters disabled
+    shape = shape_for(asft.settings)
+    run = asft.time.real_tokens
+    extra = asft.time.total_flops - plain.time.total_flops
+    assert extra > 2 * shape.linear_params * run  # the reference's linear layers, at least
+    assert extra < 2 * (shape.linear_params + shape.hidden * shape.vocab) * run * 1.5
+    full, _ = _result(
+        tmp_path / "full", tiny_model_dir, roomy, use_asft_loss=True, finetuning_type="full"
+    )
+    assert full.memory.terms["reference model"] > 0

@@ -80,16 +80,17 @@ def _check_preference(config: Config) -> None:
 
 
 def _check_sft_loss(config: Config) -> None:
-    """DFT and EAFT weigh SFT's token losses, which only lmforge's own losses compute."""
+    """DFT, EAFT and ASFT change SFT's token losses, which only lmforge's own losses compute."""
     method = config.method
-    asked = [k for k in ("use_dft_loss", "use_eaft_loss") if getattr(method, k)]
+    asked = [k for k in ("use_dft_loss", "use_eaft_loss", "use_asft_loss") if getattr(method, k)]
     if not asked:
         return
     if len(asked) > 1:
         raise UserError(
-            "use_dft_loss and use_eaft_loss are both true",
-            where=config.where("use_eaft_loss"),
-            fix="keep one of them",
+            f"{', '.join(asked[:-1])} and {asked[-1]} are {'both' if len(asked) == 2 else 'all'} "
+            "true",
+            where=config.where(asked[-1]),
+            fix="keep one of them (use_asft_loss is DFT's loss with a KL term added)",
         )
     key = asked[0]
     if method.stage != "sft":

@@ -389,6 +389,13 @@ class MethodConfig:
         "likeliest tokens / 3) ** eaft_alpha.",
     )
     eaft_alpha: float = opt(1.0, "sft: EAFT's exponent.", bounds=POSITIVE)
+    use_asft_loss: bool = opt(
+        False,
+        "sft: ASFT (anchored SFT), DFT's weighted loss plus asft_alpha x the KL divergence "
+        "from the reference model's prediction to the model's at each answer token; the "
+        "reference is ref_model, else the base (LoRA) or the starting model (full/freeze).",
+    )
+    asft_alpha: float = opt(0.1, "sft: ASFT's weight of the KL term.", bounds=NON_NEGATIVE)
     pref_beta: float = opt(
         0.1, "dpo/kto: beta, how far the policy may move from the reference.", bounds=POSITIVE
     )
@@ -421,8 +428,8 @@ class MethodConfig:
     )
     ref_model: str | None = opt(
         None,
-        "dpo/kto/ppo/grpo: reference model. Default: the base with LoRA disabled (LoRA), or a "
-        "frozen copy of the starting model (full/freeze).",
+        "dpo/kto/ppo/grpo, sft with use_asft_loss: reference model. Default: the base with "
+        "LoRA disabled (LoRA), or a frozen copy of the starting model (full/freeze).",
         path=True,
     )
     kto_chosen_weight: float = opt(

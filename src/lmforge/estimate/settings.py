@@ -83,7 +83,9 @@ class Settings:
     packing: bool
     padding_free: bool
     per_sample_attention: bool  # sdpa/fa2 run attention per sample in flattened rows
-    reference_copy: bool  # a frozen copy of the model as reference (dpo/kto/ppo/grpo, not LoRA)
+    reference_copy: (
+        bool  # a frozen copy of the model as reference (dpo/kto/ppo/grpo/ASFT, not LoRA)
+    )
     reward_model: bool  # ppo (grpo with reward_model): a second model scores rollouts
     generated_tokens: int  # ppo/grpo: tokens generated after each prompt
     generations: int  # grpo: completions per prompt
@@ -96,6 +98,8 @@ class Settings:
     # turns only the trained parameters fp32 (config/resolve.py, train/run.py training_dtype)
     frozen_bf16: bool = False
     reference_loaded: bool = False  # an explicit `ref_model`: a second model, loaded
+    # dpo/kto/ASFT: every batch also runs forward through the reference (no gradient)
+    reference_forward: bool = False
     double_quantization: bool = True  # QLoRA 4-bit: the scales quantized too
 
     @property
@@ -154,7 +158,7 @@ def settings_from_config(
         frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type, method.use_badam)
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
-    uses_reference = stage in ("dpo", "kto", "ppo", "grpo") and not (
+    uses_reference = (stage in ("dpo", "kto", "ppo", "grpo") or method.use_asft_loss) and not (
         stage == "dpo" and method.pref_loss in REFERENCE_FREE
     )
     return Settings(
@@ -186,6 +190,7 @@ def settings_from_config(
         per_sample_attention=config.model.flash_attn != "disabled",
         reference_copy=uses_reference and not method.ref_model and not trains_adapter(method),
         reference_loaded=uses_reference and bool(method.ref_model),
+        reference_forward=uses_reference and stage in ("dpo", "kto", "sft"),
         reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),
         generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,
         generations=method.num_generations if stage == "grpo" else 1,

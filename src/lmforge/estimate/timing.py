@@ -8,6 +8,7 @@ Counted as benchmarks/flops.py counts them (multiply-add = 2 FLOPs), per token:
     output head    4·hidden·vocab per trained position with the chunked loss (every position
                    with the plain loss), + 2·hidden·vocab when the head trains
     recompute      gradient checkpointing runs the forward twice
+    reference      dpo, kto and ASFT run each batch forward through the reference model too
 
 Padding is computed work too (padded rows), so the positions computed, not only the real
 tokens, are counted for the time; MFU (gpus.yaml) is the share of the peak lmforge reaches.
@@ -66,7 +67,15 @@ def flops(
     if settings.finetuning_type == "full":
         head += 2 * shape.hidden * shape.vocab
     head_positions = run["trained_tokens"] if chunked else run["positions"]
-    return per_position * run["positions"] + attn * run["real_tokens"] + head * head_positions
+    total = per_position * run["positions"] + attn * run["real_tokens"] + head * head_positions
+    if settings.reference_forward:  # the reference's forward pass over the same batches
+        attn_forward = 4 * shape.heads * shape.head_dim * pairs_per_token
+        total += (
+            2 * linear * run["positions"]
+            + attn_forward * run["real_tokens"]
+            + 2 * shape.hidden * shape.vocab * head_positions
+        )
+    return total
 
 
 def _pairs_per_token(shape: ModelShape, lengths: Lengths) -> float:

@@ -1,19 +1,22 @@
 """What sft and pt share: a next-token trainer, with the loss on trained tokens only where that
-gives the same result (not a stage itself)."""
+gives the same result (not a stage itself); and SFT's trainer with ASFT's reference."""
 
 from __future__ import annotations
 
 import logging
 
+from lmforge.train.losses.anchored import AnchoredLinearLoss, AnchoredLogitsLoss
 from lmforge.train.losses.linear_ce import (
     LastLogitCollator,
     LinearCrossEntropyLoss,
     logits_to_keep_for,
+    output_projection,
     supports_linear_cross_entropy,
 )
 from lmforge.train.losses.token_weights import TokenWeighting, WeightedCrossEntropyLoss
 from lmforge.train.monitor import argmax_logits, token_accuracy
 from lmforge.train.stages.base import StageInputs
+from lmforge.train.trainers.anchored import AnchoredSFTTrainer
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
 
 logger = logging.getLogger(__name__)
@@ -68,3 +71,29 @@ def language_model_trainer(
         compute_metrics=token_accuracy if accuracy else None,
         preprocess_logits_for_metrics=argmax_logits if accuracy else None,
     )
+
+
+def anchored_trainer(inputs: StageInputs, collator, ref_model) -> AnchoredSFTTrainer:
+    """SFT with ASFT's loss (use_asft_loss) against `ref_model` (load_reference_model's: None
+    with LoRA, the base with adapters disabled). Chunked where the plain chunked loss would be,
+    unless the head trains added tokens' rows (their logits come from the adapter)."""
+    model, accuracy = inputs.model, inputs.config.train.compute_accuracy
+    alpha = inputs.config.method.asft_alpha
+    reference = ref_model if ref_model is not None else model
+    if uses_linear_ce(inputs) and _plain_head(model) and _plain_head(reference):
+        collator = LastLogitCollator(collator, logits_to_keep_for(model))
+        loss = AnchoredLinearLoss(model, alpha, dtype=inputs.plan.precision.autocast_dtype)
+    else:
+        loss = AnchoredLogitsLoss(alpha, model)
+    return AnchoredSFTTrainer(
+        **inputs.trainer_arguments(model, collator),
+        ref_model=ref_model,
+        compute_loss_func=loss,
+        compute_metrics=token_accuracy if accuracy else None,
+        preprocess_logits_for_metrics=argmax_logits if accuracy else None,
+    )
+
+
+def _plain_head(model) -> bool:
+    projection = output_projection(model.get_output_embeddings())
+    return projection is not None and projection[1] is None

@@ -9,10 +9,20 @@ from lmforge.data.encoding.collate import PadCollator, make_collator
 from lmforge.data.encoding.loader import build_datasets, packing_enabled
 from lmforge.errors import UserError
 from lmforge.model.packing import check_isolation, prepare_model_for_packing
-from lmforge.model.varlen_attention import kernel_for_model, restore_attention, use_varlen_attention
+from lmforge.model.varlen_attention import (
+    kernel_for_model,
+    restore_attention,
+    use_varlen_attention,
+    varlen_kernel_of,
+)
 from lmforge.train.losses.token_weights import sft_token_weighting
 from lmforge.train.stages.base import Stage, StageData, StageInputs
-from lmforge.train.stages.language_model import language_model_trainer, zero3_enabled
+from lmforge.train.stages.language_model import (
+    anchored_trainer,
+    language_model_trainer,
+    zero3_enabled,
+)
+from lmforge.train.trainers.reference import load_reference_model
 
 
 class SFTStage(Stage):
@@ -48,11 +58,11 @@ class SFTStage(Stage):
         padding_free = plan.batching.padding_free and not packing
         padded = PadCollator(inputs.setup.tokenizer.pad_token_id)
         if not (packing or padding_free):
-            return language_model_trainer(inputs, padded, weighting)
+            return _trainer(inputs, padded, weighting)
         if plan.batching.auto and not packing and zero3_enabled():
             # Sharded weights cannot run the isolation check outside DeepSpeed's engine.
             logger.warning("padded rows: padding-free batches are not the default under ZeRO-3")
-            return language_model_trainer(inputs, padded, weighting)
+            return _trainer(inputs, padded, weighting)
         # Several samples per row: a variable-length kernel attends per sample instead of
         # through a row-wide mask (the device's fastest: model/varlen_attention.py).
         autocast = plan.precision.autocast_dtype
@@ -82,7 +92,19 @@ class SFTStage(Stage):
             restore_attention(model)
             logger.warning("padded rows instead of padding-free batches: %s", exc.what)
             collator = padded
+        return _trainer(inputs, collator, weighting)
+
+
+def _trainer(inputs: StageInputs, collator, weighting):
+    """The next-token trainer; with ASFT's, the reference made now, from the model as it
+    trains (on its device, with the attention kernel the rows need)."""
+    if not inputs.config.method.use_asft_loss:
         return language_model_trainer(inputs, collator, weighting)
+    reference = load_reference_model(inputs)
+    if reference is not None:  # a copy has the model's kernel; a ref_model is given it here
+        use_varlen_attention(reference, varlen_kernel_of(inputs.model))
+        prepare_model_for_packing(reference)
+    return anchored_trainer(inputs, collator, reference)
 
 
 def _full_weights(model):

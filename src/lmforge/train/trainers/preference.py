@@ -23,7 +23,7 @@ from lmforge.train.losses.preference import (
     preference_loss,
 )
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
-from lmforge.train.trainers.reference import reference_model
+from lmforge.train.trainers.reference import ReferenceMixin
 from lmforge.train.trainers.value_head import ValueHeadTrainerMixin, last_token_scores
 
 
@@ -60,24 +60,7 @@ class _MetricsMixin:
         super().log(logs, *args, **kwargs)
 
 
-class _ReferenceMixin:
-    """Reference logits: a frozen copy when given, else the model with its LoRA adapters
-    disabled (the base is the reference, without a second copy in memory)."""
-
-    ref_model: nn.Module | None = None
-
-    @torch.no_grad()
-    def reference_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # Under the trainer's autocast, as the policy's forward: a frozen copy (full/freeze) or
-        # a ref_model is not wrapped by accelerate.
-        unwrapped = self.accelerator.unwrap_model(model)
-        with self.accelerator.autocast(), reference_model(unwrapped, self.ref_model) as reference:
-            return reference(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-
-
-class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
+class PairwisePreferenceTrainer(_MetricsMixin, ReferenceMixin, AtomicCheckpointTrainer):
     def __init__(
         self,
         *args,
@@ -96,12 +79,12 @@ class PairwisePreferenceTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpoint
         objective = self.objective
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
         half = batch["input_ids"].shape[0] // 2
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = model(**_forward_inputs(batch))
         logits = outputs.logits
         logps, tokens = sequence_logps(logits, batch["labels"], objective.ld_alpha)
         ref_c = ref_r = None
         if objective.needs_reference:
-            reference = self.reference_logits(model, batch)
+            reference = self.reference_logits(model, _forward_inputs(batch))
             ref_logps, _ = sequence_logps(reference, batch["labels"], objective.ld_alpha)
             ref_c, ref_r = ref_logps[:half], ref_logps[half:]
         losses, chosen_rewards, rejected_rewards = preference_loss(
@@ -167,7 +150,7 @@ class RunningMean:
         return cls(float(state["total"]), int(state["count"]))
 
 
-class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
+class KTOTrainer(_MetricsMixin, ReferenceMixin, AtomicCheckpointTrainer):
     def __init__(
         self,
         *args,
@@ -187,10 +170,11 @@ class KTOTrainer(_MetricsMixin, _ReferenceMixin, AtomicCheckpointTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
         n = inputs["desirable"].shape[0]
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = model(**_forward_inputs(batch))
         logits = outputs.logits
         logps, _ = sequence_logps(logits, batch["labels"])
-        ref_logps, _ = sequence_logps(self.reference_logits(model, batch), batch["labels"])
+        reference = self.reference_logits(model, _forward_inputs(batch))
+        ref_logps, _ = sequence_logps(reference, batch["labels"])
         kl_reference = (logps[n:] - ref_logps[n:]).mean()
         losses, rewards = kto_loss(
             self.pref_beta,
@@ -233,3 +217,8 @@ class RewardModelTrainer(ValueHeadTrainerMixin, _MetricsMixin, AtomicCheckpointT
         )
         loss = bradley_terry_loss(chosen, rejected).mean()
         return (loss, {"scores": scores}) if return_outputs else loss
+
+
+def _forward_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's arguments of a batch (its labels are read by the loss)."""
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -1,6 +1,6 @@
-"""The reference model of DPO, KTO, PPO and GRPO, without a second copy where LoRA allows it:
-which model it is (load_reference_model, when the stage prepares) and how its outputs are
-computed during training (reference_model)."""
+"""The reference model of DPO, KTO, PPO, GRPO and ASFT, without a second copy where LoRA allows
+it: which model it is (load_reference_model, when the stage prepares) and how its outputs are
+computed during training (reference_model, ReferenceMixin)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from lmforge.config.schema import trains_adapter
@@ -73,3 +74,47 @@ def reference_model(model: nn.Module, ref_model: nn.Module | None) -> Iterator[n
         raise RuntimeError("full or freeze tuning needs a reference model copy")
     with disable():
         yield model
+
+
+class ReferenceMixin:
+    """For a Trainer: the reference's outputs on a batch, without gradients and under the
+    trainer's autocast, as the policy's forward runs (a frozen copy or a ref_model is not
+    wrapped by accelerate). `ref_model`: a frozen copy when there is one, else the model
+    itself with its LoRA adapters disabled (no second copy in memory)."""
+
+    ref_model: nn.Module | None = None
+
+    @contextmanager
+    def _reference(self, model) -> Iterator[nn.Module]:
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.accelerator.autocast():
+            with reference_model(unwrapped, self.ref_model) as reference:
+                yield reference
+
+    def reference_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of every position; `batch`: the model's forward arguments."""
+        with self._reference(model) as reference:
+            return reference(**batch).logits
+
+    def reference_hidden(
+        self, model, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(final hidden states of every position, the weight its output head projects them
+        with, or None where the head is more than a weight): for a loss that projects
+        positions itself (batch asks the head for as few logits as it takes)."""
+        from lmforge.train.losses.linear_ce import output_projection
+
+        kept: list[torch.Tensor] = []
+
+        def keep(module, args, output) -> None:
+            kept.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+        with self._reference(model) as reference:
+            handle = reference.get_decoder().register_forward_hook(keep)
+            try:
+                reference(**batch)
+            finally:
+                handle.remove()
+            projection = output_projection(reference.get_output_embeddings())
+        weight = None if projection is None or projection[1] is not None else projection[0]
+        return kept[-1], weight
