@@ -56,29 +56,38 @@ def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 class _FusedAnchoredLoss(torch.autograd.Function):
     """Sum of ASFT's loss over rows of hidden states, chunk by chunk; each chunk's gradient
     (the formula in the module's docstring, through the softcap's derivative when there is
-    one) is made right away, so no vocabulary-sized tensor outlives its chunk."""
+    one) is made right away, so no vocabulary-sized tensor outlives its chunk. As in
+    linear_ce.py, the chunk's buffers are allocated once (on a CPU a fresh vocabulary-sized
+    buffer per chunk costs more in page faults than the pass that writes it) and the passes
+    over them work in place."""
 
     @staticmethod
     def forward(ctx, hidden, weight, ref_hidden, ref_weight, targets, alpha, softcap, chunk, dtype):
-        need_hidden = hidden.requires_grad
-        need_weight = weight.requires_grad
+        need_hidden, need_weight = hidden.requires_grad, weight.requires_grad
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        low, ref_low = weight.to(dtype), ref_weight.to(dtype)
+        grad_weight = None
+        if need_weight:  # fp32, written whole by the first chunk (zeros if there is none)
+            empty = torch.zeros_like if hidden.shape[0] == 0 else torch.empty_like
+            grad_weight = empty(weight, dtype=torch.float32)
+        low = weight.to(dtype)  # no copy unless fp32 weights meet 16-bit mixed precision
+        same_head = ref_weight.data_ptr() == weight.data_ptr()  # LoRA: the base's own head
+        ref_low = low if same_head else ref_weight.to(dtype)
+        buffers = _Buffers(min(chunk, hidden.shape[0]), weight.shape[0], dtype, hidden.device)
+        product = None  # a weight-sized 16-bit buffer for each chunk's weight gradient
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk].to(dtype)
             t = targets[start : start + chunk]
-            z, cap = _capped(h @ low.t(), softcap)
-            z_ref, _ = _capped(ref_hidden[start : start + chunk].to(dtype) @ ref_low.t(), softcap)
-            lse, lse_ref = z.logsumexp(-1), z_ref.logsumexp(-1)
+            ref_h = ref_hidden[start : start + chunk]
+            z, z_ref, scratch, cap = buffers.logits(h, low, ref_h, ref_low, softcap)
+            lse, lse_ref = _logsumexp(z, scratch), _logsumexp(z_ref, scratch)
             nll = lse - z.gather(1, t[:, None]).squeeze(1)
             w = _DFT.weights(nll, None)
             # log p and log q in place of the logits; their difference is exactly 0 where the
             # two predictions are equal (as at the first step), not a rounding of lse - lse
             log_p, log_q = z.sub_(lse[:, None]), z_ref.sub_(lse_ref[:, None])
-            q = log_q.exp()
-            kl = (q * log_q.sub_(log_p)).sum(-1)
+            q = torch.exp(log_q, out=scratch)
+            kl = log_q.sub_(log_p).mul_(q).sum(-1)
             total += (w * nll + alpha * kl).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
@@ -86,33 +95,79 @@ class _FusedAnchoredLoss(torch.autograd.Function):
             grad.sub_(q.mul_(alpha)).scatter_add_(1, t[:, None], -w[:, None])
             if cap is not None:
                 grad.mul_(cap.square_().neg_().add_(1))  # d(c tanh(x / c)) = 1 - tanh^2
-            grad = grad.to(dtype)
+            grad = buffers.in_dtype(grad)
             if grad_hidden is not None:
                 grad_hidden[start : start + chunk] = (grad @ low).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight.add_((grad.t() @ h).float())
+            if grad_weight is not None:  # summed in fp32 without a new weight-sized tensor
+                first = start == 0
+                if dtype == torch.float32:
+                    if first:
+                        torch.mm(grad.t(), h, out=grad_weight)
+                    else:
+                        grad_weight.addmm_(grad.t(), h)
+                else:
+                    product = torch.mm(grad.t(), h, out=product)
+                    if first:
+                        grad_weight.copy_(product)
+                    else:
+                        grad_weight.add_(product)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
+        # made for this backward pass only: scaled in place (a weight-sized fp32 copy would be
+        # fresh memory at every step)
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output.float()
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * scale.to(grad_hidden.dtype)
+            grad_hidden = grad_hidden.mul_(scale.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
         return (grad_hidden, grad_weight) + (None,) * 7
 
 
-def _capped(logits: torch.Tensor, softcap: float | None):
-    """(fp32 logits, tanh(logits / softcap) or None): Gemma 2's final_logit_softcapping."""
-    logits = logits.float()
-    if not softcap:
-        return logits, None
-    cap = torch.tanh(logits / softcap)
-    return cap * softcap, cap
+class _Buffers:
+    """A chunk's vocabulary-sized buffers: the model's and the reference's fp32 logits, one
+    fp32 scratch (exp for the log-sum-exp, then q), and, for 16-bit projections, one in their
+    dtype (each matmul's output, then the gradient)."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device):
+        shape = (rows, vocab)
+        self.z = torch.empty(shape, dtype=torch.float32, device=device)
+        self.z_ref = torch.empty(shape, dtype=torch.float32, device=device)
+        self.scratch = torch.empty(shape, dtype=torch.float32, device=device)
+        fp32 = dtype == torch.float32
+        self.low = None if fp32 else torch.empty(shape, dtype=dtype, device=device)
+
+    def logits(self, h, weight, ref_h, ref_weight, softcap):
+        """(z, z_ref, scratch, tanh(z / softcap) or None) for a chunk of n rows."""
+        n = h.shape[0]
+        z = self._project(h, weight, self.z[:n])
+        z_ref = self._project(ref_h, ref_weight, self.z_ref[:n])
+        cap = None
+        if softcap:  # Gemma 2's final_logit_softcapping: c * tanh(z / c), on both
+            cap = torch.tanh(z / softcap)
+            z = torch.mul(cap, softcap, out=z)
+            z_ref = z_ref.div_(softcap).tanh_().mul_(softcap)
+        return z, z_ref, self.scratch[:n], cap
+
+    def _project(self, h, weight, out):
+        h = h.to(weight.dtype)
+        if self.low is None:
+            return torch.mm(h, weight.t(), out=out)
+        return out.copy_(torch.mm(h, weight.t(), out=self.low[: h.shape[0]]))
+
+    def in_dtype(self, grad):
+        """The gradient in the projections' dtype, in the 16-bit buffer."""
+        return grad if self.low is None else self.low[: grad.shape[0]].copy_(grad)
+
+
+def _logsumexp(z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Each row's log-sum-exp, with exp written into `scratch` (no new buffer)."""
+    top = z.amax(dim=-1, keepdim=True)
+    return torch.sub(z, top, out=scratch).exp_().sum(-1).log_() + top.squeeze(1)
 
 
 def anchored_linear_sum(
@@ -190,6 +245,7 @@ class AnchoredLinearLoss(LinearCrossEntropyLoss):
         super().__init__(model, dtype=dtype)
         self.alpha = alpha
         self.reference: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ref_cast: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, its cast)
 
     def describe(self) -> str:
         return (
@@ -206,7 +262,7 @@ class AnchoredLinearLoss(LinearCrossEntropyLoss):
             hidden,
             weight,
             ref_hidden,
-            ref_weight,
+            self._cast_reference(ref_weight, weight),
             labels,
             alpha=self.alpha,
             softcap=self.softcap,
@@ -215,6 +271,15 @@ class AnchoredLinearLoss(LinearCrossEntropyLoss):
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         return moe.with_router_loss(total / denominator, outputs, self.model)
+
+    def _cast_reference(self, ref_weight: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A frozen copy's head weight in the projection's dtype, cast once for the whole run
+        (it never changes) rather than at every step; the base's own head as it is."""
+        if self.dtype is None or ref_weight is weight or ref_weight.dtype == self.dtype:
+            return ref_weight
+        if self._ref_cast is None or self._ref_cast[0] is not ref_weight:
+            self._ref_cast = (ref_weight, ref_weight.to(self.dtype))
+        return self._ref_cast[1]
 
 
 def describe_anchored(alpha: float) -> str:
