@@ -8,7 +8,8 @@ examples/deepspeed with FORCE_TORCHRUN=1, accelerate's FSDP config from examples
 `quantization_bit: 4`, `pure_bf16: true`; DPO with full tuning, whose reference is a frozen
 copy), with the benchmark's step probe inside for the losses and the peak GPU memory. QLoRA
 computes with a quantized base, so its losses are compared with plain LoRA on that base
-dequantized (`qlora_reference`); DPO under ZeRO-3 with DPO alone; the others with `plain`.
+dequantized (`qlora_reference`); DPO with ref_model under ZeRO-3 with DPO alone; the others
+with `plain`.
 Prints a markdown table and writes it to WORK/paths.md.
 """
 
@@ -32,6 +33,7 @@ FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "
         "train"]  # fmt: skip
 TORCHRUN = {"FORCE_TORCHRUN": "1"}
 DPO_FULL = {"stage": "dpo", "dataset": "dpo_demo", "finetuning_type": "full", "learning_rate": 1e-6}
+THE_MODEL = "<the run's model>"  # replaced by --model's folder
 
 # name -> (config changes, command, environment)
 PATHS: dict[str, tuple[dict, list[str], dict]] = {  # quick ones first: DeepSpeed starts slowly
@@ -59,11 +61,12 @@ PATHS: dict[str, tuple[dict, list[str], dict]] = {  # quick ones first: DeepSpee
         LMFORGE,
         TORCHRUN,
     ),
-    # A stage with a reference model, fully tuned: the frozen reference copy on the GPU, and
-    # under ZeRO-3 (whose sharded weights a plain copy would not hold whole)
+    # A stage with a reference model, fully tuned: the frozen reference copy on the GPU; under
+    # ZeRO-3 a copy of the sharded weights is refused, and ref_model (the same weights, loaded
+    # and sharded on their own, run in a DeepSpeed engine) takes its place
     "dpo_full": (DPO_FULL, LMFORGE, {}),
-    "dpo_full_zero3": (
-        {**DPO_FULL, "deepspeed": "examples/deepspeed/ds_z3_config.json"},
+    "dpo_ref_model_zero3": (
+        {**DPO_FULL, "ref_model": THE_MODEL, "deepspeed": "examples/deepspeed/ds_z3_config.json"},
         LMFORGE,
         TORCHRUN,
     ),
@@ -100,7 +103,7 @@ def base_config(model: Path, out: Path) -> dict:
 
 # Which run each path's losses are compared with.
 REFERENCE = {name: "qlora_reference" for name in ("qlora_4bit", "qlora_fsdp", "qlora_zero3")}
-REFERENCE["dpo_full_zero3"] = "dpo_full"
+REFERENCE["dpo_ref_model_zero3"] = "dpo_full"
 BASES = {"plain", *REFERENCE.values()}  # compared with nothing
 
 
@@ -113,6 +116,7 @@ def run_path(name: str, model: Path, work: Path, timeout: int) -> dict:
         from lmforge.model.load import Quantization
 
         model = save_dequantized(model, out / "dequantized-4bit", Quantization(bits=4))
+    changes = {k: str(model) if v == THE_MODEL else v for k, v in changes.items()}
     config = {**base_config(model, out / "run"), **changes}
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

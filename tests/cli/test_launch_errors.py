@@ -64,6 +64,42 @@ def test_deepspeed_without_a_gpu_says_so_with_the_fix(tmp_path, settings):
         check_gpu_only_settings(load_config(path, ["flash_attn=fa2", "deepspeed=null"]), cuda=False)
 
 
+@pytest.mark.parametrize(
+    "changes, refused",
+    [
+        ({"stage": "dpo", "finetuning_type": "full"}, True),
+        ({"stage": "kto", "finetuning_type": "freeze"}, True),
+        ({"stage": "sft", "finetuning_type": "full", "use_asft_loss": True}, True),
+        ({"stage": "dpo", "finetuning_type": "full", "ref_model": "MODEL"}, False),
+        ({"stage": "dpo", "finetuning_type": "lora"}, False),  # the base is the reference
+        ({"stage": "dpo", "finetuning_type": "full", "pref_loss": "simpo"}, False),  # none
+        ({"stage": "sft", "finetuning_type": "full"}, False),
+    ],
+)
+def test_a_reference_copy_under_zero3_is_refused_with_the_fix(tmp_path, settings, changes, refused):
+    # ZeRO-3 shards each weight as the model loads: a copy of the shards is no model (TRL's
+    # create_reference_model refuses it too); a ref_model is loaded and sharded on its own.
+    (tmp_path / "ds_z3_config.json").write_text(DS_Z3)
+    changes = {k: settings["model_name_or_path"] if v == "MODEL" else v for k, v in changes.items()}
+    path = write(tmp_path, {**settings, **changes, "deepspeed": "ds_z3_config.json"})
+    if not refused:
+        launch.check_reference_copy(load_config(path))
+        return
+    with pytest.raises(UserError) as info:
+        launch.check_reference_copy(load_config(path))
+    stage = changes["stage"]
+    assert info.value.format() == (
+        f"{path}: stage {stage} compares the model with a frozen copy of it, and `deepspeed: "
+        "ds_z3_config.json` is ZeRO-3, which shards every weight as the model loads, so no whole "
+        f"copy can be made. Fix: set ref_model: {settings['model_name_or_path']} (the reference "
+        "is then loaded on its own and sharded the same way), or use ZeRO-2 "
+        "(examples/deepspeed/ds_z2_config.json), or finetuning_type: lora (the reference is "
+        "then the base, no copy)."
+    )
+    (tmp_path / "ds_z3_config.json").write_text(DS_Z3.replace('"stage": 3', '"stage": 2'))
+    launch.check_reference_copy(load_config(path))  # ZeRO-2 keeps whole weights: a copy works
+
+
 FSDP_CPU = (
     "FSDP (accelerate's fully sharded data parallel) needs a GPU, and this machine has none "
     "(on the CPU accelerate refuses it, or trains without sharding). Fix: start `lmforge "

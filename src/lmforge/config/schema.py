@@ -25,6 +25,22 @@ def trains_adapter(method) -> bool:
     return method.finetuning_type in ADAPTER_TYPES
 
 
+def uses_reference_model(method) -> bool:
+    """Whether training compares the model with a reference: dpo (not its reference-free
+    losses), kto, ppo, grpo with a KL term, sft with ASFT."""
+    stage = method.stage
+    if stage == "dpo":
+        return method.pref_loss not in REFERENCE_FREE
+    if stage == "grpo":
+        return method.ppo_kl_coef > 0
+    return stage in ("kto", "ppo") or (stage == "sft" and method.use_asft_loss)
+
+
+def copies_reference_model(method) -> bool:
+    """The reference is a frozen copy of the starting model (full/freeze without ref_model)."""
+    return uses_reference_model(method) and not method.ref_model and not trains_adapter(method)
+
+
 @dataclass(frozen=True)
 class Bounds:
     """The values a number key accepts: from `low` to `high` (each included unless `*_open`);

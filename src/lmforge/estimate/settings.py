@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmforge.config.plan import keeps_frozen_weights_bf16, loads_untrained_models_bf16
-from lmforge.config.schema import REFERENCE_FREE, trains_adapter
+from lmforge.config.schema import copies_reference_model, uses_reference_model
 from lmforge.errors import UserError
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
@@ -158,9 +158,7 @@ def settings_from_config(
         frozen_bf16 = keeps_frozen_weights_bf16(bf16, method.finetuning_type, method.use_badam)
     liger = bool(passthrough.get("use_liger_kernel"))  # only when asked for (train/run.py)
     stage = method.stage
-    uses_reference = (stage in ("dpo", "kto", "ppo", "grpo") or method.use_asft_loss) and not (
-        stage == "dpo" and method.pref_loss in REFERENCE_FREE
-    )
+    uses_reference = uses_reference_model(method)
     return Settings(
         stage=stage,
         finetuning_type=method.finetuning_type,
@@ -188,7 +186,7 @@ def settings_from_config(
         packing=bool(data.packing or data.neat_packing),
         padding_free=_padding_free(config, plan),
         per_sample_attention=config.model.flash_attn != "disabled",
-        reference_copy=uses_reference and not method.ref_model and not trains_adapter(method),
+        reference_copy=copies_reference_model(method),
         reference_loaded=uses_reference and bool(method.ref_model),
         reference_forward=uses_reference and stage in ("dpo", "kto", "sft"),
         reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmforge.config.schema import copies_reference_model
 from lmforge.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,14 @@ def check_gpu_only_settings(config, cuda: bool) -> None:
 
 def shards_weights(config) -> bool:
     """DeepSpeed ZeRO-3 or FSDP: each process holds a shard of every weight."""
+    return fsdp_requested(config) or zero3_requested(config)
+
+
+def zero3_requested(config) -> bool:
+    """DeepSpeed ZeRO-3, whose weights are sharded as the model loads (FSDP's when training
+    starts)."""
     deepspeed = config.passthrough.get("deepspeed")
-    return fsdp_requested(config) or (bool(deepspeed) and _zero_stage(deepspeed) == 3)
+    return bool(deepspeed) and _zero_stage(deepspeed) == 3
 
 
 def fsdp_requested(config) -> bool:
@@ -134,6 +141,25 @@ def _zero_stage(deepspeed) -> int | None:
         return None
 
 
+def check_reference_copy(config) -> None:
+    """A frozen reference copy cannot be made of a model ZeRO-3 sharded as it loaded."""
+    if copies_reference_model(config.method) and zero3_requested(config):
+        # A copy of ZeRO-3's shards is no model: their gathering still points at the policy's
+        # (TRL's create_reference_model refuses it too). LLaMA-Factory loads the model again.
+        deepspeed = config.passthrough["deepspeed"]
+        name = Path(deepspeed).name if isinstance(deepspeed, str) else "an inline config"
+        raise UserError(
+            f"stage {config.method.stage} compares the model with a frozen copy of it, and "
+            f"`deepspeed: {name}` is ZeRO-3, which shards every weight as the model loads, so "
+            "no whole copy can be made",
+            where=config.where("deepspeed"),
+            fix=f"set ref_model: {config.model.model_name_or_path} (the reference is then "
+            "loaded on its own and sharded the same way), or use ZeRO-2 "
+            "(examples/deepspeed/ds_z2_config.json), or finetuning_type: lora (the reference is "
+            "then the base, no copy)",
+        )
+
+
 def preflight(config) -> None:
     """The checks a worker would make before loading the model, made once in the launcher so
     that a user error is one paragraph (exit code 2) before torchrun starts any worker. Runs
@@ -149,6 +175,7 @@ def preflight(config) -> None:
     probe = copy.deepcopy(config)
     cuda = torch.cuda.is_available()
     check_gpu_only_settings(probe, cuda)
+    check_reference_copy(probe)
     resolve_for_training(probe, bf16_supported=device.supports_bf16(), cuda=cuda)
     if probe.passthrough.get("deepspeed"):
         try:

@@ -38,6 +38,7 @@ from lmforge.train.checkpoints import choose_checkpoint, completed_run, planned_
 from lmforge.train.interrupt import raise_if_interrupted
 from lmforge.train.launch import (
     check_gpu_only_settings,
+    check_reference_copy,
     is_launched,
     is_main_process,
     shards_weights,
@@ -217,6 +218,7 @@ def check_distributed_settings(config: Config) -> None:
             where=config.where("pissa_init"),
             fix="train with ZeRO-2 (or one process), or remove pissa_init",
         )
+    check_reference_copy(config)
     bits = config.method.quantization_bit
     if bits is not None and bits != 4 and shards_weights(config):
         raise UserError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
-from lmforge.train.trainers.reference import ReferenceMixin
+from lmforge.train.trainers.reference import ReferenceMixin, prepared_reference
 
 
 class AnchoredSFTTrainer(ReferenceMixin, AtomicCheckpointTrainer):
@@ -15,7 +15,7 @@ class AnchoredSFTTrainer(ReferenceMixin, AtomicCheckpointTrainer):
 
     def __init__(self, *args, ref_model: nn.Module | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.ref_model = ref_model
+        self.ref_model = prepared_reference(self, ref_model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The reference reads the batch as the model does (packed rows' positions and

@@ -23,7 +23,7 @@ from lmforge.train.losses.preference import (
     preference_loss,
 )
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
-from lmforge.train.trainers.reference import ReferenceMixin
+from lmforge.train.trainers.reference import ReferenceMixin, prepared_reference
 from lmforge.train.trainers.value_head import ValueHeadTrainerMixin, last_token_scores
 
 
@@ -70,9 +70,7 @@ class PairwisePreferenceTrainer(_MetricsMixin, ReferenceMixin, AtomicCheckpointT
     ):
         super().__init__(*args, **kwargs)
         self.objective = objective
-        self.ref_model = ref_model
-        if ref_model is not None:
-            ref_model.eval().requires_grad_(False)
+        self.ref_model = prepared_reference(self, ref_model)
         self.mean_reward = RunningMean()  # BCO's delta
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -163,9 +161,7 @@ class KTOTrainer(_MetricsMixin, ReferenceMixin, AtomicCheckpointTrainer):
         super().__init__(*args, **kwargs)
         self.pref_beta = pref_beta
         self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
-        self.ref_model = ref_model
-        if ref_model is not None:
-            ref_model.eval().requires_grad_(False)
+        self.ref_model = prepared_reference(self, ref_model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}

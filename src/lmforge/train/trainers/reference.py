@@ -76,6 +76,23 @@ def reference_model(model: nn.Module, ref_model: nn.Module | None) -> Iterator[n
         yield model
 
 
+def prepared_reference(trainer, ref_model: nn.Module | None) -> nn.Module | None:
+    """`ref_model` as the trainer's processes run it. Under DeepSpeed ZeRO-3 a ref_model was
+    sharded as it loaded (a copy is refused: launch.check_reference_copy), and runs inside a
+    DeepSpeed engine that gathers each layer's weights for its forward pass (TRL's
+    prepare_deepspeed, which TRL's and LLaMA-Factory's trainers use); elsewhere as it is, on
+    the training device already."""
+    if ref_model is None or not trainer.is_deepspeed_enabled:
+        return ref_model
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return ref_model
+    from trl.models.utils import prepare_deepspeed
+
+    return prepare_deepspeed(ref_model, trainer.accelerator)
+
+
 class ReferenceMixin:
     """For a Trainer: the reference's outputs on a batch, without gradients and under the
     trainer's autocast, as the policy's forward runs (a frozen copy or a ref_model is not

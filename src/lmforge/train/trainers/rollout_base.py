@@ -18,7 +18,7 @@ import torch
 from lmforge.train.rewards.functions import RewardBatch
 from lmforge.train.trainers.base import AtomicCheckpointTrainer
 from lmforge.train.trainers.preference import _MetricsMixin
-from lmforge.train.trainers.reference import reference_model
+from lmforge.train.trainers.reference import prepared_reference, reference_model
 from lmforge.train.trainers.rollout import RepeatedChunkSampler, Sequences, completion_logps
 from lmforge.train.trainers.value_head import body_of
 
@@ -58,7 +58,8 @@ class RolloutTrainer(_MetricsMixin, AtomicCheckpointTrainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.settings, self.stop_ids, self.ref_model = settings, stop_ids, ref_model
+        self.settings, self.stop_ids = settings, stop_ids
+        self.ref_model = prepared_reference(self, ref_model)
         self._rollouts: OrderedDict[tuple, list] = OrderedDict()  # key -> [rollout, uses]
 
     # -- subclasses --------------------------------------------------------------------------
