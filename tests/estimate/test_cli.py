@@ -369,3 +369,21 @@ def test_asft_counts_its_reference_model_and_its_forward_pass(tmp_path, tiny_mod
         tmp_path / "full", tiny_model_dir, roomy, use_asft_loss=True, finetuning_type="full"
     )
     assert full.memory.terms["reference model"] > 0
+
+
+def test_a_quantized_ref_model_is_counted_at_its_bits(tmp_path, tiny_model_dir):
+    roomy = Device("roomy", "cuda", 64 * GIB, 1e14, 0.4, "test")
+    # (ASFT: an sft run with a reference, so the estimate reads the sft toy data)
+    common = {"use_asft_loss": True, "ref_model": str(tiny_model_dir), "bf16": True}
+    whole, shape_for = _result(tmp_path / "whole", tiny_model_dir, roomy, **common)
+    four, _ = _result(
+        tmp_path / "four", tiny_model_dir, roomy, ref_model_quantization_bit=4, **common
+    )
+    shape = shape_for(whole.settings)
+    assert whole.memory.terms["reference model"] == shape.total_params * 2  # bf16
+    rest = shape.total_params - shape.linear_params
+    nf4 = (
+        4 + 8 / 64 + 32 / (64 * 256)
+    )  # bits per weight: 8-bit scales per 64, fp32 per 256 of those
+    assert four.memory.terms["reference model"] == int(shape.linear_params * nf4 / 8) + rest * 2
+    assert "ref_model (4-bit linear layers)" in four.memory.details["reference model"]

@@ -59,6 +59,7 @@ def resolve_for_training(
             "and/or reward_model (the output_dir of an rm run)",
         )
     _check_quantization(config)
+    _check_reference_loading(config)
     check_method_settings(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
@@ -161,6 +162,34 @@ def _check_quantization(config: Config) -> None:
             fix="remove pissa_init (plain LoRA init), or quantization_bit (PiSSA on the "
             "full-precision base)",
         )
+
+
+def _check_reference_loading(config: Config) -> None:
+    """ref_model_adapters and ref_model_quantization_bit change how ref_model loads."""
+    method = config.method
+    for key in ("ref_model_adapters", "ref_model_quantization_bit"):
+        if getattr(method, key) is not None and not method.ref_model:
+            raise UserError(
+                f"{key} applies to ref_model, which is not set",
+                where=config.where(key),
+                fix=f"set ref_model (e.g. to model_name_or_path), or remove {key}",
+            )
+    bits = method.ref_model_quantization_bit
+    if bits is not None:
+        if bits not in (4, 8):
+            raise UserError(
+                f"ref_model_quantization_bit: {bits} is not supported",
+                where=config.where("ref_model_quantization_bit"),
+                fix="use 4 or 8",
+            )
+        _check_bitsandbytes()
+    for folder in comma_separated(method.ref_model_adapters):
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise UserError(
+                f"ref_model_adapters: {folder} has no adapter_config.json",
+                where=config.where("ref_model_adapters"),
+                fix="point it at the output_dir (or a checkpoint) of a LoRA run",
+            )
 
 
 def _check_quantized_loading(config: Config) -> None:

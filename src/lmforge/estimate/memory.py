@@ -129,13 +129,26 @@ def param_bytes(settings: Settings) -> int:
     return 2 if settings.pure_bf16 else 4
 
 
+def quantized_bits(settings: Settings, bits: int) -> float:
+    """Bits per weight of a linear layer loaded in `bits` (with its scales)."""
+    if bits != 4:
+        return 8.0
+    return NF4_BITS if settings.double_quantization else SINGLE_QUANT_4BIT_BITS
+
+
+def quantized_model_bytes(shape: ModelShape, settings: Settings, bits: int) -> int:
+    """A model that never trains, its linear layers in `bits`, the rest as frozen weights."""
+    rest = shape.total_params - shape.linear_params
+    return int(shape.linear_params * quantized_bits(settings, bits) / 8) + rest * (
+        settings.frozen_model_bytes
+    )
+
+
 def weights_bytes(shape: ModelShape, settings: Settings) -> tuple[int, str]:
     trainable, total = shape.trainable_params, shape.total_params
     frozen = total - trainable
     if settings.quantization_bit:
-        bits = 8.0
-        if settings.quantization_bit == 4:
-            bits = NF4_BITS if settings.double_quantization else SINGLE_QUANT_4BIT_BITS
+        bits = quantized_bits(settings, settings.quantization_bit)
         quantized = shape.linear_params
         rest = frozen - quantized  # embeddings, norms, head: bf16 under bf16, else fp32
         wb = settings.weight_bytes
@@ -211,8 +224,13 @@ def estimate_memory(
         *(["reward model"] if settings.reward_model else []),
     ]
     if loaded:
-        extra_models += len(loaded) * shape.total_params * settings.frozen_model_bytes
         dtype = "bf16" if settings.frozen_model_bytes == 2 else "fp32"
+        whole = shape.total_params * settings.frozen_model_bytes
+        sizes = [whole] * len(loaded)
+        if settings.reference_loaded and settings.reference_bits:
+            sizes[0] = quantized_model_bytes(shape, settings, settings.reference_bits)
+            loaded[0] = f"ref_model ({settings.reference_bits}-bit linear layers)"
+        extra_models += sum(sizes)
         text = f"{' and '.join(loaded)} in {dtype} (taken as the same size as the policy)"
         copy = details.get("reference model")  # the copy and a reward model (ppo, full)
         details["reference model"] = f"{copy}; {text}" if copy else text

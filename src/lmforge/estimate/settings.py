@@ -98,6 +98,7 @@ class Settings:
     # turns only the trained parameters fp32 (config/resolve.py, train/run.py training_dtype)
     frozen_bf16: bool = False
     reference_loaded: bool = False  # an explicit `ref_model`: a second model, loaded
+    reference_bits: int | None = None  # ref_model_quantization_bit
     # dpo/kto/ASFT: every batch also runs forward through the reference (no gradient)
     reference_forward: bool = False
     double_quantization: bool = True  # QLoRA 4-bit: the scales quantized too
@@ -188,6 +189,7 @@ def settings_from_config(
         per_sample_attention=config.model.flash_attn != "disabled",
         reference_copy=copies_reference_model(method),
         reference_loaded=uses_reference and bool(method.ref_model),
+        reference_bits=method.ref_model_quantization_bit if method.ref_model else None,
         reference_forward=uses_reference and stage in ("dpo", "kto", "sft"),
         reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),
         generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,

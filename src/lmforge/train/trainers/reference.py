@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from lmforge.config.schema import trains_adapter
-from lmforge.model.load import is_quantized, load_model
+from lmforge.model.load import (
+    Quantization,
+    attach_adapters,
+    is_quantized,
+    load_model,
+    split_paths,
+)
 
 if TYPE_CHECKING:
     from lmforge.train.stages.base import StageInputs
@@ -43,13 +49,27 @@ def load_reference_model(inputs: StageInputs) -> nn.Module | None:
             trust_remote_code=config.model.trust_remote_code,
             where=config.where("ref_model"),
         )
+        method = config.method
+        quantization = None
+        if method.ref_model_quantization_bit:
+            quantization = Quantization(
+                bits=method.ref_model_quantization_bit,
+                kind=method.quantization_type,
+                double=method.double_quantization,
+                compute_dtype=plan.precision.compute_dtype,
+            )
         reference = load_model(
             path,
             dtype=plan.precision.frozen_model_dtype,
             flash_attn=config.model.flash_attn,
             trust_remote_code=config.model.trust_remote_code,
             rope=rope,
+            quantization=quantization,
         )
+        adapters = split_paths(method.ref_model_adapters)
+        if adapters:  # merged, unless into quantized weights (merging would round them again)
+            logger.info("Reference model adapters: %s", ", ".join(adapters))
+            reference = attach_adapters(reference, adapters, merge=quantization is None)
     elif trains_adapter(config.method):
         logger.info("Reference model: the base model (adapters disabled), no extra copy")
         return None
@@ -82,8 +102,8 @@ def prepared_reference(trainer, ref_model: nn.Module | None) -> nn.Module | None
     DeepSpeed engine that gathers each layer's weights for its forward pass (TRL's
     prepare_deepspeed, which TRL's and LLaMA-Factory's trainers use); elsewhere as it is, on
     the training device already."""
-    if ref_model is None or not trainer.is_deepspeed_enabled:
-        return ref_model
+    if ref_model is None or not trainer.is_deepspeed_enabled or is_quantized(ref_model):
+        return ref_model  # quantized: placed on its device at load, and not sharded
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():
