@@ -174,15 +174,7 @@ def _check_reference_loading(config: Config) -> None:
                 where=config.where(key),
                 fix=f"set ref_model (e.g. to model_name_or_path), or remove {key}",
             )
-    bits = method.ref_model_quantization_bit
-    if bits is not None:
-        if bits not in (4, 8):
-            raise UserError(
-                f"ref_model_quantization_bit: {bits} is not supported",
-                where=config.where("ref_model_quantization_bit"),
-                fix="use 4 or 8",
-            )
-        _check_bitsandbytes()
+    _check_bits(config, "ref_model_quantization_bit")
     for folder in comma_separated(method.ref_model_adapters):
         if not (Path(folder) / "adapter_config.json").is_file():
             raise UserError(
@@ -194,14 +186,18 @@ def _check_reference_loading(config: Config) -> None:
 
 def _check_quantized_loading(config: Config) -> None:
     """`quantization_bit` (training or inference): 4 or 8, and a bitsandbytes that can."""
-    bits = config.method.quantization_bit
+    _check_bits(config, "quantization_bit")
+
+
+def _check_bits(config: Config, key: str) -> None:
+    """A quantization key of the method (`quantization_bit`, `ref_model_quantization_bit`):
+    unset, or 4 or 8 with a bitsandbytes that can."""
+    bits = getattr(config.method, key)
     if bits is None:
         return
     if bits not in (4, 8):
         raise UserError(
-            f"quantization_bit: {bits} is not supported",
-            where=config.where("quantization_bit"),
-            fix="use 4 or 8",
+            f"{key}: {bits} is not supported", where=config.where(key), fix="use 4 or 8"
         )
     _check_bitsandbytes()
 

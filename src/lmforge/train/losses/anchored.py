@@ -253,10 +253,8 @@ class AnchoredLinearLoss(LinearCrossEntropyLoss):
         )
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
-        hidden, self._hidden = self._hidden, None
+        hidden = self._take_hidden()
         (ref_hidden, ref_weight), self.reference = self.reference, None
-        if hidden is None:
-            raise RuntimeError("the model's forward pass did not run through its decoder")
         weight, _ = output_projection(self.model.get_output_embeddings())
         total, count = anchored_linear_sum(
             hidden,

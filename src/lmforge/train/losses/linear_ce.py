@@ -336,12 +336,17 @@ class LinearCrossEntropyLoss:
         )
 
     def _keep_hidden(self, module, args, output) -> None:
-        self._hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        self._hidden = final_hidden_states(output)
 
-    def __call__(self, outputs, labels, num_items_in_batch=None):
-        hidden, self._hidden = self._hidden, None  # held no longer than this step
+    def _take_hidden(self) -> torch.Tensor:
+        """The step's final hidden states, held no longer than this step."""
+        hidden, self._hidden = self._hidden, None
         if hidden is None:
             raise RuntimeError("the model's forward pass did not run through its decoder")
+        return hidden
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        hidden = self._take_hidden()
         weight, trained_rows = output_projection(self.model.get_output_embeddings())
         loss_sum, count = linear_cross_entropy_sum(
             hidden,
@@ -356,6 +361,13 @@ class LinearCrossEntropyLoss:
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = loss_sum / denominator
         return moe.with_router_loss(loss, outputs, self.model)
+
+
+def final_hidden_states(decoder_output) -> torch.Tensor:
+    """The hidden states a decoder's forward returned (a tuple or a model output)."""
+    if isinstance(decoder_output, tuple):
+        return decoder_output[0]
+    return decoder_output.last_hidden_state
 
 
 # No position at all: transformers' models take a slice where they take a tensor of positions.

@@ -139,12 +139,12 @@ class ReferenceMixin:
         """(final hidden states of every position, the weight its output head projects them
         with, or None where the head is more than a weight): for a loss that projects
         positions itself (batch asks the head for as few logits as it takes)."""
-        from lmforge.train.losses.linear_ce import output_projection
+        from lmforge.train.losses.linear_ce import final_hidden_states, output_projection
 
         kept: list[torch.Tensor] = []
 
         def keep(module, args, output) -> None:
-            kept.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+            kept.append(final_hidden_states(output))
 
         with self._reference(model) as reference:
             handle = reference.get_decoder().register_forward_hook(keep)
