@@ -13,8 +13,8 @@ Two implementations of that one formula: `anchored_loss_terms` from logits (auto
 the model returns full logits), and `anchored_linear_sum` from final hidden states, which
 projects a chunk of positions at a time and computes each chunk's gradient in the forward
 pass, as linear_ce.py does, so neither the model's nor the reference's full logits exist (for
-Gemma 3's 262k vocabulary, LLaMA-Factory's version keeps both in fp32: 2 GiB each per 1,024
-positions). Both are summed over trained positions; the trainer divides by their count over
+Gemma 3's 262k vocabulary, LLaMA-Factory's version keeps both in fp32, 1 GiB each per 1,024
+positions, and their log-softmaxes besides). Both are summed over trained positions; the trainer divides by their count over
 the whole accumulated batch, as for the plain loss (LLaMA-Factory averages each micro-batch,
 so its loss depends on gradient_accumulation_steps).
 """

@@ -76,7 +76,10 @@ def load_reference_model(inputs: StageInputs) -> nn.Module | None:
     else:
         logger.info("Reference model: a frozen copy of the starting model")
         reference = copy.deepcopy(model)
-    if not is_quantized(reference):  # quantized: placed on its device at load
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    # quantized: placed on its device at load; ZeRO-3: sharded at load, placed by its engine
+    if not is_quantized(reference) and not is_deepspeed_zero3_enabled():
         reference = reference.to(inputs.args.device)
     return reference.eval().requires_grad_(False)
 
@@ -102,12 +105,10 @@ def prepared_reference(trainer, ref_model: nn.Module | None) -> nn.Module | None
     DeepSpeed engine that gathers each layer's weights for its forward pass (TRL's
     prepare_deepspeed, which TRL's and LLaMA-Factory's trainers use); elsewhere as it is, on
     the training device already."""
-    if ref_model is None or not trainer.is_deepspeed_enabled or is_quantized(ref_model):
-        return ref_model  # quantized: placed on its device at load, and not sharded
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    if not is_deepspeed_zero3_enabled():
-        return ref_model
+    if ref_model is None or is_quantized(ref_model) or not is_deepspeed_zero3_enabled():
+        return ref_model  # quantized: placed on its device at load, and not sharded
     from trl.models.utils import prepare_deepspeed
 
     return prepare_deepspeed(ref_model, trainer.accelerator)
