@@ -70,12 +70,17 @@ def test_ppo_trains_with_the_reward_model_and_saves_adapter_and_critic(
         assert torch.allclose(reloaded(ids).logits, run.model.eval()(ids).logits, atol=1e-5)
 
 
-def test_ppo_resumes_with_its_critic(tmp_path, tiny_model_dir, reward_model):
+@pytest.mark.parametrize(
+    "options", [{}, {"ppo_target": 6.0, "ppo_score_norm": True}], ids=["plain", "adaptive"]
+)
+def test_ppo_resumes_with_its_critic(tmp_path, tiny_model_dir, reward_model, options):
     """The checkpoint holds the critic beside the adapter; resuming restores both (and the
-    random state), so the resumed run repeats the uninterrupted one."""
+    random state, the adaptive KL coefficient and the scores' running moments), so the resumed
+    run repeats the uninterrupted one."""
     settings = dict(
-        stage="ppo", dataset="prompts", reward_model=str(reward_model), max_steps=4, save_steps=2
-    )
+        stage="ppo", dataset="prompts", reward_model=str(reward_model), max_steps=4, save_steps=2,
+        **options,
+    )  # fmt: skip
     runs = {}
     for name in ("full", "first"):
         write_rl_datasets(tmp_path / name / "data")
@@ -187,3 +192,52 @@ def test_ppo_examples_run_on_the_tiny_model(tmp_path, tiny_model_dir, capsys):
     assert code == 0, capsys.readouterr().err[-2000:]
     assert (out / "checkpoint-2" / CRITIC_FILE).is_file()
     assert (out / "adapter_model.safetensors").is_file() and (out / CRITIC_FILE).is_file()
+
+
+def test_the_adaptive_kl_coefficient_and_running_moments_by_hand():
+    from lmforge.train.trainers.ppo_control import AdaptiveKL, RunningMoments
+
+    fixed = AdaptiveKL(0.05)
+    fixed.update(100.0, 8)
+    assert fixed.value == 0.05  # no target: fixed
+    kl = AdaptiveKL(0.05, target=6.0)
+    kl.update(9.0, 8)  # error 9 / 6 - 1 = 0.5, clipped to 0.2: x (1 + 0.2 * 8 / 10000)
+    assert kl.value == pytest.approx(0.05 * 1.00016, rel=1e-12)
+    kl.update(5.4, 4)  # error -0.1: x (1 - 0.1 * 4 / 10000)
+    assert kl.value == pytest.approx(0.05 * 1.00016 * 0.99996, rel=1e-12)
+    moments = RunningMoments()
+    moments.update([1.0, 2.0, 3.0])
+    assert (moments.mean, moments.std) == pytest.approx((2.0, 1.0))
+    moments.update([10.0])
+    values = [1.0, 2.0, 3.0, 10.0]
+    assert moments.mean == pytest.approx(4.0)
+    assert moments.std == pytest.approx(float(torch.tensor(values).std()))  # unbiased
+
+
+def test_ppo_target_adapts_the_kl_coefficient(tmp_path, tiny_model_dir, reward_model):
+    write_rl_datasets(tmp_path / "data")
+    run = run_train(
+        tmp_path, tiny_model_dir, PPO, stage="ppo", dataset="prompts",
+        reward_model=str(reward_model), max_steps=3, ppo_target=6.0, ppo_score_norm=True,
+    )  # fmt: skip
+    logs = history(run)
+    coefficients = [h["kl_coef"] for h in logs]
+    # the first batch starts at ppo_kl_coef with the policy at its reference (KL 0 < 6):
+    # error clipped to -0.2, 4 completions: x (1 - 0.2 * 4 / 10000)
+    assert coefficients[0] == pytest.approx(0.05, rel=1e-6)
+    assert coefficients[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10_000), rel=1e-6)
+    assert coefficients[2] < coefficients[1]
+
+
+def test_ppo_options_are_refused_for_grpo(tmp_path, tiny_model_dir):
+    from lmforge.errors import UserError
+
+    write_rl_datasets(tmp_path / "data")
+    (tmp_path / "rewards.py").write_text(
+        "def one(completions, **kw):\n    return [1.0] * len(completions)\n"
+    )
+    with pytest.raises(UserError, match="ppo_target is PPO's: GRPO normalises"):
+        run_train(
+            tmp_path, tiny_model_dir, PPO, stage="grpo", dataset="prompts",
+            reward_funcs="exact_match", ppo_target=6.0, num_generations=2,
+        )  # fmt: skip

@@ -489,6 +489,18 @@ class MethodConfig:
         bounds=NON_NEGATIVE,
     )
     ppo_whiten_rewards: bool = opt(False, "ppo: normalise rewards within each batch.")
+    ppo_score_norm: bool = opt(
+        False,
+        "ppo: normalise each score by the running mean and standard deviation of every score "
+        "so far (TRL 0.x's score scaling and norm, as LLaMA-Factory's ppo_score_norm).",
+    )
+    ppo_target: float | None = opt(
+        None,
+        "ppo: a target for the KL to the reference (per completion): the KL coefficient starts "
+        "at ppo_kl_coef and adapts toward it (TRL 0.x's adaptive KL control, horizon 10,000). "
+        "Unset: a fixed ppo_kl_coef.",
+        bounds=POSITIVE,
+    )
 
 
 @dataclass

@@ -43,6 +43,14 @@ def check_rl_config(config: Config) -> list[RewardTerm]:
             fix=f"raise cutoff_len above {method.max_completion_length} or lower "
             "max_completion_length",
         )
+    for key in ("ppo_target", "ppo_score_norm"):
+        if stage == "grpo" and getattr(method, key):
+            raise UserError(
+                f"{key} is PPO's: GRPO normalises rewards within each group of completions and "
+                "keeps its KL weight (ppo_kl_coef) fixed",
+                where=config.where(key),
+                fix=f"remove {key}, or use stage: ppo",
+            )
     if stage == "ppo" and method.ppo_whiten_rewards and train.per_device_train_batch_size < 2:
         raise UserError(
             "ppo_whiten_rewards normalises scores within a batch, and a batch of 1 has nothing "
@@ -102,6 +110,8 @@ def rl_settings(config: Config, num_generations: int) -> RLSettings:
         clip=method.ppo_clip,
         kl_coef=method.ppo_kl_coef,
         whiten_rewards=method.ppo_whiten_rewards,
+        score_norm=method.ppo_score_norm,
+        kl_target=method.ppo_target,
     )
 
 

@@ -21,6 +21,7 @@ from lmforge.train.losses.rl import (
     token_rewards,
 )
 from lmforge.train.rewards.functions import RewardTerm, score_terms
+from lmforge.train.trainers.ppo_control import AdaptiveKL, RunningMoments
 from lmforge.train.trainers.rollout import completion_logps, sample_completions
 from lmforge.train.trainers.rollout_base import Rollout, RolloutTrainer
 from lmforge.train.trainers.value_head import (
@@ -54,6 +55,27 @@ class PPOTrainer(ValueHeadTrainerMixin, RolloutTrainer):
     def __init__(self, *args, reward_terms: list[RewardTerm], **kwargs):
         super().__init__(*args, **kwargs)
         self.reward_terms = reward_terms
+        self.kl_coef = AdaptiveKL(self.settings.kl_coef, self.settings.kl_target)
+        self.score_moments = RunningMoments()
+
+    def checkpoint_state(self) -> dict:
+        return {"kl_coef": self.kl_coef.state(), "score_moments": self.score_moments.state()}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        if "kl_coef" in state:
+            self.kl_coef.restore(state["kl_coef"])
+            self.score_moments.restore(state["score_moments"])
+
+    def _normalised(self, scores: torch.Tensor) -> torch.Tensor:
+        """ppo_score_norm: by the running moments of every process's scores so far (this
+        batch's included); ppo_whiten_rewards: then within the batch."""
+        if self.settings.score_norm:
+            self.score_moments.update(self.accelerator.gather(scores).tolist())
+            moments = self.score_moments
+            scores = (scores - moments.mean) / (moments.std + torch.finfo(scores.dtype).eps)
+        if self.settings.whiten_rewards:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+        return scores
 
     def make_rollout(self, model, inputs: dict) -> Rollout:
         settings = self.settings
@@ -70,15 +92,17 @@ class PPOTrainer(ValueHeadTrainerMixin, RolloutTrainer):
         device = seqs.input_ids.device
         totals, per_term = score_terms(self.reward_terms, batch)
         raw_scores = torch.tensor(totals, dtype=torch.float32, device=device)
-        scores = raw_scores
-        if settings.whiten_rewards:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+        scores = self._normalised(raw_scores)
         mask = seqs.completion_mask
         with torch.no_grad():
             old_logps, old_values = completion_logps(model, seqs, with_values=True)
             old_values = old_values * mask
             ref_logps = self.reference_logps(model, seqs)
-        rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, settings.kl_coef)
+        kl_coef = self.kl_coef.value  # this batch's; then adapted to its KL (ppo_target)
+        rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, kl_coef)
+        if settings.kl_target is not None:
+            kls = self.accelerator.gather(kl.sum(-1))
+            self.kl_coef.update(float(kls.mean()), kls.numel())
         advantages, returns = gae(rewards, old_values, mask, settings.gamma, settings.lam)
         metrics = {
             "score": raw_scores,
@@ -89,6 +113,7 @@ class PPOTrainer(ValueHeadTrainerMixin, RolloutTrainer):
             ),
             "reward": rewards.sum(-1),  # score minus the KL penalty, per completion
             "kl": kl.sum(-1),
+            "kl_coef": torch.tensor(kl_coef),
             "value_mean": masked_mean(old_values, mask),
             **self.length_metrics(seqs),
         }

@@ -31,6 +31,8 @@ class RLSettings:
     clip: float  # policy ratio clipping (ppo_clip)
     kl_coef: float  # weight of the KL to the reference (ppo_kl_coef)
     whiten_rewards: bool = False  # PPO: normalise scores within the batch
+    score_norm: bool = False  # PPO: normalise scores by running moments (ppo_score_norm)
+    kl_target: float | None = None  # PPO: adapt kl_coef toward this KL (ppo_target)
     gamma: float = 1.0  # PPO: discount
     lam: float = 0.95  # PPO: GAE lambda
     vf_coef: float = 0.1  # PPO: weight of the value loss
