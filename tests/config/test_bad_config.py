@@ -200,4 +200,8 @@ def test_every_number_key_has_bounds_and_its_default_is_inside_them():
         if bounds is not None and f.default is not None:
             assert bounds.allows(f.default), key
     # 4 or 8, checked with what else loading in bits needs (config/resolve.py _check_bits)
-    assert unbounded == ["quantization_bit", "ref_model_quantization_bit"]
+    assert unbounded == [
+        "quantization_bit",
+        "ref_model_quantization_bit",
+        "reward_model_quantization_bit",
+    ]

@@ -241,3 +241,38 @@ def test_ppo_options_are_refused_for_grpo(tmp_path, tiny_model_dir):
             tmp_path, tiny_model_dir, PPO, stage="grpo", dataset="prompts",
             reward_funcs="exact_match", ppo_target=6.0, num_generations=2,
         )  # fmt: skip
+
+
+def test_a_4_bit_reward_model_scores_near_the_full_one(tmp_path, tiny_model_dir, reward_model):
+    from lmforge.config.schema import DataConfig, MethodConfig
+    from lmforge.model.load import Quantization, is_quantized
+    from lmforge.train.rewards.reward_model import RewardModelScorer
+
+    conversation = {"messages": [{"role": "user", "content": "Q3"}], "system": None, "tools": None}
+    batch = RewardBatch(
+        ["Q3"] * 2, ["abcdefgh", "ABC123!?"], [[1]] * 2, [None] * 2, {}, [conversation] * 2
+    )
+    full = RewardModelScorer(str(reward_model), DataConfig())
+    four = RewardModelScorer(
+        str(reward_model),
+        DataConfig(),
+        quantization=Quantization.of_frozen(4, MethodConfig(), torch.float32),
+    ).to("cpu")
+    assert is_quantized(four.model.pretrained_model)
+    expected, got = full.score(batch), four.score(batch)
+    assert got != expected  # 4-bit weights: near the full model's scores, not equal
+    assert got == pytest.approx(expected, abs=0.05 * (abs(expected[0] - expected[1]) + 1))
+    # trained under ppo with it; refused without a reward model to quantize
+    write_rl_datasets(tmp_path / "data")
+    run = run_train(
+        tmp_path, tiny_model_dir, PPO, stage="ppo", dataset="prompts", max_steps=2,
+        reward_model=str(reward_model), reward_model_quantization_bit=4,
+    )  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history(run))
+    from lmforge.errors import UserError
+
+    with pytest.raises(UserError, match="reward_model_quantization_bit applies to reward_model"):
+        run_train(
+            tmp_path / "none", tiny_model_dir, PPO, stage="grpo", dataset="prompts",
+            reward_funcs="exact_match", reward_model_quantization_bit=4, num_generations=2,
+        )  # fmt: skip

@@ -59,7 +59,7 @@ def resolve_for_training(
             "and/or reward_model (the output_dir of an rm run)",
         )
     _check_quantization(config)
-    _check_reference_loading(config)
+    _check_frozen_model_loading(config)
     check_method_settings(config)
     if method.loraplus_lr_ratio is not None and method.finetuning_type != "lora":
         raise UserError(
@@ -164,17 +164,23 @@ def _check_quantization(config: Config) -> None:
         )
 
 
-def _check_reference_loading(config: Config) -> None:
-    """ref_model_adapters and ref_model_quantization_bit change how ref_model loads."""
+def _check_frozen_model_loading(config: Config) -> None:
+    """ref_model_adapters and ref_model_quantization_bit change how ref_model loads;
+    reward_model_quantization_bit how reward_model does."""
     method = config.method
-    for key in ("ref_model_adapters", "ref_model_quantization_bit"):
-        if getattr(method, key) is not None and not method.ref_model:
+    for key, model, example in (
+        ("ref_model_adapters", "ref_model", "to model_name_or_path"),
+        ("ref_model_quantization_bit", "ref_model", "to model_name_or_path"),
+        ("reward_model_quantization_bit", "reward_model", "to an rm run's output_dir"),
+    ):
+        if getattr(method, key) is not None and not getattr(method, model):
             raise UserError(
-                f"{key} applies to ref_model, which is not set",
+                f"{key} applies to {model}, which is not set",
                 where=config.where(key),
-                fix=f"set ref_model (e.g. to model_name_or_path), or remove {key}",
+                fix=f"set {model} ({example}), or remove {key}",
             )
-    _check_bits(config, "ref_model_quantization_bit")
+        if key.endswith("_bit"):
+            _check_bits(config, key)
     for folder in comma_separated(method.ref_model_adapters):
         if not (Path(folder) / "adapter_config.json").is_file():
             raise UserError(

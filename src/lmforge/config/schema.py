@@ -466,6 +466,9 @@ class MethodConfig:
     reward_model: str | None = opt(
         None, "ppo/grpo: output_dir of an `rm` run (its value head is loaded with it).", path=True
     )
+    reward_model_quantization_bit: int | None = opt(
+        None, "ppo/grpo: load reward_model in 4 or 8 bits (bitsandbytes); its adapters unmerged."
+    )
     reward_funcs: str | None = opt(
         None,
         "grpo: comma-separated rewards: exact_match, regex_match, numeric_match (against "

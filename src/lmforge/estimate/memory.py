@@ -225,12 +225,13 @@ def estimate_memory(
     ]
     if loaded:
         dtype = "bf16" if settings.frozen_model_bytes == 2 else "fp32"
-        whole = shape.total_params * settings.frozen_model_bytes
-        sizes = [whole] * len(loaded)
-        if settings.reference_loaded and settings.reference_bits:
-            sizes[0] = quantized_model_bytes(shape, settings, settings.reference_bits)
-            loaded[0] = f"ref_model ({settings.reference_bits}-bit linear layers)"
-        extra_models += sum(sizes)
+        bits = {"ref_model": settings.reference_bits, "reward model": settings.reward_bits}
+        for i, name in enumerate(loaded):
+            if bits[name]:
+                extra_models += quantized_model_bytes(shape, settings, bits[name])
+                loaded[i] = f"{name} ({bits[name]}-bit linear layers)"
+            else:
+                extra_models += shape.total_params * settings.frozen_model_bytes
         text = f"{' and '.join(loaded)} in {dtype} (taken as the same size as the policy)"
         copy = details.get("reference model")  # the copy and a reward model (ppo, full)
         details["reference model"] = f"{copy}; {text}" if copy else text

@@ -99,6 +99,7 @@ class Settings:
     frozen_bf16: bool = False
     reference_loaded: bool = False  # an explicit `ref_model`: a second model, loaded
     reference_bits: int | None = None  # ref_model_quantization_bit
+    reward_bits: int | None = None  # reward_model_quantization_bit
     # dpo/kto/ASFT: every batch also runs forward through the reference (no gradient)
     reference_forward: bool = False
     double_quantization: bool = True  # QLoRA 4-bit: the scales quantized too
@@ -190,6 +191,7 @@ def settings_from_config(
         reference_copy=copies_reference_model(method),
         reference_loaded=uses_reference and bool(method.ref_model),
         reference_bits=method.ref_model_quantization_bit if method.ref_model else None,
+        reward_bits=method.reward_model_quantization_bit if method.reward_model else None,
         reference_forward=uses_reference and stage in ("dpo", "kto", "sft"),
         reward_model=stage == "ppo" or (stage == "grpo" and bool(method.reward_model)),
         generated_tokens=method.max_completion_length if stage in ("ppo", "grpo") else 0,

@@ -74,6 +74,19 @@ class Quantization:
             sharded=sharded,
         )
 
+    @classmethod
+    def of_frozen(cls, bits: int | None, method_config, compute_dtype: torch.dtype):
+        """A model that never trains loaded in `bits` (ref_model_quantization_bit,
+        reward_model_quantization_bit) with the config's 4-bit settings; None without bits."""
+        if not bits:
+            return None
+        return cls(
+            bits=bits,
+            kind=method_config.quantization_type,
+            double=method_config.double_quantization,
+            compute_dtype=compute_dtype,
+        )
+
     def transformers_config(self):
         from transformers import BitsAndBytesConfig
 

@@ -52,14 +52,17 @@ def _run_settings(folder: Path) -> dict:
     return run_settings(folder) or {}
 
 
-def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype: torch.dtype):
-    """Base model + the rm run's earlier adapters (merged) + its own adapter (merged)."""
+def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype, quantization=None):
+    """Base model + the rm run's earlier adapters + its own adapter, merged (unless into a
+    quantized base: merging would round them again)."""
     from lmforge.model.load import attach_adapters, load_model, split_paths
     from lmforge.model.rope import rope_scaling_for
     from lmforge.model.source import resolve_model
 
     if not (folder / "adapter_config.json").is_file():
-        return load_model(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        return load_model(
+            folder, dtype=dtype, trust_remote_code=trust_remote_code, quantization=quantization
+        )
     base = settings.get("model_name_or_path")
     if not base:
         base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -70,11 +73,17 @@ def _load_body(folder: Path, settings: dict, trust_remote_code: bool, dtype: tor
         factor=settings.get("rope_factor", 1.0),
         trust_remote_code=trust_remote_code,
     )
-    model = load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code, rope=rope)
+    model = load_model(
+        base_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        rope=rope,
+        quantization=quantization,
+    )
     earlier = split_paths(settings.get("adapter_name_or_path"))
     if earlier and not settings.get("create_new_adapter"):
         earlier = earlier[:-1]  # the rm run trained this one further; the folder holds it
-    return attach_adapters(model, [*earlier, str(folder)], merge=True)
+    return attach_adapters(model, [*earlier, str(folder)], merge=quantization is None)
 
 
 class RewardModelScorer:
@@ -88,7 +97,9 @@ class RewardModelScorer:
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
         batch: int = 8,
+        quantization=None,
     ):
+        """quantization: a model.load.Quantization (reward_model_quantization_bit)."""
         from lmforge.data.templates.auto import load_template
         from lmforge.model.load import load_tokenizer
         from lmforge.model.setup import tokenizer_folder
@@ -102,14 +113,18 @@ class RewardModelScorer:
         name = settings.get("template") or "auto"
         self.template = load_template(name, self.tokenizer, data_config)
         self.cutoff_len = int(settings.get("cutoff_len") or data_config.cutoff_len)
-        body = _load_body(folder, settings, trust_remote_code, dtype)
+        body = _load_body(folder, settings, trust_remote_code, dtype, quantization)
         head = load_value_head(ValueHead(body.config.get_text_config().hidden_size), folder)
         self.model = ModelWithValueHead(body, head).eval().requires_grad_(False)
         self.batch = batch
         logger.info("Reward model: %s (template %s)", folder, self.template.name)
 
     def to(self, device) -> RewardModelScorer:
-        self.model.to(device)
+        from lmforge.model.load import is_quantized
+
+        # a quantized body was placed on its device at load: only the value head moves
+        module = self.model.value_head if is_quantized(self.model.pretrained_model) else self.model
+        module.to(device)
         return self
 
     def encode(self, conversation: dict, completion: str) -> list[int]:

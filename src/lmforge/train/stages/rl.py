@@ -11,6 +11,7 @@ from lmforge.config.schema import Config
 from lmforge.data.encoding.collate import PromptCollator
 from lmforge.data.sources.mixing import explicit_val_size
 from lmforge.errors import UserError
+from lmforge.model.load import Quantization
 from lmforge.train.rewards.functions import RewardTerm, build_reward_terms
 from lmforge.train.rewards.reward_model import RewardModelScorer, check_reward_model_dir
 from lmforge.train.stages.base import Stage, StageData, StageInputs, encode_stage_samples
@@ -131,11 +132,15 @@ def rollout_parts(inputs: StageInputs, *, needs_reference: bool) -> RolloutParts
     config = inputs.config
     terms = build_reward_terms(config.method, config.source)
     if config.method.reward_model:
+        precision = inputs.plan.precision
         scorer = RewardModelScorer(
             config.method.reward_model,
             config.data,
-            dtype=inputs.plan.precision.frozen_model_dtype,
+            dtype=precision.frozen_model_dtype,
             trust_remote_code=config.model.trust_remote_code,
+            quantization=Quantization.of_frozen(
+                config.method.reward_model_quantization_bit, config.method, precision.compute_dtype
+            ),
         ).to(inputs.args.device)
         terms.append(RewardTerm("reward_model", scorer.score))
     tokenizer = inputs.setup.tokenizer

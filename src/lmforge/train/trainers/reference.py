@@ -50,14 +50,9 @@ def load_reference_model(inputs: StageInputs) -> nn.Module | None:
             where=config.where("ref_model"),
         )
         method = config.method
-        quantization = None
-        if method.ref_model_quantization_bit:
-            quantization = Quantization(
-                bits=method.ref_model_quantization_bit,
-                kind=method.quantization_type,
-                double=method.double_quantization,
-                compute_dtype=plan.precision.compute_dtype,
-            )
+        quantization = Quantization.of_frozen(
+            method.ref_model_quantization_bit, method, plan.precision.compute_dtype
+        )
         reference = load_model(
             path,
             dtype=plan.precision.frozen_model_dtype,
