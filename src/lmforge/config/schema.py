@@ -444,18 +444,20 @@ class MethodConfig:
     )
     ref_model: str | None = opt(
         None,
-        "dpo/kto/ppo/grpo, sft with use_asft_loss: reference model. Default: the base with "
-        "LoRA disabled (LoRA), or a frozen copy of the starting model (full/freeze).",
+        "dpo/kto/ppo/grpo/sft: reference model (sft: with use_asft_loss). Default: the base "
+        "with LoRA disabled (LoRA), or a frozen copy of the starting model (full/freeze).",
         path=True,
     )
     ref_model_adapters: str | None = opt(
         None,
-        "LoRA adapter folder(s) merged into ref_model, comma-separated (e.g. the SFT run the "
-        "policy continues, so that the reference is the SFT model).",
+        "dpo/kto/ppo/grpo/sft: LoRA adapter folder(s) merged into ref_model, comma-separated "
+        "(e.g. the SFT run the policy continues, so that the reference is the SFT model).",
         path=True,
     )
     ref_model_quantization_bit: int | None = opt(
-        None, "Load ref_model in 4 or 8 bits (bitsandbytes); its adapters stay unmerged."
+        None,
+        "dpo/kto/ppo/grpo/sft: load ref_model in 4 or 8 bits (bitsandbytes); its adapters stay "
+        "unmerged.",
     )
     kto_chosen_weight: float = opt(
         1.0, "kto: weight of desirable examples' loss.", bounds=NON_NEGATIVE

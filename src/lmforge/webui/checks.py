@@ -20,6 +20,7 @@ INPUT_KEYS = (
     "adapter_name_or_path",
     "dataset_dir",
     "ref_model",
+    "ref_model_adapters",
     "reward_model",
     "compare_adapters",
     "prompts",
