@@ -306,6 +306,20 @@ def test_zero3_falls_back_to_the_models_own_loss_and_padded_rows(
     assert len(lines) == 2
 
 
+def test_fsdp_falls_back_to_the_models_own_loss(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """After the forward pass FSDP turns the root unit's weights, the output head's among them,
+    into flattened views of their shards (torch's _use_sharded_views), which is where the
+    chunked loss would read the head: the model's own loss instead (runs on a GPU only:
+    benchmarks/gpu/paths.py's fsdp)."""
+    from lmforge.train.stages import language_model
+
+    monkeypatch.setattr(language_model, "fsdp_requested", lambda config: True)
+    with caplog.at_level("INFO", logger="lmforge"):
+        run_train(tmp_path, tiny_model_dir, SHORT_SFT, max_steps=1, use_asft_loss=True)
+    assert "chunked_loss: FSDP shards the output head, so the plain loss is used" in caplog.text
+    assert "KL(reference || model) on trained tokens, from full logits" in caplog.text
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("dft", [False, True])
 def test_trained_rows_give_the_merged_weights_loss_and_gradients(softcap, dft):

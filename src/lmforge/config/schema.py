@@ -705,7 +705,7 @@ class TrainConfig:
         True,
         "Compute the loss on trained tokens only, projecting onto the vocabulary a chunk at a "
         "time (no full logits): the same loss with less memory and time. Off with "
-        "compute_accuracy, a LoRA-adapted lm_head, or liger-kernel.",
+        "compute_accuracy, a LoRA-adapted lm_head, liger-kernel, ZeRO-3 or FSDP.",
     )
     compute_accuracy: bool = opt(False, "Report next-token accuracy on the trained tokens at eval.")
     skip_memory_check: bool = opt(

@@ -13,6 +13,7 @@ from pathlib import Path
 from lmforge.config.plan import keeps_frozen_weights_bf16, loads_untrained_models_bf16
 from lmforge.config.schema import copies_reference_model, uses_reference_model
 from lmforge.errors import UserError
+from lmforge.train.launch import fsdp_requested
 
 # Optimizer states per trainable parameter, in units of the parameter's bytes (adam: two
 # states) or absolute bytes (8-bit optimizers keep one byte per state).
@@ -174,10 +175,12 @@ def settings_from_config(
         gradient_checkpointing=plan.checkpointing.on
         if plan is not None
         else bool(train.gradient_checkpointing),
-        # as train/stages/language_model.py: not under ZeRO-3 (the head's weight is a shard)
+        # as train/stages/language_model.py: not under ZeRO-3 or FSDP (the head's weight is a
+        # shard where the loss reads it)
         chunked_loss=bool(train.chunked_loss and not train.compute_accuracy and not liger)
         and stage in ("sft", "pt")
-        and zero != 3,
+        and zero != 3
+        and not fsdp_requested(config),
         lean_mlp=device_kind == "cpu" and not liger and not zero,  # CPU only, as train/run.py
         optim=optimizer_name(method, passthrough),
         zero_stage=zero,

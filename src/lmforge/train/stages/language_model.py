@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from lmforge.train.launch import fsdp_requested
 from lmforge.train.losses.anchored import AnchoredLinearLoss, AnchoredLogitsLoss
 from lmforge.train.losses.linear_ce import (
     LastLogitCollator,
@@ -31,9 +32,9 @@ def zero3_enabled() -> bool:
 
 def uses_linear_ce(inputs: StageInputs) -> bool:
     """The loss without full logits: not when accuracy needs the logits, nor under liger (its
-    own fused loss), nor when the output head itself is adapted, nor under ZeRO-3 (the loss
-    reads the head's weight outside the head's forward, where ZeRO-3 holds only a shard), nor
-    when the model cannot be told to skip its own projection (remote code)."""
+    own fused loss), nor when the output head itself is adapted, nor under ZeRO-3 or FSDP (the
+    loss reads the head's weight outside the head's forward, where they hold only a shard),
+    nor when the model cannot be told to skip its own projection (remote code)."""
     train = inputs.config.train
     if not train.chunked_loss or train.compute_accuracy or inputs.args.use_liger_kernel:
         return False
@@ -42,6 +43,11 @@ def uses_linear_ce(inputs: StageInputs) -> bool:
         return False
     if zero3_enabled():
         logger.info("chunked_loss: ZeRO-3 shards the output head, so the plain loss is used")
+        return False
+    if fsdp_requested(inputs.config):
+        # FSDP turns the root unit's weights (the head among them) back into flattened views of
+        # their shards after the forward pass, before the loss would read them
+        logger.info("chunked_loss: FSDP shards the output head, so the plain loss is used")
         return False
     if logits_to_keep_for(inputs.model) is None:
         logger.info(
