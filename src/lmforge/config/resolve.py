@@ -196,8 +196,8 @@ def _check_quantized_loading(config: Config) -> None:
 
 
 def _check_bits(config: Config, key: str) -> None:
-    """A quantization key of the method (`quantization_bit`, `ref_model_quantization_bit`):
-    unset, or 4 or 8 with a bitsandbytes that can."""
+    """A quantization key of the method (`quantization_bit`, `ref_model_quantization_bit`,
+    `reward_model_quantization_bit`): unset, or 4 or 8 with a bitsandbytes that can."""
     bits = getattr(config.method, key)
     if bits is None:
         return

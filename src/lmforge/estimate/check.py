@@ -12,6 +12,7 @@ from lmforge.estimate import estimate_run
 from lmforge.estimate.advice import advise
 from lmforge.estimate.devices import Device, free_memory
 from lmforge.estimate.report import gib, one_line
+from lmforge.train import launch
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def memory_line_and_check(
     free = free_memory(kind) if free_bytes is None else free_bytes
     # Processes on one machine share its RAM; GPUs each have their own.
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = launch.world_size()
     limit = free // local if kind == "cpu" else free
     device = Device("this device", kind, limit, 0.0, 0.0, "free memory now")
     try:

@@ -64,20 +64,17 @@ class Quantization:
     @classmethod
     def of(cls, method_config, compute_dtype: torch.dtype, *, sharded: bool = False):
         """The config's quantization (`MethodConfig`), or None without quantization_bit."""
-        if not method_config.quantization_bit:
-            return None
-        return cls(
-            bits=method_config.quantization_bit,
-            kind=method_config.quantization_type,
-            double=method_config.double_quantization,
-            compute_dtype=compute_dtype,
-            sharded=sharded,
+        return cls.of_frozen(
+            method_config.quantization_bit, method_config, compute_dtype, sharded=sharded
         )
 
     @classmethod
-    def of_frozen(cls, bits: int | None, method_config, compute_dtype: torch.dtype):
-        """A model that never trains loaded in `bits` (ref_model_quantization_bit,
-        reward_model_quantization_bit) with the config's 4-bit settings; None without bits."""
+    def of_frozen(
+        cls, bits: int | None, method_config, compute_dtype: torch.dtype, *, sharded: bool = False
+    ):
+        """A model loaded in `bits` (quantization_bit; for a model that never trains,
+        ref_model_quantization_bit or reward_model_quantization_bit) with the config's 4-bit
+        settings; None without bits."""
         if not bits:
             return None
         return cls(
@@ -85,6 +82,7 @@ class Quantization:
             kind=method_config.quantization_type,
             double=method_config.double_quantization,
             compute_dtype=compute_dtype,
+            sharded=sharded,
         )
 
     def transformers_config(self):

@@ -35,6 +35,11 @@ _TRUE = {"1", "true", "yes", "y"}
 USER_ERROR_FILE = "LMFORGE_USER_ERROR_FILE"  # set by `relaunch` for its workers
 
 
+def world_size() -> int:
+    """The processes of this run (torchrun's WORLD_SIZE; 1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def is_launched() -> bool:
     """True inside a process that torchrun (or accelerate/deepspeed) started."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ

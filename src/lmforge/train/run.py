@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from lmforge.train.launch import (
     is_launched,
     is_main_process,
     shards_weights,
+    world_size,
 )
 from lmforge.train.monitor import (
     OverfitWarningCallback,
@@ -204,7 +204,7 @@ def _starts_pissa(model) -> bool:
 
 
 def check_distributed_settings(config: Config) -> None:
-    if config.method.use_badam and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if config.method.use_badam and world_size() > 1:
         raise UserError(
             "use_badam runs on one process: the layer in training changes every few steps, "
             "which DDP's gradient synchronisation cannot follow",
