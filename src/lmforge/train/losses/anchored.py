@@ -30,7 +30,7 @@ from lmforge.train.losses.linear_ce import (
     chunk_tokens_for,
     output_projection,
 )
-from lmforge.train.losses.token_weights import DFTWeighting
+from lmforge.train.losses.token_weights import DFTWeighting, token_mean
 
 _DFT = DFTWeighting()
 
@@ -229,8 +229,7 @@ class AnchoredLogitsLoss:
         terms = anchored_loss_terms(
             logits[:, :-1][keep], reference[:, :-1][keep], targets, self.alpha
         )
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(len(terms), 1)
-        loss = terms.sum() / denominator
+        loss = token_mean(terms.sum(), len(terms), num_items_in_batch)
         return loss if self.model is None else moe.with_router_loss(loss, outputs, self.model)
 
 
@@ -267,8 +266,9 @@ class AnchoredLinearLoss(LinearCrossEntropyLoss):
             chunk_tokens=self.chunk_tokens,
             dtype=self.dtype,
         )
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-        return moe.with_router_loss(total / denominator, outputs, self.model)
+        return moe.with_router_loss(
+            token_mean(total, count, num_items_in_batch), outputs, self.model
+        )
 
     def _cast_reference(self, ref_weight: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A frozen copy's head weight in the projection's dtype, cast once for the whole run

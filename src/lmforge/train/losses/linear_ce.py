@@ -15,7 +15,7 @@ import torch
 from lmforge.data.encoding.encode import IGNORE_INDEX
 from lmforge.model import moe
 from lmforge.model.forward_inputs import forward_takes, is_transformers_model
-from lmforge.train.losses.token_weights import TokenWeighting, weighted
+from lmforge.train.losses.token_weights import TokenWeighting, token_mean, weighted
 
 # The loss runs while every activation of the step is still alive, so its one logits buffer adds
 # to the step's peak: 128 MiB of fp32 logits per chunk (Gemma 3, 262,144 tokens: 128 positions;
@@ -358,8 +358,7 @@ class LinearCrossEntropyLoss:
             weighting=self.weighting,
             trained_rows=trained_rows,
         )
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-        loss = loss_sum / denominator
+        loss = token_mean(loss_sum, count, num_items_in_batch)
         return moe.with_router_loss(loss, outputs, self.model)
 
 

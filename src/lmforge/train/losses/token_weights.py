@@ -20,6 +20,14 @@ from lmforge.data.encoding.encode import IGNORE_INDEX
 from lmforge.model import moe
 
 
+def token_mean(total: torch.Tensor, count: int, num_items_in_batch=None) -> torch.Tensor:
+    """A loss summed over `count` trained tokens, as a mean: over the trained tokens of the
+    whole accumulated batch when the Trainer counted them (num_items_in_batch), so gradient
+    accumulation gives what one larger batch would; else over this batch's."""
+    denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
+    return total / denominator
+
+
 class TokenWeighting:
     """Per-token loss weights from a prediction: `top_k` > 0 asks for the k largest logits of
     each position (what EAFT reads); `weights` gets them with each position's cross-entropy."""
@@ -92,6 +100,5 @@ class WeightedCrossEntropyLoss:
         if self.weighting.top_k:
             top = selected.detach().topk(min(self.weighting.top_k, selected.shape[-1])).values
         weights = self.weighting.weights(nll.detach(), top)
-        denominator = num_items_in_batch if num_items_in_batch is not None else max(nll.numel(), 1)
-        loss = (weights * nll).sum() / denominator
+        loss = token_mean((weights * nll).sum(), nll.numel(), num_items_in_batch)
         return loss if self.model is None else moe.with_router_loss(loss, outputs, self.model)
